@@ -1,0 +1,77 @@
+"""Quickstart: a small padded U-Net on the generated sample scene, sized for a 2-core CPU.
+
+Every knob a user may set lives here; override any of them on the command line, e.g.
+``satseg train --config configs/unet_sample.py --workdir runs/x --config.train.num_steps=50``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # 'segmentation' (per-pixel labels) or 'classification' (one label per patch).
+    c.task = "segmentation"
+    # 'jit': one program over a Mesh of all devices (batch sharded along 'data');
+    # 'pmap': per-device replicas with lax.pmean of gradients and BatchNorm statistics.
+    c.parallelism = "jit"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.data_dir = "runs/quickstart/data"  # written by `satseg build`
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.crop_size = 64  # random crop for training; 0 or the patch size = no crop
+    c.data.augment = True  # random flips and 90° rotations, same for image and mask
+    c.data.shuffle_buffer = 1024  # decoded examples held for shuffling
+    c.data.cache = True  # keep decoded examples in memory (small datasets only)
+    c.data.num_parallel_calls = 2  # tf.data threads for decoding/augmentation
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "unet"
+    c.model.depth = 3
+    c.model.base_width = 16
+    c.model.norm = "batch"
+    c.model.dropout = 0.0
+    c.model.upsample = "transpose"
+
+    c.loss = ml_collections.ConfigDict()
+    # cross_entropy | dice | focal | ce_dice; or set `weights` for a weighted sum.
+    c.loss.name = "cross_entropy"
+    c.loss.weights = ml_collections.ConfigDict()  # e.g. {'cross_entropy': 1.0, 'dice': 0.5}
+    c.loss.class_weights = "none"  # none | inverse_frequency (from satseg_dataset.json)
+    c.loss.label_smoothing = 0.0
+    c.loss.focal_gamma = 2.0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # adam | adamw | sgd (momentum)
+    c.optimizer.learning_rate = 3e-3  # peak learning rate of the schedule
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.momentum = 0.9  # sgd only
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
+
+    c.schedule = ml_collections.ConfigDict()
+    # constant | warmup_cosine | piecewise | exponential
+    c.schedule.name = "warmup_cosine"
+    c.schedule.warmup_steps = 50
+    c.schedule.end_factor = 0.01  # warmup_cosine: final lr = end_factor * peak
+    c.schedule.boundaries = (0.6, 0.85)  # piecewise: fractions of num_steps
+    c.schedule.scales = (0.1, 0.1)  # piecewise: multiply lr by these at the boundaries
+    c.schedule.decay_rate = 0.5  # exponential: lr *= decay_rate every transition_steps
+    c.schedule.transition_steps = 200
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 16  # global batch, split across all devices
+    c.train.num_steps = 700
+    c.train.compute_dtype = "float32"  # or bfloat16 (params stay float32)
+    c.train.log_every = 50
+    c.train.eval_every = 350
+    c.train.checkpoint_every = 350
+    c.train.keep_checkpoints = 2  # the last k; the best by validation mIoU is kept too
+    c.train.max_nonfinite_steps = 10  # stop after this many non-finite losses in a row
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 32
+    c.eval.crop_size = 0  # centre crop for evaluation; 0 = the whole patch
+    return c

@@ -1,0 +1,10 @@
+"""satseg-jax: semantic segmentation and scene classification of satellite images in JAX/Flax.
+
+The package is laid out along the pipeline: ``raster`` (compose, patches, masks) ->
+``datasets`` (tfds builders) -> ``input_pipeline`` -> ``models`` -> ``train`` ->
+``evaluate``/``metrics`` -> ``predict``/``area``. Heavy imports (TensorFlow, tfds,
+rasterio) are kept out of this file so that models and steps import on machines that
+only have JAX.
+"""
+
+__version__ = "0.1.0"

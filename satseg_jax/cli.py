@@ -1,0 +1,267 @@
+"""The ``satseg`` command: parses arguments, calls the library, prints results.
+
+No logic of its own lives here. Heavy modules are imported inside each handler so that
+``satseg --help`` starts fast and errors a user can cause (SatsegError) are printed on
+one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from satseg_jax.errors import SatsegError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        msg = f"expected comma-separated numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from satseg_jax.raster.sample import write_sample_scene
+
+    paths = write_sample_scene(
+        args.out, size=args.size, seed=args.seed, pixel_size=args.pixel_size,
+        overwrite=args.overwrite,
+    )
+    for key, path in paths.items():
+        print(f"{key:>10}: {path}")
+    return 0
+
+
+def _cmd_compose(args: argparse.Namespace) -> int:
+    from satseg_jax.raster.compose import compose_bands
+
+    out = compose_bands(
+        [Path(b) for b in args.bands], Path(args.out), names=args.names,
+        resample_to=Path(args.resample_to) if args.resample_to else None,
+        resampling=args.resampling,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_patches(args: argparse.Namespace) -> int:
+    from satseg_jax.raster.patches import make_patches
+
+    summary = make_patches(
+        image=Path(args.image), out_dir=Path(args.out), classes_path=Path(args.classes),
+        size=args.size, stride=args.stride, min_valid=args.min_valid, edge=args.edge,
+        labels=Path(args.labels) if args.labels else None,
+        vector=Path(args.vector) if args.vector else None, class_field=args.class_field,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from satseg_jax.datasets.build import build_dataset, format_summary
+
+    info = build_dataset(
+        patches_dir=Path(args.patches), out_dir=Path(args.out), split=args.split,
+        seed=args.seed, split_by=args.split_by, block_size=args.block_size,
+        overwrite=args.overwrite,
+    )
+    print(format_summary(info))
+    return 0
+
+
+def _config_command(name: str, argv: list[str], doc: str) -> tuple[object, object]:
+    """Parse ``--config file.py --workdir DIR --config.a.b=v`` with ml_collections flags.
+
+    Unknown ``--config.*`` keys are rejected by ml_collections (the config is locked), so a
+    typo in an override is an error instead of a silently ignored setting.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    argv = [a.replace("--save-predictions", "--save_predictions") for a in argv]
+    full_argv = [f"satseg {name}", *argv]
+    config_flags.DEFINE_config_file(
+        "config", None, "Path to a config file with get_config(); override fields with "
+        "--config.FIELD=VALUE (e.g. --config.train.num_steps=100).", flag_values=fv,
+        lock_config=True, sys_argv=full_argv,
+    )
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, summaries, metrics).",
+                        flag_values=fv)
+    if name == "evaluate":
+        flags.DEFINE_string("split", "test", "Split to evaluate.", flag_values=fv)
+        flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.",
+                            flag_values=fv)
+        flags.DEFINE_bool("save_predictions", False,
+                          "Write predicted masks as GeoTIFFs under WORKDIR/predictions_SPLIT.",
+                          flag_values=fv)
+        flags.DEFINE_string("data", None, "Evaluate on another built dataset dir instead.",
+                            flag_values=fv)
+    if any(a in ("-h", "--help", "-help") for a in argv):
+        print(f"usage: satseg {name} [--config CONFIG.py] --workdir DIR [--config.KEY=VALUE ...]"
+              f"\n\n{doc}\n")
+        print(fv.get_help())
+        raise SystemExit(0)
+    try:
+        fv(full_argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        msg = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").strip("'\"").split())
+        raise SatsegError(f"satseg {name}: bad --config option: {msg}. "
+                          "Valid fields are those in the config file's get_config().") from None
+    if not fv.workdir:
+        raise SatsegError(f"satseg {name}: --workdir is required")
+    return fv, fv.config
+
+
+def _cmd_train(argv: list[str]) -> int:
+    fv, config = _config_command("train", argv, TRAIN_DOC)
+    if config is None:
+        raise SatsegError("satseg train: --config is required (e.g. configs/unet_sample.py)")
+    from satseg_jax.train import train_and_evaluate
+
+    train_and_evaluate(config, fv.workdir)
+    return 0
+
+
+def _cmd_evaluate(argv: list[str]) -> int:
+    fv, _ = _config_command("evaluate", argv, EVALUATE_DOC)
+    from satseg_jax.evaluate import evaluate_workdir, format_metrics_table
+
+    result = evaluate_workdir(
+        fv.workdir, split=fv.split, checkpoint=fv.checkpoint,
+        save_predictions=fv.save_predictions, data_dir=fv.data,
+    )
+    print(format_metrics_table(result))
+    return 0
+
+
+TRAIN_DOC = (
+    "Train a model from a config file. Restores the latest checkpoint in WORKDIR/checkpoints "
+    "automatically (refusing a workdir written by an incompatible config), evaluates every "
+    "config.eval_every steps and writes TensorBoard summaries to WORKDIR."
+)
+EVALUATE_DOC = (
+    "Evaluate a trained run on a split: confusion matrix over the whole split (ignore label "
+    "255 excluded) -> pixel accuracy, per-class F1 and IoU, macro F1, mIoU. Writes "
+    "WORKDIR/metrics_SPLIT.json and a confusion-matrix PNG. The config is read from WORKDIR."
+)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="satseg",
+        description="Satellite image segmentation with JAX/Flax: sample -> compose -> patches "
+        "-> build -> train -> evaluate. Run 'satseg COMMAND --help' for each command.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("sample", help="write a generated, georeferenced sample scene",
+                       description="Write a synthetic but plausible scene: one GeoTIFF per band "
+                       "(blue, green, red, nir; uint16, UTM), labels.tif, labels.geojson and "
+                       "classes.json. Deterministic for a given --seed.")
+    s.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    s.add_argument("--size", type=int, default=1024, help="scene width and height in pixels")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same scene)")
+    s.add_argument("--pixel-size", type=float, default=8.0, help="ground pixel size in metres")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    s.set_defaults(func=_cmd_sample)
+
+    c = sub.add_parser("compose", help="stack single-band rasters into one multi-band GeoTIFF",
+                       description="Stack band rasters into one tiled, compressed GeoTIFF, "
+                       "streaming by windows. Refuses bands whose CRS, transform, size or dtype "
+                       "differ unless --resample-to is given.")
+    c.add_argument("--bands", nargs="+", required=True, help="band files, in output order")
+    c.add_argument("--out", required=True, help="output GeoTIFF")
+    c.add_argument("--names", type=_names, default=None,
+                   help="comma-separated band names (default: the file stems)")
+    c.add_argument("--resample-to", default=None,
+                   help="reference raster: reproject every band onto its grid")
+    c.add_argument("--resampling", default="bilinear",
+                   choices=["nearest", "bilinear", "cubic", "average"],
+                   help="resampling used with --resample-to")
+    c.set_defaults(func=_cmd_compose)
+
+    t = sub.add_parser("patches", help="crop a scene into image + mask patch GeoTIFFs",
+                       description="Cut a scene into patches by windowed reads. Each image patch "
+                       "and mask patch is a GeoTIFF with its own georeferencing; nodata becomes "
+                       "the ignore label 255; index.csv lists every patch.")
+    t.add_argument("--image", required=True, help="multi-band scene GeoTIFF")
+    lab = t.add_mutually_exclusive_group(required=True)
+    lab.add_argument("--labels", help="label raster on the scene grid")
+    lab.add_argument("--vector", help="label polygons (GeoJSON, Shapefile, ...)")
+    t.add_argument("--class-field", default="class",
+                   help="attribute of --vector holding the class value (default: class)")
+    t.add_argument("--classes", required=True, help="classes.json")
+    t.add_argument("--size", type=int, default=256, help="patch size in pixels")
+    t.add_argument("--stride", type=int, default=None, help="step between patches (default: size)")
+    t.add_argument("--min-valid", type=float, default=0.5,
+                   help="skip patches whose valid (non-nodata) fraction is below this")
+    t.add_argument("--edge", choices=["drop", "pad"], default="drop",
+                   help="incomplete patches at the right/bottom edge: drop them, or pad with "
+                   "nodata/ignore")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.set_defaults(func=_cmd_patches)
+
+    b = sub.add_parser("build", help="write patches as a tfds dataset (sharded TFRecords)",
+                       description="Build a tensorflow-datasets dataset from a patches folder: "
+                       "train/validation/test splits, per-band statistics (train split only), "
+                       "class pixel counts; writes satseg_dataset.json beside it.")
+    b.add_argument("--patches", required=True, help="folder written by 'satseg patches'")
+    b.add_argument("--out", required=True, help="dataset folder (tfds data_dir)")
+    b.add_argument("--split", type=_floats, default=(0.7, 0.15, 0.15),
+                   help="train,validation,test fractions (default 0.7,0.15,0.15)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the split")
+    b.add_argument("--split-by", choices=["random", "block"], default="block",
+                   help="block: spatial blocks of patches go to one split together (no "
+                   "neighbour leakage); random: patches independently")
+    b.add_argument("--block-size", type=int, default=None,
+                   help="block side in patches for --split-by block (default: chosen so there "
+                   "are about 20 blocks)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    b.set_defaults(func=_cmd_build)
+
+    sub.add_parser("train", help="train a model from a config file (see 'satseg train --help')",
+                   add_help=False)
+    sub.add_parser("evaluate", help="evaluate a run on a split (see 'satseg evaluate --help')",
+                   add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in ("train", "evaluate"):
+            handler = _cmd_train if argv[0] == "train" else _cmd_evaluate
+            return handler(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except SatsegError as e:
+        print(f"satseg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("satseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""tf.data over a built satseg dataset: normalise, augment, shuffle, batch, shard per host.
+
+Why it is shaped this way:
+
+- **Exact resume.** The training stream is a pure function of ``(seed, examples
+  consumed)``: epoch ``e`` is the split shuffled with a seed derived from ``(seed, e)``
+  (``reshuffle_each_iteration=False``), epochs are concatenated, and every example's
+  augmentation draws from a stateless RNG keyed by its global position in the stream.
+  A run resumed at step ``s`` therefore rebuilds the stream from epoch
+  ``s * B // N`` and skips the remainder — it sees exactly the batches an uninterrupted
+  run would have seen. The position (``step * global_batch``) is saved with every
+  checkpoint.
+- **Per-host input.** Each process reads a disjoint 1/P of every epoch (sharded after
+  the epoch shuffle, which is identical on every host) and yields its
+  ``global_batch / P`` slice of every global batch.
+- **Normalisation** uses the per-band mean/std of the *train* split stored in
+  ``satseg_dataset.json``; nodata pixels are set to 0 (the mean) after normalising, and
+  their mask is already the ignore label 255.
+- TensorFlow never sees an accelerator: JAX owns them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from satseg_jax.classes import IGNORE_LABEL
+from satseg_jax.errors import SatsegError
+
+
+def import_tf():
+    """Import TensorFlow with every accelerator hidden from it (JAX owns them)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+        tf.config.set_visible_devices([], "TPU")
+    except (RuntimeError, ValueError):
+        pass  # already initialised, or no such device type
+    return tf
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What the model and pipeline need to know about a built dataset."""
+
+    data_dir: str
+    bands: tuple[str, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    nodata: float | None
+    patch_size: int
+    num_examples: dict[str, int]
+    class_weights: tuple[float, ...]
+    task: str
+    info: dict[str, Any]
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.bands)
+
+
+def load_meta(data_dir: str) -> DatasetMeta:
+    """Read ``satseg_dataset.json`` (validated by the datasets package)."""
+    from satseg_jax.datasets.build import load_dataset_info
+
+    info = load_dataset_info(data_dir)
+    return DatasetMeta(
+        data_dir=str(data_dir),
+        bands=tuple(info["bands"]),
+        num_classes=int(info["num_classes"]),
+        class_names=tuple(info["class_names"]),
+        mean=tuple(float(x) for x in info["mean"]),
+        std=tuple(float(x) for x in info["std"]),
+        nodata=info.get("nodata"),
+        patch_size=int(info["patch_size"]),
+        num_examples={k: int(v) for k, v in info["num_examples"].items()},
+        class_weights=tuple(float(x) for x in info.get("class_weights", [])),
+        task=info.get("task", "segmentation"),
+        info=info,
+    )
+
+
+def _split_dataset(meta: DatasetMeta, split: str):
+    from satseg_jax.datasets.build import builder_for
+
+    if split not in meta.num_examples:
+        raise SatsegError(
+            f"{meta.data_dir}: no split {split!r}; available: {sorted(meta.num_examples)}"
+        )
+    if meta.num_examples[split] == 0:
+        raise SatsegError(f"{meta.data_dir}: split {split!r} is empty; rebuild with other "
+                          "--split fractions or more patches")
+    builder = builder_for(meta.data_dir)
+    return builder.as_dataset(split=split, shuffle_files=False)
+
+
+def _normalise(tf, image, meta: DatasetMeta):
+    """uint/float bands -> float32 (x - mean) / std; nodata and NaN pixels -> 0."""
+    x = tf.cast(image, tf.float32)
+    invalid = tf.reduce_any(tf.math.is_nan(x), axis=-1)
+    if meta.nodata is not None and not (isinstance(meta.nodata, float) and math.isnan(meta.nodata)):
+        invalid |= tf.reduce_all(tf.equal(x, float(meta.nodata)), axis=-1)
+    mean = tf.constant(meta.mean, tf.float32)
+    std = tf.constant([s if s > 0 else 1.0 for s in meta.std], tf.float32)
+    x = (x - mean) / std
+    return tf.where(invalid[..., None], tf.zeros_like(x), x)
+
+
+def _augment(tf, image, mask, seed, crop_size: int, flip_rotate: bool):
+    """Random crop, flips and 90° rotations applied identically to image and mask.
+
+    ``seed`` is a (2,) int tensor: stateless ops make the result a pure function of it.
+    """
+    c = image.shape[-1]
+    both = tf.concat([image, tf.cast(mask, tf.float32)[..., None]], axis=-1)
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    if crop_size:
+        both = tf.image.stateless_random_crop(both, (crop_size, crop_size, c + 1), seed=seeds[0])
+    if flip_rotate:
+        both = tf.image.stateless_random_flip_left_right(both, seed=seeds[1])
+        both = tf.image.stateless_random_flip_up_down(both, seed=seeds[2])
+        k = tf.random.stateless_uniform((), seeds[3], minval=0, maxval=4, dtype=tf.int32)
+        both = tf.image.rot90(both, k)
+    return both[..., :c], tf.cast(tf.round(both[..., c]), tf.int32)
+
+
+def _local_batch(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise SatsegError(
+            f"config.train.batch_size={global_batch} is not divisible by the "
+            f"{process_count} processes; choose a multiple"
+        )
+    return global_batch // process_count
+
+
+def train_iterator(
+    meta: DatasetMeta,
+    data_config,
+    *,
+    global_batch: int,
+    seed: int,
+    start_step: int = 0,
+    task: str = "segmentation",
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless iterator of this process's slice of each training batch, from ``start_step``.
+
+    Yields dicts of numpy arrays: ``image`` float32 (b, H, W, C) and ``mask`` int32
+    (b, H, W) for segmentation, or ``label`` int32 (b,) for classification.
+    """
+    tf = import_tf()
+    split = data_config.train_split
+    base = _split_dataset(meta, split)
+    n = meta.num_examples[split]
+    per_host = n // process_count
+    if per_host == 0:
+        raise SatsegError(f"split {split!r} has {n} examples, fewer than {process_count} hosts")
+    local_batch = _local_batch(global_batch, process_count)
+    crop = int(data_config.crop_size or 0)
+    if crop and crop > meta.patch_size:
+        raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
+                          f"patch size {meta.patch_size}")
+    if crop == meta.patch_size:
+        crop = 0
+    key = "mask" if task == "segmentation" else "label"
+
+    def strip(ex):
+        return {"image": ex["image"], key: ex[key]}
+
+    base = base.map(strip, num_parallel_calls=tf.data.AUTOTUNE)
+    if data_config.cache:
+        base = base.cache()
+    buffer = max(1, min(int(data_config.shuffle_buffer), n))
+
+    def epoch(e):
+        ds = base.shuffle(buffer, seed=seed * 1_000_003 + e + 1, reshuffle_each_iteration=False)
+        # Same order on every host, then a disjoint 1/P per host with equal counts.
+        return ds.take(per_host * process_count).shard(process_count, process_index)
+
+    consumed = start_step * local_batch  # this host's examples already used
+    start_epoch, offset = divmod(consumed, per_host)
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(offset)
+    # Global position of each example on this host: the stateless augmentation key.
+    ds = tf.data.Dataset.zip(tf.data.Dataset.range(consumed, 2**62), ds)
+
+    def prepare(pos, ex):
+        image = _normalise(tf, ex["image"], meta)
+        seed_t = tf.stack([tf.constant(seed, tf.int64), pos * process_count + process_index])
+        if task == "segmentation":
+            image, mask = _augment(tf, image, ex["mask"], seed_t, crop, data_config.augment)
+            return {"image": image, "mask": mask}
+        dummy = tf.zeros(tf.shape(image)[:2], tf.uint8)
+        image, _ = _augment(tf, image, dummy, seed_t, crop, data_config.augment)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = ds.map(prepare, num_parallel_calls=int(data_config.num_parallel_calls) or None,
+                deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = max(1, int(data_config.num_parallel_calls))
+    ds = ds.with_options(options)
+    yield from ds.as_numpy_iterator()
+
+
+def eval_batches(
+    meta: DatasetMeta,
+    split: str,
+    *,
+    global_batch: int,
+    task: str = "segmentation",
+    process_index: int = 0,
+    process_count: int = 1,
+    keep_metadata: bool = False,
+    crop_size: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's slice of every evaluation batch over the whole split, in order.
+
+    ``crop_size`` > 0 centre-crops image and mask (a valid-convolution model only accepts
+    certain input sizes); 0 evaluates the whole patch.
+
+    The last batches are padded (mask / label = 255, ``valid`` = False) so that every
+    host yields the same number of full batches: collectives never wait on a host that
+    ran out, and padded examples add nothing to the confusion matrix.
+    """
+    tf = import_tf()
+    local_batch = _local_batch(global_batch, process_count)
+    n = meta.num_examples[split]
+    num_batches = math.ceil(math.ceil(n / process_count) / local_batch)
+    ds = _split_dataset(meta, split).shard(process_count, process_index)
+    key = "mask" if task == "segmentation" else "label"
+
+    if crop_size and crop_size > meta.patch_size:
+        raise SatsegError(f"eval crop {crop_size} is larger than the patch size {meta.patch_size}")
+    off = (meta.patch_size - crop_size) // 2 if crop_size else 0
+    end = off + crop_size if crop_size else meta.patch_size
+
+    def prepare(ex):
+        out = {"image": _normalise(tf, ex["image"], meta)[off:end, off:end],
+               key: tf.cast(ex[key], tf.int32)}
+        if task == "segmentation":
+            out[key] = out[key][off:end, off:end]
+        if keep_metadata:
+            for k in ("patch_id", "crs", "transform"):
+                if k in ex:
+                    out[k] = ex[k]
+        return out
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch).prefetch(2)
+    count = 0
+    for batch in ds.as_numpy_iterator():
+        yield pad_batch(batch, local_batch, key)
+        count += 1
+    template = None
+    while count < num_batches:
+        if template is None:
+            spec = ds.element_spec
+            template = {
+                k: np.zeros((0, *s.shape[1:]), dtype=s.dtype.as_numpy_dtype)
+                for k, s in spec.items()
+            }
+        yield pad_batch(template, local_batch, key)
+        count += 1
+
+
+def pad_batch(batch: dict[str, np.ndarray], size: int, key: str) -> dict[str, np.ndarray]:
+    """Pad a partial batch to ``size`` rows; padded labels are the ignore label."""
+    n = len(batch[key])
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if n < size:
+            fill = IGNORE_LABEL if k == key else 0
+            pad = np.full((size - n, *v.shape[1:]), fill, dtype=v.dtype) if v.dtype != object \
+                else np.array([b""] * (size - n), dtype=object)
+            v = np.concatenate([v, pad], axis=0)
+        out[k] = v
+    out["valid"] = np.arange(size) < n
+    return out

@@ -1,0 +1,36 @@
+"""A tiny config for tests: base width 4, 32-px inputs, a handful of steps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(data_dir: str, **overrides):
+    sys.path.insert(0, str(REPO / "configs"))
+    try:
+        import unet_sample
+    finally:
+        sys.path.pop(0)
+    c = unet_sample.get_config()
+    c.data.data_dir = str(data_dir)
+    c.data.crop_size = 0
+    c.data.num_parallel_calls = 1
+    c.model.depth = 2
+    c.model.base_width = 4
+    c.train.batch_size = 4
+    c.train.num_steps = 12
+    c.train.log_every = 4
+    c.train.eval_every = 4
+    c.train.checkpoint_every = 4
+    c.schedule.warmup_steps = 2
+    c.eval.batch_size = 8
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c

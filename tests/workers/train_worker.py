@@ -1,0 +1,51 @@
+"""Run training in a subprocess for tests: optional SIGKILL right after a checkpoint.
+
+Usage: python -m tests.workers.train_worker WORKDIR DATA_DIR [--kill-after-save STEP]
+       [--config.KEY=VALUE ...]
+
+The kill is delivered by the process to itself right after Orbax finished writing the
+checkpoint of STEP, which is the moment a real preemption is most likely to hurt.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def main(argv: list[str]) -> None:
+    workdir, data_dir, *rest = argv
+    kill_after = None
+    if rest and rest[0] == "--kill-after-save":
+        kill_after = int(rest[1])
+        rest = rest[2:]
+    from satseg_jax import checkpoints
+    from tests.workers.tiny_config import tiny_config
+
+    if kill_after is not None:
+        original = checkpoints.save
+
+        def save_then_die(manager, state, meta, metrics=None, force=False):
+            out = original(manager, state, meta, metrics=metrics, force=force)
+            if meta["step"] >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        checkpoints.save = save_then_die
+    config = tiny_config(data_dir)
+    for item in rest:
+        key, value = item.removeprefix("--config.").split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else \
+            value.lower() in ("1", "true")
+    from satseg_jax.train import train_and_evaluate
+
+    train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
