@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.schedule = ml_collections.ConfigDict()
     # constant | warmup_cosine | piecewise | exponential
     c.schedule.name = "warmup_cosine"
-    c.schedule.warmup_steps = 50
+    c.schedule.warmup_steps = 30
     c.schedule.end_factor = 0.01  # warmup_cosine: final lr = end_factor * peak
     c.schedule.boundaries = (0.6, 0.85)  # piecewise: fractions of num_steps
     c.schedule.scales = (0.1, 0.1)  # piecewise: multiply lr by these at the boundaries
@@ -63,11 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16  # global batch, split across all devices
-    c.train.num_steps = 700
+    c.train.num_steps = 300
     c.train.compute_dtype = "float32"  # or bfloat16 (params stay float32)
-    c.train.log_every = 50
-    c.train.eval_every = 350
-    c.train.checkpoint_every = 350
+    c.train.log_every = 25
+    c.train.eval_every = 150
+    c.train.checkpoint_every = 150
     c.train.keep_checkpoints = 2  # the last k; the best by validation mIoU is kept too
     c.train.max_nonfinite_steps = 10  # stop after this many non-finite losses in a row
 

@@ -243,8 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """Keep the console for our progress lines: library chatter (TF, tfds, Orbax) is
+    routed through absl/TF logging at WARNING; show it only for errors."""
+    import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     try:
         if argv and argv[0] in ("train", "evaluate"):
             handler = _cmd_train if argv[0] == "train" else _cmd_evaluate

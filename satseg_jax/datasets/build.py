@@ -95,6 +95,8 @@ def build_dataset(patches_dir: Path, out_dir: Path, split=(0.7, 0.15, 0.15), see
         raise SatsegError(f"{patches_dir}: the train split has no valid pixel to compute band "
                           "statistics from")
 
+    if not progress:
+        tfds.disable_progress_bar()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         builder = SatsegPatches(
             data_dir=str(tmp),

@@ -1,20 +1,26 @@
 """Cut a scene into image + mask patches by windowed reads, keeping georeferencing.
 
-Output folder (read by ``satseg build``)::
+Output folder (a contract: ``satseg build`` / ``satseg_jax.datasets`` read it)::
 
-    OUT/images/<patch_id>.tif   C bands, source dtype, the window's own transform
-    OUT/masks/<patch_id>.tif    uint8 class ids, 255 = ignore (nodata, unlabelled)
+    OUT/images/<patch_id>.tif   C bands, source dtype, the window's own transform, crs,
+                                nodata and band descriptions; deflate
+    OUT/masks/<patch_id>.tif    1 band uint8 class ids, 255 = ignore, nodata=255
     OUT/index.csv               patch_id,row,col,height,width,left,bottom,right,top,
                                 valid_fraction,count_<class>...,count_ignore
     OUT/classes.json            the classes used (normalised)
     OUT/patches.json            scene grid, bands, dtype, nodata, parameters, counts
 
-``patch_id`` is ``r{row:06d}_c{col:06d}`` (pixel offsets of the window in the scene).
-Masks are GeoTIFF, never JPEG: labels must survive bit for bit.
+``patch_id`` is ``r{row:06d}_c{col:06d}`` (pixel offsets of the window in the scene);
+``height``/``width`` in index.csv are the patch's (always ``size``: partial windows at
+the edge are padded with nodata and ignore 255 when ``edge='pad'``). Masks are GeoTIFF,
+never JPEG: labels must survive bit for bit.
 
-Only one window of the scene (and of the labels) is in memory at a time; vector labels
-are rasterized per window on the scene grid from the features whose bounds meet it.
-The whole folder is written under a temporary name and renamed at the end, so a failure
+Why windowed: scenes are far larger than memory. Only one window of the scene (and of
+the label raster) is in memory at a time; vector labels are loaded once (they are
+small) and rasterized per window on the window's own transform from the features whose
+bounds meet it, so a vector mask is pixel-identical to rasterizing the whole layer on
+the scene grid. The whole folder is written under a temporary name and renamed at the
+end, so a failure (corrupt pixels, an undeclared label value, an all-nodata scene)
 leaves nothing behind.
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -31,20 +38,35 @@ import numpy as np
 from satseg_jax.classes import IGNORE_LABEL, ClassSet, load_classes
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_dir
-from satseg_jax.raster.compose import _grid_mismatch, open_raster, read_window
-from satseg_jax.raster.windows import Win, patch_windows
+from satseg_jax.raster.compose import grid_mismatch, open_raster, read_window
+from satseg_jax.raster.windows import EDGES, Win, patch_windows, to_rasterio
+
+FORMAT_VERSION = 1
 
 
 def patch_id(row: int, col: int) -> str:
+    """The id of the patch whose upper-left pixel is (row, col) in the scene."""
     return f"r{row:06d}_c{col:06d}"
 
 
+def _is_nan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
 def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(H, W) True where the pixel has data: not NaN in any band, not nodata in all bands."""
+    """(H, W) True where the pixel has data.
+
+    A pixel is nodata when *all* its bands equal ``nodata`` (a dark water pixel may be
+    0 in one band and still be data), or when any band is NaN/inf (float scenes).
+    """
     valid = np.ones(image.shape[1:], dtype=bool)
     if np.issubdtype(image.dtype, np.floating):
-        valid &= ~np.isnan(image).any(axis=0) & np.isfinite(image).all(axis=0)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        valid &= np.isfinite(image).all(axis=0)
+    if nodata is not None and not _is_nan(nodata):
+        if np.issubdtype(image.dtype, np.integer):
+            info = np.iinfo(image.dtype)
+            if not (info.min <= nodata <= info.max and float(nodata).is_integer()):
+                return valid  # nodata not representable: no pixel can equal it
         valid &= ~(image == np.asarray(nodata, dtype=image.dtype)).all(axis=0)
     return valid
 
@@ -52,84 +74,214 @@ def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
 # ----------------------------------------------------------------------------- vectors
 
 
-def _vector_crs(collection: dict, path: Path):
+class VectorLabels:
+    """Label polygons in the scene CRS with their class ids, queried by window bounds."""
+
+    def __init__(self, geoms: list[dict], ids: np.ndarray):
+        from rasterio import features
+
+        self.geoms = geoms
+        self.ids = ids.astype(np.uint8)
+        b = np.array([features.bounds(g) for g in geoms], dtype=np.float64).reshape(-1, 4)
+        self.x0, self.y0, self.x1, self.y1 = b.T
+
+    def __len__(self) -> int:
+        return len(self.geoms)
+
+    def mask(self, transform, size: int) -> np.ndarray:
+        """(size, size) uint8 class ids (255 where no polygon) on the window's grid."""
+        from rasterio import features
+
+        xs = (transform.c, transform.c + transform.a * size)
+        ys = (transform.f, transform.f + transform.e * size)
+        hit = np.flatnonzero((self.x0 <= max(xs)) & (self.x1 >= min(xs))
+                             & (self.y0 <= max(ys)) & (self.y1 >= min(ys)))
+        if hit.size == 0:
+            return np.full((size, size), IGNORE_LABEL, dtype=np.uint8)
+        return features.rasterize(
+            ((self.geoms[i], int(self.ids[i])) for i in hit), out_shape=(size, size),
+            transform=transform, fill=IGNORE_LABEL, dtype="uint8")
+
+
+def _geojson_crs(collection: dict, path: Path):
+    """CRS of a GeoJSON: its legacy ``crs`` member, else WGS 84 (RFC 7946)."""
     from rasterio.crs import CRS
 
-    name = (collection.get("crs") or {}).get("properties", {}).get("name")
-    if not name:
-        return CRS.from_epsg(4326)  # RFC 7946: GeoJSON without "crs" is WGS 84
-    try:
-        return CRS.from_user_input(name.replace("urn:ogc:def:crs:", "").replace("::", ":"))
-    except Exception:
+    crs = collection.get("crs")
+    if not crs:
+        return CRS.from_epsg(4326)
+    name = (crs.get("properties") or {}).get("name") if isinstance(crs, dict) else None
+    if not isinstance(name, str):
+        raise SatsegError(f"{path}: cannot understand its \"crs\" member {crs!r}; use "
+                          "{\"type\": \"name\", \"properties\": {\"name\": \"EPSG:XXXX\"}}")
+    if name.upper().endswith("CRS84"):
+        return CRS.from_epsg(4326)
+    for candidate in (name, name.replace("urn:ogc:def:crs:", "").replace("::", ":")):
         try:
-            return CRS.from_user_input(name)
-        except Exception:
-            raise SatsegError(f"{path}: cannot understand its crs {name!r}") from None
+            return CRS.from_user_input(candidate)
+        except Exception:  # noqa: BLE001 - any parse failure: try the next spelling
+            continue
+    raise SatsegError(f"{path}: cannot understand its crs {name!r}; use e.g. "
+                      "\"urn:ogc:def:crs:EPSG::32723\"")
+
+
+def _read_features(path: Path) -> tuple[list[dict], object]:
+    """([{"geometry": ..., "properties": ...}], crs) from GeoJSON, or via fiona/pyogrio."""
+    from rasterio.crs import CRS
+
+    if path.suffix.lower() in (".geojson", ".json"):
+        try:
+            collection = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SatsegError(f"{path}: not valid GeoJSON ({e})") from None
+        if isinstance(collection, dict) and collection.get("type") == "Feature":
+            collection = {"type": "FeatureCollection", "features": [collection]}
+        feats = collection.get("features") if isinstance(collection, dict) else None
+        if not isinstance(feats, list):
+            raise SatsegError(f"{path}: not a GeoJSON FeatureCollection (no \"features\" list)")
+        return feats, _geojson_crs(collection, path)
+    try:
+        import fiona
+    except ImportError:
+        fiona = None
+    if fiona is not None:
+        try:
+            with fiona.open(path) as src:
+                crs = CRS.from_user_input(src.crs_wkt) if src.crs_wkt else CRS.from_epsg(4326)
+                feats = [{"geometry": dict(f["geometry"]) if f["geometry"] else None,
+                          "properties": dict(f["properties"])} for f in src]
+        except Exception as e:  # noqa: BLE001 - fiona raises many types for bad files
+            raise SatsegError(f"{path}: cannot be read as a vector file ({e})") from None
+        return feats, crs
+    try:
+        import pyogrio
+        import shapely
+    except ImportError:
+        raise SatsegError(
+            f"{path}: reading {path.suffix or 'this'} vector files needs fiona or pyogrio "
+            "(pip install pyogrio shapely), or convert it to GeoJSON "
+            "(ogr2ogr -f GeoJSON labels.geojson INPUT)") from None
+    try:
+        meta, _, geoms, field_data = pyogrio.raw.read(path)
+    except Exception as e:  # noqa: BLE001 - pyogrio raises many types for bad files
+        raise SatsegError(f"{path}: cannot be read as a vector file ({e})") from None
+    fields = list(meta["fields"])
+    feats = [{"geometry": shapely.geometry.mapping(shapely.from_wkb(g)) if g is not None
+              else None,
+              "properties": {f: _plain(field_data[i][j]) for i, f in enumerate(fields)}}
+             for j, g in enumerate(geoms)]
+    crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else CRS.from_epsg(4326)
+    return feats, crs
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _class_lookup(classes: ClassSet) -> dict:
+    """Attribute value -> class id (255 for ignore values); names match too."""
+    lookup: dict = {}
+    for c in classes.classes:
+        lookup[c.value] = c.id
+        lookup[c.name] = c.id
+    for v in classes.ignore_values:
+        lookup[v] = IGNORE_LABEL
+    return lookup
+
+
+def _normalise_value(v):
+    """Integer-like attribute values (3, 3.0, "3") -> int; other strings stay strings."""
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        s = v.strip()
+        try:
+            return int(s)
+        except ValueError:
+            return s
+    return v
 
 
 def load_vector_labels(path: Path, class_field: str, classes: ClassSet, scene_crs
-                       ) -> list[tuple[dict, int, tuple[float, float, float, float]]]:
-    """(geometry in the scene CRS, class id or 255, bounds) for every feature.
+                       ) -> VectorLabels:
+    """Read label polygons, map ``class_field`` through ``classes``, reproject to the scene.
 
-    GeoJSON is read directly; other formats (Shapefile, GeoPackage) need pyogrio.
+    The attribute may hold the class ``value`` (as classes.json) or the class name.
+    Features with a value not declared in classes.json are an error listing the values
+    and how many features carry them: labels are never silently dropped or remapped.
     """
-    from rasterio import features
     from rasterio.warp import transform_geom
 
     path = Path(path)
     if not path.exists():
         raise SatsegError(f"{path}: vector label file not found")
-    if path.suffix.lower() in (".geojson", ".json"):
+    feats, src_crs = _read_features(path)
+    if not feats:
+        raise SatsegError(f"{path}: has no features; nothing to rasterize")
+    lookup = _class_lookup(classes)
+    geoms: list[dict] = []
+    ids: list[int] = []
+    bad: dict = {}
+    for n, f in enumerate(feats):
+        props = (f.get("properties") or {}) if isinstance(f, dict) else {}
+        if class_field not in props:
+            available = sorted({k for g in feats[:100] if isinstance(g, dict)
+                                for k in (g.get("properties") or {})})
+            raise SatsegError(f"{path}: feature {n} has no attribute {class_field!r}; "
+                              f"available attributes: {available}. Pass --class-field NAME")
+        value = _normalise_value(props[class_field])
         try:
-            collection = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SatsegError(f"{path}: not valid GeoJSON ({e})") from None
-        feats = collection.get("features")
-        if not isinstance(feats, list):
-            raise SatsegError(f"{path}: not a GeoJSON FeatureCollection")
-        src_crs = _vector_crs(collection, path)
-    else:
-        try:
-            import pyogrio
-        except ImportError:
-            raise SatsegError(f"{path}: reading {path.suffix} files needs pyogrio "
-                              "(pip install pyogrio), or convert the file to GeoJSON") from None
-        meta, _, geoms, field_data = pyogrio.read_ogr(path, encoding=None)
-        import shapely
-
-        fields = list(meta["fields"])
-        feats = [{"geometry": shapely.geometry.mapping(shapely.from_wkb(g)) if g is not None
-                  else None, "properties": {f: field_data[i][j] for i, f in enumerate(fields)}}
-                 for j, g in enumerate(geoms)]
-        from rasterio.crs import CRS
-
-        src_crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else CRS.from_epsg(4326)
-    if feats and class_field not in (feats[0].get("properties") or {}):
-        available = sorted((feats[0].get("properties") or {}).keys())
-        raise SatsegError(f"{path}: no attribute {class_field!r}; available: {available}. "
-                          "Pass --class-field NAME")
-    values = np.array([
-        (f.get("properties") or {}).get(class_field) for f in feats
-    ], dtype=object)
-    try:
-        values = values.astype(np.int64)
-    except (TypeError, ValueError):
-        raise SatsegError(f"{path}: attribute {class_field!r} must hold integer class values "
-                          "(as classes.json 'value'/'id')") from None
-    ids = classes.value_to_id(values, what=f"{path} attribute {class_field!r}")
-    reproject = scene_crs is not None and src_crs != scene_crs
-    out = []
-    for f, cid in zip(feats, ids.tolist()):
+            cid = lookup.get(value)
+        except TypeError:  # unhashable (list/dict attribute)
+            cid = None
+        if cid is None:
+            bad[repr(value)] = bad.get(repr(value), 0) + 1
+            continue
         geom = f.get("geometry")
         if not geom:
             continue
-        if reproject:
-            geom = transform_geom(src_crs, scene_crs, geom)
-        out.append((geom, int(cid), features.bounds(geom)))
-    return out
+        geoms.append(geom)
+        ids.append(cid)
+    if bad:
+        listing = ", ".join(f"{v} ({n} features)" for v, n in sorted(bad.items()))
+        raise SatsegError(f"{path} attribute {class_field!r}: values not declared in "
+                          f"{classes.source}: {listing}. Add them to {classes.source} (as a "
+                          "class \"value\" or with \"ignore\": true)")
+    if scene_crs is not None and src_crs != scene_crs:
+        try:
+            geoms = [transform_geom(src_crs, scene_crs, g) for g in geoms]
+        except Exception as e:  # noqa: BLE001 - PROJ errors come in several types
+            raise SatsegError(f"{path}: cannot reproject from {src_crs} to the scene crs "
+                              f"{scene_crs} ({e})") from None
+    return VectorLabels(geoms, np.array(ids, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _read_padded(ds, win: Win, size: int, path: Path, fill, indexes=None) -> np.ndarray:
+    """Read ``win`` (clipped to the scene) and pad it to ``size×size`` with ``fill``."""
+    data = read_window(ds, to_rasterio(win), path, indexes)
+    if (win.height, win.width) == (size, size):
+        return data
+    out = np.full((*data.shape[:-2], size, size), fill, dtype=data.dtype)
+    out[..., :win.height, :win.width] = data
+    return out
+
+
+def _patch_profile(ds, size: int, count: int, dtype: str, nodata) -> dict:
+    """A lean GeoTIFF profile for one patch: one tile when possible, deflate."""
+    profile = {"driver": "GTiff", "height": size, "width": size, "count": count,
+               "dtype": dtype, "crs": ds.crs, "nodata": nodata, "compress": "deflate"}
+    if size % 16 == 0 and size <= 1024:
+        profile.update(tiled=True, blockxsize=size, blockysize=size)
+    if count > 1:
+        profile["interleave"] = "pixel"
+    return profile
 
 
 def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256,
@@ -137,72 +289,100 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
                  labels: Path | None = None, vector: Path | None = None,
                  class_field: str = "class", overwrite: bool = False,
                  progress: bool = True) -> dict:
-    """Write image/mask patch GeoTIFFs, index.csv and patches.json; return a summary."""
+    """Write image/mask patch GeoTIFFs, index.csv, classes.json and patches.json.
+
+    Give exactly one label source: ``labels`` (a raster on the scene's grid) or
+    ``vector`` (polygons; GeoJSON read directly, other formats through fiona/pyogrio).
+    Patches whose valid (non-nodata) fraction is below ``min_valid`` are skipped.
+    Returns a JSON-able summary (counts, per-class pixel totals, throughput).
+    """
     import rasterio
-    from rasterio import features
-    from rasterio.windows import Window
     from rasterio.windows import bounds as window_bounds
-    from rasterio.windows import transform as window_transform
     from tqdm import tqdm
 
+    from satseg_jax.raster.windows import window_transform
+
+    t_start = time.perf_counter()
     image, out_dir = Path(image), Path(out_dir)
     if (labels is None) == (vector is None):
         raise SatsegError("patches: give exactly one of --labels RASTER or --vector FILE")
-    if not 0.0 <= min_valid <= 1.0:
-        raise SatsegError(f"--min-valid {min_valid} must be between 0 and 1")
-    stride = stride or size
+    if not isinstance(min_valid, (int, float)) or not 0.0 <= min_valid <= 1.0:
+        raise SatsegError(f"--min-valid {min_valid}: must be between 0 and 1")
+    if edge not in EDGES:
+        raise SatsegError(f"--edge {edge!r}: expected one of {', '.join(EDGES)}")
+    stride = size if stride is None else stride
+    if not isinstance(size, int) or size <= 0 or not isinstance(stride, int) or stride <= 0:
+        raise SatsegError(f"--size {size} and --stride {stride}: must be positive integers")
     classes = load_classes(classes_path)
+    label_source = Path(labels if labels is not None else vector)
+
     with ExitStack() as stack:
         src = stack.enter_context(open_raster(image))
         nodata = src.nodata
+        if len(set(src.dtypes)) > 1:
+            raise SatsegError(f"{image}: bands have different dtypes {src.dtypes}; "
+                              "re-compose the scene with one dtype")
+        dtype = src.dtypes[0]
         band_names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
         lab = None
-        shapes = None
+        vec = None
         label_nodata = None
         if labels is not None:
-            lab = stack.enter_context(open_raster(Path(labels)))
-            problem = _grid_mismatch(src, lab)
-            if problem:
-                raise SatsegError(f"{labels}: label raster {problem} of {image}; rasterize or "
-                                  "warp the labels onto the scene grid")
+            lab = stack.enter_context(open_raster(label_source))
             if lab.count != 1:
-                raise SatsegError(f"{labels}: label raster must have one band, has {lab.count}")
+                raise SatsegError(f"{label_source}: band count is {lab.count}; a label raster "
+                                  "has one band of class values")
+            problem = grid_mismatch(src, lab)
+            if problem:
+                raise SatsegError(f"{label_source}: label raster {problem} of {image}; "
+                                  "rasterize or warp the labels onto the scene grid")
+            if not np.issubdtype(np.dtype(lab.dtypes[0]), np.integer):
+                raise SatsegError(f"{label_source}: dtype {lab.dtypes[0]}; label rasters must "
+                                  "hold integer class values")
+            declared = {c.value for c in classes.classes}
             label_nodata = lab.nodata
+            if label_nodata is not None and (_is_nan(label_nodata) or label_nodata in declared):
+                # A declared class wins over the file's nodata tag: classes.json is explicit.
+                label_nodata = None
         else:
-            shapes = load_vector_labels(Path(vector), class_field, classes, src.crs)
+            vec = load_vector_labels(label_source, class_field, classes, src.crs)
         wins = patch_windows(src.height, src.width, size, stride, edge)
         if not wins:
             raise SatsegError(f"{image}: scene {src.width}x{src.height} is smaller than one "
                               f"{size}-px patch; use a smaller --size or --edge pad")
-        img_profile = {"driver": "GTiff", "height": size, "width": size, "count": src.count,
-                       "dtype": src.dtypes[0], "crs": src.crs, "nodata": nodata,
-                       "compress": "deflate"}
-        mask_profile = {"driver": "GTiff", "height": size, "width": size, "count": 1,
-                        "dtype": "uint8", "crs": src.crs, "nodata": IGNORE_LABEL,
-                        "compress": "deflate"}
+        img_profile = _patch_profile(src, size, src.count, dtype, nodata)
+        mask_profile = _patch_profile(src, size, 1, "uint8", IGNORE_LABEL)
+        img_fill = nodata if nodata is not None and not (
+            _is_nan(nodata) and np.dtype(dtype).kind != "f") else 0
+        names = classes.names
         rows: list[dict] = []
+        totals = np.zeros(256, np.int64)
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             (tmp / "images").mkdir()
             (tmp / "masks").mkdir()
-            for w in tqdm(wins, desc=f"patches {image.name}", unit="patch",
-                          disable=not progress):
-                rw = Window(w.col, w.row, size, size)
-                fill = nodata if nodata is not None else 0
-                if (w.height, w.width) == (size, size):
-                    img = read_window(src, rw, image)
-                else:
-                    img = read_window(src, rw, image, boundless=True, fill_value=fill)
+            for w in tqdm(wins, desc=f"patches {image.name}", unit="win",
+                          disable=not progress, leave=False):
+                img = _read_padded(src, w, size, image, img_fill)
                 valid = valid_pixels(img, nodata)
                 if (w.height, w.width) != (size, size):
                     valid[w.height:, :] = False
                     valid[:, w.width:] = False
                 frac = float(valid.mean())
-                if frac < min_valid or frac == 0.0:
+                if frac == 0.0 or frac < min_valid:
                     continue
-                t = window_transform(rw, src.transform)
-                mask = _mask_for(w, rw, t, size, lab, labels, label_nodata, shapes, classes,
-                                 features)
-                mask[~valid] = IGNORE_LABEL
+                t = window_transform(w, src.transform)
+                if lab is not None:
+                    raw = _read_padded(lab, w, size, label_source, 0, 1)
+                    if label_nodata is not None:
+                        valid_lab = valid & (raw != label_nodata)
+                    else:
+                        valid_lab = valid
+                    mask = np.full((size, size), IGNORE_LABEL, np.uint8)
+                    mask[valid_lab] = classes.value_to_id(
+                        raw[valid_lab], what=f"{label_source} (window row {w.row}, col {w.col})")
+                else:
+                    mask = vec.mask(t, size)
+                    mask[~valid] = IGNORE_LABEL
                 pid = patch_id(w.row, w.col)
                 with rasterio.open(tmp / "images" / f"{pid}.tif", "w", transform=t,
                                    **img_profile) as dst:
@@ -212,64 +392,69 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
                                    **mask_profile) as dst:
                     dst.write(mask, 1)
                 counts = np.bincount(mask.ravel(), minlength=256)
-                left, bottom, right, top = window_bounds(rw, src.transform)
+                totals += counts
+                left, bottom, right, top = window_bounds(to_rasterio(w, size), src.transform)
                 row = {"patch_id": pid, "row": w.row, "col": w.col, "height": size,
                        "width": size, "left": left, "bottom": bottom, "right": right,
                        "top": top, "valid_fraction": round(frac, 6)}
-                row.update({f"count_{n}": int(counts[i]) for i, n in enumerate(classes.names)})
+                row.update({f"count_{n}": int(counts[i]) for i, n in enumerate(names)})
                 row["count_ignore"] = int(counts[IGNORE_LABEL])
                 rows.append(row)
             if not rows:
                 raise SatsegError(
-                    f"{image}: no patch has a valid (non-nodata) fraction >= {min_valid} "
-                    f"({len(wins)} windows checked); is the scene all nodata? Lower --min-valid "
-                    "or check the file's nodata value"
-                )
-            fields = list(rows[0].keys())
+                    f"{image}: no patch has valid fraction >= min_valid {min_valid} "
+                    f"({len(wins)} windows checked, nodata={nodata}); is the scene all "
+                    "nodata? Check the file's nodata value or lower --min-valid")
+            n_bad = int(totals[classes.num_classes:IGNORE_LABEL].sum())
+            if n_bad:  # cannot happen through value_to_id; guards the contract
+                raise SatsegError(f"{label_source}: produced class ids outside 0..K-1")
+            fields = ["patch_id", "row", "col", "height", "width", "left", "bottom", "right",
+                      "top", "valid_fraction", *(f"count_{n}" for n in names), "count_ignore"]
             with open(tmp / "index.csv", "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(rows)
             classes.save(tmp / "classes.json")
-            summary = {
-                "format_version": 1, "image": str(image.absolute()), "bands": band_names,
-                "dtype": src.dtypes[0],
-                "nodata": None if nodata is None or (isinstance(nodata, float)
-                                                     and math.isnan(nodata)) else nodata,
+            info = {
+                "format_version": FORMAT_VERSION,
+                "image": str(image.absolute()),
+                "bands": band_names,
+                "dtype": dtype,
+                "nodata": _json_nodata(nodata, dtype),
                 "crs": src.crs.to_wkt() if src.crs else None,
-                "scene_transform": list(src.transform)[:6], "scene_height": src.height,
-                "scene_width": src.width, "size": size, "stride": stride, "edge": edge,
-                "min_valid": min_valid, "num_windows": len(wins), "num_patches": len(rows),
-                "label_source": str(Path(labels or vector).absolute()),
+                "scene_transform": list(src.transform)[:6],
+                "scene_height": src.height,
+                "scene_width": src.width,
+                "size": size,
+                "stride": stride,
+                "edge": edge,
+                "min_valid": min_valid,
+                "num_windows": len(wins),
+                "num_patches": len(rows),
+                "label_source": str(label_source.absolute()),
+                "label_type": "raster" if lab is not None else "vector",
+                "class_field": class_field if vec is not None else None,
             }
-            (tmp / "patches.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"out": str(out_dir), "num_windows": len(wins), "num_patches": len(rows),
-            "skipped_low_valid": len(wins) - len(rows), "bands": band_names,
-            "class_pixel_counts": {n: sum(r[f"count_{n}"] for r in rows)
-                                   for n in classes.names},
-            "ignored_pixels": sum(r["count_ignore"] for r in rows)}
+            (tmp / "patches.json").write_text(json.dumps(info, indent=2) + "\n")
+        scene_bytes = src.width * src.height * src.count * np.dtype(dtype).itemsize
+    seconds = time.perf_counter() - t_start
+    return {
+        "out": str(out_dir),
+        "num_windows": len(wins),
+        "num_patches": len(rows),
+        "skipped_low_valid": len(wins) - len(rows),
+        "bands": band_names,
+        "class_pixel_counts": {n: int(totals[i]) for i, n in enumerate(names)},
+        "ignored_pixels": int(totals[IGNORE_LABEL]),
+        "seconds": round(seconds, 3),
+        "input_mb_per_s": round(scene_bytes / 1e6 / max(seconds, 1e-9), 1),
+    }
 
 
-def _mask_for(w: Win, rw, t, size: int, lab, labels_path, label_nodata, shapes,
-              classes: ClassSet, features) -> np.ndarray:
-    """The uint8 class-id mask of one window, from a label raster or vector shapes."""
-    if lab is not None:
-        raw = read_window(lab, rw, Path(labels_path), 1, boundless=True,
-                          fill_value=label_nodata if label_nodata is not None else 0)
-        ignore = np.zeros(raw.shape, dtype=bool)
-        if label_nodata is not None and label_nodata not in [c.value for c in classes.classes]:
-            ignore = raw == label_nodata
-            raw = np.where(ignore, classes.classes[0].value, raw)
-        mask = classes.value_to_id(raw, what=str(labels_path))
-        mask[ignore] = IGNORE_LABEL
-        return mask
-    left, top = t.c, t.f
-    right, bottom = left + t.a * size, top + t.e * size
-    x0, x1 = min(left, right), max(left, right)
-    y0, y1 = min(top, bottom), max(top, bottom)
-    hits = [(g, cid) for g, cid, (bx0, by0, bx1, by1) in shapes
-            if bx0 <= x1 and bx1 >= x0 and by0 <= y1 and by1 >= y0]
-    if not hits:
-        return np.full((size, size), IGNORE_LABEL, dtype=np.uint8)
-    return features.rasterize(hits, out_shape=(size, size), transform=t, fill=IGNORE_LABEL,
-                              dtype="uint8")
+def _json_nodata(nodata, dtype: str):
+    """nodata as JSON: null for none/NaN, an int for integer dtypes."""
+    if nodata is None or _is_nan(nodata):
+        return None
+    if np.dtype(dtype).kind in "iu" and float(nodata).is_integer():
+        return int(nodata)
+    return float(nodata)
