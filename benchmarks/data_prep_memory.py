@@ -1,10 +1,15 @@
 """Peak memory and throughput of data prep (compose + patches) on a large scene.
 
-    python benchmarks/data_prep_memory.py [--size 4096] [--patch 256] [--workdir /tmp/dp]
+Why: compose and patches promise windowed I/O — memory must not grow with the scene —
+and patch cutting should keep up with gdal_retile. This generates a 4096×4096×4 uint16
+sample scene (outside the repository), then runs each stage in its own fresh Python
+process and reports that process's peak RSS (getrusage ru_maxrss) and its throughput
+in MB/s of *uncompressed input pixels* (4096·4096·4·2 B = 134 MB for the scene).
 
-Each stage runs in its own subprocess so that its peak RSS (ru_maxrss of the child) is
-measured alone. The sample scene generation is not timed (it is test-data generation,
-not data prep). Prints a table and writes benchmarks/results/data_prep_memory.json.
+    python benchmarks/data_prep_memory.py [--size 4096] [--workdir /tmp/satseg_bench]
+
+Prints a table and writes benchmarks/results/data_prep_memory.json. Fails (exit 1) when
+a stage peaks at 1 GiB or more.
 """
 
 from __future__ import annotations
@@ -13,62 +18,117 @@ import argparse
 import json
 import os
 import platform
+import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-STAGE = r"""
-import resource, sys, time, json
-from pathlib import Path
-stage, work, size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-t = time.perf_counter()
-if stage == "compose":
-    from satseg_jax.raster.compose import compose_bands
-    compose_bands([work / "sample" / f"{b}.tif" for b in ("blue", "green", "red", "nir")],
-                  work / "scene.tif", progress=False)
-else:
-    from satseg_jax.raster.patches import make_patches
-    make_patches(work / "scene.tif", work / "patches", work / "sample" / "classes.json",
-                 size=size, labels=work / "sample" / "labels.tif", overwrite=True,
-                 progress=False)
-dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "data_prep_memory.json"
+LIMIT_MIB = 1024
+BANDS = ("blue", "green", "red", "nir")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--size", type=int, default=4096)
-    p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--workdir", default="/tmp/satseg_dataprep_bench")
-    a = p.parse_args()
-    work = Path(a.workdir)
-    if not (work / "sample" / "nir.tif").exists():
+def _peak_rss_mib() -> float:
+    # Linux reports ru_maxrss in KiB, macOS in bytes.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def run_stage(stage: str, work: Path, size: int, patch: int) -> dict:
+    """Run one stage in this process (called in a child) and return its measurements."""
+    sample = work / "sample"
+    scene = work / "scene.tif"
+    t0 = time.perf_counter()
+    if stage == "sample":
         from satseg_jax.raster.sample import write_sample_scene
 
-        write_sample_scene(work / "sample", size=a.size, seed=0, overwrite=True)
-    input_mb = a.size * a.size * 4 * 2 / 1e6  # 4 uint16 bands
-    results = {}
-    for stage in ("compose", "patches"):
-        if stage == "compose" and (work / "scene.tif").exists():
-            (work / "scene.tif").unlink()
-        out = subprocess.run([sys.executable, "-c", STAGE, stage, str(work), str(a.patch)],
-                             capture_output=True, text=True, check=True,
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["mb_per_s"] = input_mb / r["seconds"]
-        results[stage] = r
-    report = {"scene": f"{a.size}x{a.size}x4 uint16 ({input_mb:.0f} MB)",
-              "patch_size": a.patch, "machine": platform.processor() or platform.machine(),
-              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "stages": results}
-    print(f"{'stage':<10}{'seconds':>10}{'MB/s':>10}{'peak RSS MiB':>15}")
-    for stage, r in results.items():
-        print(f"{stage:<10}{r['seconds']:>10.2f}{r['mb_per_s']:>10.1f}{r['peak_rss_mib']:>15.0f}")
-    out = Path(__file__).parent / "results" / "data_prep_memory.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+        write_sample_scene(sample, size=size, seed=0, overwrite=True)
+        in_bytes = 0
+    elif stage == "compose":
+        from satseg_jax.raster.compose import compose_bands
+
+        compose_bands([sample / f"{b}.tif" for b in BANDS], scene, progress=False)
+        in_bytes = size * size * len(BANDS) * 2
+    elif stage in ("patches", "patches_vector"):
+        from satseg_jax.raster.patches import make_patches
+
+        labels = {"labels": sample / "labels.tif"} if stage == "patches" else {
+            "vector": sample / "labels.geojson"}
+        summary = make_patches(scene, work / stage, sample / "classes.json", size=patch,
+                               overwrite=True, progress=False, **labels)
+        in_bytes = size * size * len(BANDS) * 2 + size * size  # scene + uint8 labels
+    else:
+        raise ValueError(stage)
+    seconds = time.perf_counter() - t0
+    out = {"stage": stage, "seconds": round(seconds, 3), "peak_rss_mib": round(_peak_rss_mib(), 1),
+           "input_mb": round(in_bytes / 1e6, 1),
+           "mb_per_s": round(in_bytes / 1e6 / seconds, 1) if in_bytes else None}
+    if stage.startswith("patches"):
+        out["num_patches"] = summary["num_patches"]
+        out["num_windows"] = summary["num_windows"]
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=4096, help="scene side in pixels")
+    p.add_argument("--patch", type=int, default=256, help="patch size")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/satseg_bench_data_prep"),
+                   help="scratch folder (outside the repository; removed at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage, print JSON
+    args = p.parse_args()
+    if args.stage:
+        print(json.dumps(run_stage(args.stage, args.workdir, args.size, args.patch)))
+        return 0
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        for stage in ("sample", "compose", "patches", "patches_vector"):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--stage", stage, "--size", str(args.size),
+                 "--patch", str(args.patch), "--workdir", str(args.workdir)],
+                capture_output=True, text=True, env=env, check=False)
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                return 1
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+
+    print(f"scene {args.size}x{args.size}x4 uint16, patches {args.patch} px, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'stage':<16}{'seconds':>9}{'input MB':>10}{'MB/s':>8}{'peak RSS MiB':>14}")
+    for r in rows:
+        mbps = f"{r['mb_per_s']:.1f}" if r["mb_per_s"] else "-"
+        print(f"{r['stage']:<16}{r['seconds']:>9.2f}{r['input_mb']:>10.1f}{mbps:>8}"
+              f"{r['peak_rss_mib']:>14.1f}")
+    prep = [r for r in rows if r["stage"] != "sample"]
+    ok = all(r["peak_rss_mib"] < LIMIT_MIB for r in prep)
+    result = {
+        "benchmark": "data_prep_memory",
+        "scene": {"size": args.size, "bands": len(BANDS), "dtype": "uint16"},
+        "patch_size": args.patch,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count()},
+        "limit_peak_rss_mib": LIMIT_MIB,
+        "within_limit": ok,
+        "stages": rows,
+        "note": "MB/s = uncompressed input pixels / wall seconds of the stage, each stage in "
+                "a fresh process (imports included in peak RSS, not in seconds).",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'OK' if ok else 'FAIL'}: peak RSS of compose/patches "
+          f"{'<' if ok else '>='} {LIMIT_MIB} MiB; wrote {RESULTS.relative_to(REPO)}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,21 +8,13 @@ setting is SGD with momentum 0.99 and batch 1; we keep SGD with momentum but use
 small batch with BatchNorm off, as published.
 """
 
-import importlib.util
 from pathlib import Path
 
-
-def _base():
-    """configs/unet_sample.py, loaded by path (config files are not a package)."""
-    spec = importlib.util.spec_from_file_location("unet_sample",
-                                                  Path(__file__).with_name("unet_sample.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from satseg_jax.config_files import load_config_file
 
 
 def get_config():
-    c = _base()
+    c = load_config_file(Path(__file__).with_name("unet_sample.py"))
     c.data.data_dir = "runs/original/data"  # a dataset built with 256-px patches
     c.data.crop_size = 252
     c.eval.crop_size = 252

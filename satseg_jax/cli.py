@@ -63,21 +63,75 @@ def _cmd_patches(args: argparse.Namespace) -> int:
         size=args.size, stride=args.stride, min_valid=args.min_valid, edge=args.edge,
         labels=Path(args.labels) if args.labels else None,
         vector=Path(args.vector) if args.vector else None, class_field=args.class_field,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
     )
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from satseg_jax.datasets.build import build_dataset, format_summary
-
-    info = build_dataset(
-        patches_dir=Path(args.patches), out_dir=Path(args.out), split=args.split,
-        seed=args.seed, split_by=args.split_by, block_size=args.block_size,
-        overwrite=args.overwrite,
+    from satseg_jax.datasets.build import (
+        build_classification_dataset,
+        build_dataset,
+        format_summary,
     )
+
+    if args.classification:
+        if not args.images:
+            raise SatsegError("satseg build --classification needs --images DIR "
+                              "(one sub-folder per class)")
+        info = build_classification_dataset(
+            Path(args.images), Path(args.out), split=args.split, seed=args.seed,
+            split_by=args.split_by, block_size=args.block_size, overwrite=args.overwrite)
+    else:
+        if not args.patches:
+            raise SatsegError("satseg build needs --patches DIR (or --classification --images)")
+        info = build_dataset(
+            patches_dir=Path(args.patches), out_dir=Path(args.out), split=args.split,
+            seed=args.seed, split_by=args.split_by, block_size=args.block_size,
+            overwrite=args.overwrite,
+        )
     print(format_summary(info))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from satseg_jax.predict import predict_scene
+
+    r = predict_scene(args.workdir, args.image, args.out, checkpoint=args.checkpoint,
+                      tile=args.tile, overlap=args.overlap, blend=args.blend,
+                      probabilities=args.probabilities, batch=args.batch)
+    print(f"wrote {r['map']} ({r['width']}x{r['height']} px, {r['tiles']} tiles, checkpoint "
+          f"{r['checkpoint_step']}) in {r['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_area(args: argparse.Namespace) -> int:
+    from satseg_jax.area import area_table, format_area_table, write_area_csv
+
+    names = None
+    if args.classes:
+        from satseg_jax.classes import load_classes
+
+        names = load_classes(args.classes).names
+    table = area_table(args.map, names, regions=args.by, region_field=args.region_field)
+    print(format_area_table(table))
+    if args.out:
+        write_area_csv(table, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from satseg_jax.benchmark import run_sweep
+    from satseg_jax.config_files import load_config_file
+
+    sweep = load_config_file(args.sweep)
+    if args.data_dir:
+        sweep.base.data.data_dir = args.data_dir
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    run_sweep(sweep, args.workdir, steps=args.steps, seeds=seeds)
+    print((Path(args.workdir) / "benchmark.md").read_text())
     return 0
 
 
@@ -214,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--edge", choices=["drop", "pad"], default="drop",
                    help="incomplete patches at the right/bottom edge: drop them, or pad with "
                    "nodata/ignore")
+    t.add_argument("--scene-label", action="store_true",
+                   help="classification patches: label each patch with its majority class and "
+                   "write OUT/<class>/<id>.tif (input for build --classification)")
+    t.add_argument("--purity", type=float, default=0.9,
+                   help="with --scene-label: minimum share of the majority class among the "
+                   "patch's labelled pixels")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.set_defaults(func=_cmd_patches)
@@ -222,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build a tensorflow-datasets dataset from a patches folder: "
                        "train/validation/test splits, per-band statistics (train split only), "
                        "class pixel counts; writes satseg_dataset.json beside it.")
-    b.add_argument("--patches", required=True, help="folder written by 'satseg patches'")
+    b.add_argument("--patches", help="folder written by 'satseg patches'")
+    b.add_argument("--classification", action="store_true",
+                   help="build a scene-classification dataset from --images instead")
+    b.add_argument("--images", help="with --classification: DIR/<class>/<image> files "
+                   "(GeoTIFF/PNG/JPEG), e.g. from 'satseg patches --scene-label'")
     b.add_argument("--out", required=True, help="dataset folder (tfds data_dir)")
     b.add_argument("--split", type=_floats, default=(0.7, 0.15, 0.15),
                    help="train,validation,test fractions (default 0.7,0.15,0.15)")
@@ -235,6 +299,50 @@ def build_parser() -> argparse.ArgumentParser:
                    "are about 20 blocks)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     b.set_defaults(func=_cmd_build)
+
+    pr = sub.add_parser("predict", help="predict a georeferenced class map for a whole scene",
+                        description="Sliding-window inference over a whole scene, read by "
+                        "windows; overlapping tiles are blended; writes a Cloud-Optimised "
+                        "GeoTIFF with the scene's CRS/transform, a colour table and nodata "
+                        "(255) where the scene is nodata.")
+    pr.add_argument("--workdir", required=True, help="training run")
+    pr.add_argument("--image", required=True, help="scene GeoTIFF (same bands as training)")
+    pr.add_argument("--out", required=True, help="output class map (GeoTIFF)")
+    pr.add_argument("--checkpoint", default="best", help="best | latest | a step")
+    pr.add_argument("--tile", type=int, default=256, help="output tile size in pixels")
+    pr.add_argument("--overlap", type=int, default=64, help="overlap between tiles")
+    pr.add_argument("--blend", choices=["gaussian", "mean", "none"], default="gaussian",
+                    help="how overlapping tiles are combined")
+    pr.add_argument("--probabilities", default=None,
+                    help="also write per-class probabilities (uint8, 0-255) here")
+    pr.add_argument("--batch", type=int, default=8, help="tiles per model call")
+    pr.set_defaults(func=_cmd_predict)
+
+    ar = sub.add_parser("area", help="area per class (km²) of a class map, optionally per region",
+                        description="Per-class area in km² from the pixel size (ellipsoidal "
+                        "areas for geographic CRSs), optionally per region polygon; prints a "
+                        "table (rows = regions, columns = classes, totals).")
+    ar.add_argument("--map", required=True, help="class map GeoTIFF (from satseg predict)")
+    ar.add_argument("--classes", default=None, help="classes.json for the column names")
+    ar.add_argument("--by", default=None, help="region polygons (GeoJSON/Shapefile)")
+    ar.add_argument("--region-field", default=None, help="attribute naming each region")
+    ar.add_argument("--out", default=None, help="write the table as CSV")
+    ar.set_defaults(func=_cmd_area)
+
+    m = sub.add_parser("benchmark", help="train and compare model variants from a sweep config",
+                       description="Train every variant of a sweep config on the same data, "
+                       "evaluate on the same test split and write RUNS/benchmark.md, .csv and "
+                       ".png (mean ± std over seeds, plus a majority-class baseline). Finished "
+                       "runs are not redone.")
+    m.add_argument("--sweep", required=True, help="sweep config, e.g. "
+                   "configs/bench/unet_variants.py")
+    m.add_argument("--workdir", required=True, help="folder for the runs and the tables")
+    m.add_argument("--steps", type=int, default=None, help="training steps per run "
+                   "(default: the sweep config's)")
+    m.add_argument("--seeds", default=None, help="comma-separated seeds (default: the "
+                   "sweep config's)")
+    m.add_argument("--data-dir", default=None, help="dataset to use instead of the config's")
+    m.set_defaults(func=_cmd_benchmark)
 
     sub.add_parser("train", help="train a model from a config file (see 'satseg train --help')",
                    add_help=False)

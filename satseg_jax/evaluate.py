@@ -34,26 +34,26 @@ def confusion_over_split(runner, state, meta, split: str, batch_size: int, task:
         process_index=jax.process_index(), process_count=jax.process_count(),
         keep_metadata=on_batch is not None, crop_size=crop_size,
     ):
-        cm = runner.eval_step(state, runner.shard(batch))
+        # Accumulate on the host in int64: int32 overflows past ~2.1e9 pixels.
+        cm = np.asarray(runner.unreplicate_metric(runner.eval_step(state, runner.shard(batch))),
+                        dtype=np.int64)
         total = cm if total is None else total + cm
         if on_batch is not None:
             on_batch(batch, state)
     if total is None:
         raise SatsegError(f"{meta.data_dir}: split {split!r} has no examples")
-    cm = runner.unreplicate_metric(total)
-    return np.asarray(cm, dtype=np.int64)
+    return total
 
 
-def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
-                     save_predictions: bool = False, data_dir: str | None = None) -> dict:
-    """Evaluate WORKDIR's checkpoint on ``split``; write metrics_<split>.json and a PNG.
+def load_trained(workdir: str | Path, checkpoint: str | int = "best"):
+    """(config, dataset meta, Runner, placed TrainState, step, manager) of a trained run.
 
-    ``data_dir`` evaluates on another built dataset (same bands and classes).
+    The restore target is built from the run's own config, so a checkpoint restores on
+    whatever devices this process has.
     """
-    from satseg_jax import input_pipeline, plots
+    from satseg_jax import input_pipeline
     from satseg_jax.train import (
         Runner,
-        TrainState,
         build_model,
         create_optimizer,
         create_train_state,
@@ -63,16 +63,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
 
     workdir = Path(workdir)
     config = load_workdir_config(workdir)
-    meta = input_pipeline.load_meta(data_dir or config.data.data_dir)
-    if data_dir:
-        train_meta = input_pipeline.load_meta(config.data.data_dir)
-        if (train_meta.bands, train_meta.class_names) != (meta.bands, meta.class_names):
-            raise SatsegError(
-                f"{data_dir}: bands {list(meta.bands)} / classes {list(meta.class_names)} do "
-                f"not match the run's {list(train_meta.bands)} / {list(train_meta.class_names)}"
-            )
-        meta = input_pipeline.DatasetMeta(**{**meta.__dict__, "mean": train_meta.mean,
-                                             "std": train_meta.std})
+    meta = input_pipeline.load_meta(config.data.data_dir)
     manager = checkpoints.make_manager(workdir, read_only=True)
     step = checkpoints.resolve_step(manager, checkpoint)
     if step is None:
@@ -81,11 +72,32 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
                     meta.num_classes)
     hw = input_hw(config, meta.patch_size)
     tx, _ = create_optimizer(config)  # the restore target needs the optimizer state's shape
-    template = create_train_state(jax.random.PRNGKey(0), build_model(config, meta.num_classes),
+    template = create_train_state(0, build_model(config, meta.num_classes),
                                   tx, (1, hw, hw, meta.num_bands))
     state, _ = checkpoints.restore(manager, step, runner.abstract_state(template))
-    assert isinstance(state, TrainState)
-    state = runner.place_state(state)
+    return config, meta, runner, runner.place_state(state), step, manager
+
+
+def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
+                     save_predictions: bool = False, data_dir: str | None = None) -> dict:
+    """Evaluate WORKDIR's checkpoint on ``split``; write metrics_<split>.json and a PNG.
+
+    ``data_dir`` evaluates on another built dataset (same bands and classes).
+    """
+    from satseg_jax import input_pipeline, plots
+
+    workdir = Path(workdir)
+    config, meta, runner, state, step, manager = load_trained(workdir, checkpoint)
+    if data_dir:
+        other = input_pipeline.load_meta(data_dir)
+        if (other.bands, other.class_names) != (meta.bands, meta.class_names):
+            raise SatsegError(
+                f"{data_dir}: bands {list(other.bands)} / classes {list(other.class_names)} do "
+                f"not match the run's {list(meta.bands)} / {list(meta.class_names)}"
+            )
+        # Normalise with the *training* statistics: the model was fitted to them.
+        meta = input_pipeline.DatasetMeta(**{**other.__dict__, "mean": meta.mean,
+                                             "std": meta.std})
 
     on_batch = None
     pred_dir = workdir / f"predictions_{split}"

@@ -71,8 +71,14 @@ def replicate_tree(tree: Any, mesh: Mesh) -> Any:
 
 
 def pmap_replicate(tree: Any) -> Any:
-    """Stack a pytree onto every local device for ``pmap``."""
-    return jax.device_put_replicated(tree, jax.local_devices())
+    """Stack a pytree onto every local device for ``pmap`` (one copy per device).
+
+    An identity pmap over the host-stacked copies leaves device-resident, pmap-sharded
+    arrays, so later steps do not copy the state from the host again.
+    """
+    n = jax.local_device_count()
+    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree)
+    return jax.pmap(lambda t: t)(stacked)
 
 
 def pmap_unreplicate(tree: Any) -> Any:

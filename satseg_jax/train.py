@@ -114,20 +114,26 @@ def input_hw(config, patch_size: int) -> int:
     return crop if crop else patch_size
 
 
-def create_train_state(rng: jax.Array, model, tx, input_shape: tuple[int, ...]) -> TrainState:
-    """Initialise parameters (on the default device) and the optimizer state."""
-    init_rng, state_rng = jax.random.split(rng)
+def create_train_state(seed: int, model, tx, input_shape: tuple[int, ...]) -> TrainState:
+    """Initialise parameters (on the default device) and the optimizer state.
+
+    Parameters are drawn with an ``rbg`` key: XLA's CPU compile of threefry-based
+    initialisers takes tens of seconds even for tiny U-Nets, rbg a few. The state's own
+    key (dropout, folded with the step) stays the default threefry key.
+    """
+    init_key = jax.random.key(int(seed), impl="rbg")
     variables = jax.jit(functools.partial(model.init, train=False))(
-        {"params": init_rng, "dropout": init_rng}, jnp.zeros(input_shape, jnp.float32)
+        {"params": init_key, "dropout": init_key}, jnp.zeros(input_shape, jnp.float32)
     )
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
+
     def zero():  # distinct buffers: the train step donates the whole state
         return jnp.zeros((), jnp.int32)
 
     return TrainState(step=zero(), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=state_rng, nonfinite_run=zero(),
-                      nonfinite_max_run=zero(), nonfinite_total=zero())
+                      opt_state=tx.init(params), rng=jax.random.PRNGKey(int(seed)),
+                      nonfinite_run=zero(), nonfinite_max_run=zero(), nonfinite_total=zero())
 
 
 # ----------------------------------------------------------------------------- steps
@@ -386,7 +392,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                     meta.num_classes, tx=tx, loss_config=config.loss,
                     class_weights=_class_weights(config, meta))
     hw = input_hw(config, meta.patch_size)
-    state = create_train_state(jax.random.PRNGKey(int(config.seed)),
+    state = create_train_state(int(config.seed),
                                build_model(config, meta.num_classes),
                                tx, (1, hw, hw, meta.num_bands))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -159,6 +159,17 @@ def builder_for(data_dir: str | Path):
 
 def format_summary(info: dict) -> str:
     """A readable multi-line summary of a built dataset."""
+    if info.get("task") == "classification":
+        names = info["class_names"]
+        lines = [f"dataset: {info['tfds_name']} {info['tfds_version']} (classification, "
+                 f"{info['split']['method']} split)",
+                 f"images: {info['patch_size']} px, {info['num_bands']} bands "
+                 f"({info['image_dtype']})",
+                 "examples: " + ", ".join(f"{s} {n}" for s, n in info["num_examples"].items())]
+        for i, n in enumerate(names):
+            lines.append(f"  {n:<16}" + "  ".join(
+                f"{s} {info['class_example_counts'][s][i]:>5}" for s in SPLITS))
+        return "\n".join(lines)
     lines = [f"dataset: {info['tfds_name']} {info['tfds_version']} "
              f"({info['split']['method']} split"
              + (f", block {info['split'].get('block_size')} patches" if
@@ -182,3 +193,116 @@ def format_summary(info: dict) -> str:
     if any(math.isnan(x) for x in info["mean"]):
         lines.append("warning: NaN band statistics")
     return "\n".join(lines)
+
+
+def build_classification_dataset(images_dir: Path, out_dir: Path, split=(0.7, 0.15, 0.15),
+                                 seed: int = 0, split_by: str = "random",
+                                 block_size: int | None = None, overwrite: bool = False,
+                                 progress: bool = True) -> dict:
+    """Class-folder images -> tfds ``satseg_scenes`` dataset + satseg_dataset.json.
+
+    ``split_by='block'`` needs example names holding ``r<row>_c<col>`` (as written by
+    ``satseg patches --scene-label``); the block split then keeps neighbours together.
+    """
+    from tqdm import tqdm
+
+    from satseg_jax.input_pipeline import import_tf
+
+    import_tf()
+    import tensorflow_datasets as tfds
+
+    from satseg_jax.datasets import scenes
+
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise SatsegError(f"{images_dir}: folder not found; expected DIR/<class>/<image>")
+    names = scenes.class_names_for(images_dir)
+    items = scenes.list_images(images_dir, names)
+    if not items:
+        raise SatsegError(f"{images_dir}: contains no images ({', '.join(scenes.IMAGE_SUFFIXES)})"
+                          " in its class sub-folders")
+    ids = [eid for eid, _, _ in items]
+    rc = [scenes.rowcol(eid) for eid in ids]
+    if split_by == "block" and any(x is None for x in rc):
+        raise SatsegError(f"{images_dir}: --split-by block needs names with r<row>_c<col> "
+                          "(from satseg patches --scene-label); use --split-by random")
+    rows = [x[0] if x else 0 for x in rc]
+    cols = [x[1] if x else 0 for x in rc]
+    stride = min((abs(a - b) for a in set(rows) for b in set(rows) if a != b), default=1)
+    assignment, split_info = assign_splits(ids, rows, cols, split, seed=seed, method=split_by,
+                                           stride=stride, block_size=block_size)
+    first = scenes.read_image(items[0][2])
+    shape, dtype = first.shape, first.dtype
+    stats = BandStats(shape[-1])
+    counts = {s: np.zeros(len(names), np.int64) for s in SPLITS}
+    from satseg_jax.raster.patches import valid_pixels
+
+    nodata = _nodata_of(items[0][2])
+    for eid, cid, path in tqdm(items, desc="statistics", unit="image", disable=not progress):
+        img = scenes.read_image(path)
+        if img.shape != shape or img.dtype != dtype:
+            raise SatsegError(f"{path}: {img.shape} {img.dtype} differs from {items[0][2]}'s "
+                              f"{shape} {dtype}; all images must share size, bands and dtype")
+        s = assignment[eid]
+        counts[s][cid] += 1
+        if s == "train":
+            chw = np.moveaxis(img, -1, 0)
+            stats.update(chw, valid_pixels(chw, nodata))
+    by_split = {s: [it for it in items if assignment[it[0]] == s] for s in SPLITS}
+    bands = _band_names(items[0][2], shape[-1])
+    if not progress:
+        tfds.disable_progress_bar()
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        builder = scenes.SatsegScenes(
+            data_dir=str(tmp), examples={s: v for s, v in by_split.items() if v},
+            layout={"size": shape[0], "bands": bands, "dtype": str(dtype), "classes": names})
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            file_format="tfrecord")
+        import shutil
+
+        shutil.rmtree(tmp / "downloads", ignore_errors=True)
+        info = {
+            "format_version": FORMAT_VERSION, "task": "classification",
+            "tfds_name": scenes.NAME, "tfds_version": str(scenes.SatsegScenes.VERSION),
+            "builder_dir": f"{scenes.NAME}/{scenes.SatsegScenes.VERSION}",
+            "bands": bands, "num_bands": len(bands), "image_dtype": str(dtype),
+            "patch_size": int(shape[0]), "nodata": nodata, "crs": None,
+            "classes": [{"id": i, "name": n} for i, n in enumerate(names)],
+            "class_names": names, "num_classes": len(names), "ignore_label": IGNORE_LABEL,
+            "mean": stats.mean.tolist(), "std": stats.std.tolist(), "stats_split": "train",
+            "class_pixel_counts": {s: counts[s].tolist() for s in SPLITS},
+            "class_example_counts": {s: counts[s].tolist() for s in SPLITS},
+            "ignored_pixel_counts": dict.fromkeys(SPLITS, 0),
+            "num_examples": {s: len(v) for s, v in by_split.items()},
+            "class_weights": inverse_frequency_weights(counts["train"]).tolist(),
+            "split": split_info, "assignment": assignment,
+            "source_patches": str(images_dir.absolute()),
+        }
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _band_names(path: Path, count: int) -> list[str]:
+    """Band descriptions of a GeoTIFF (as compose writes them), else band1..bandN."""
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path) as src:
+            desc = list(src.descriptions)
+    return [d or f"band{i + 1}" for i, d in enumerate(desc[:count])]
+
+
+def _nodata_of(path: Path):
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path) as src:
+            nd = src.nodata
+    return None if nd is None or (isinstance(nd, float) and math.isnan(nd)) else nd

@@ -4,9 +4,14 @@ Importing this package registers every model. No TensorFlow/tfds/rasterio here: 
 must import where only JAX is installed.
 """
 
-from satseg_jax.models import unet  # noqa: F401  (registers unet, unet_original)
+from satseg_jax.models import cerranet, unet, variants  # noqa: F401  (registers the models)
 from satseg_jax.models.registry import get_model, model_knobs, register_model, registered_models
-from satseg_jax.models.unet import largest_valid_input, valid_input_size, valid_output_size
+from satseg_jax.models.unet import (
+    largest_valid_input,
+    valid_input_size,
+    valid_input_sizes,
+    valid_output_size,
+)
 
 __all__ = ["get_model", "model_knobs", "register_model", "registered_models",
-           "valid_input_size", "valid_output_size", "largest_valid_input"]
+           "valid_input_size", "valid_output_size", "largest_valid_input", "valid_input_sizes"]

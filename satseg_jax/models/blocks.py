@@ -19,6 +19,33 @@ from satseg_jax.errors import SatsegError
 NORMS = ("batch", "group", "none")
 
 
+UPSAMPLES = ("transpose", "bilinear")
+
+
+def check_unet_knobs(depth: int, base_width: int, norm: str, upsample: str, dropout: float,
+                     bn_momentum: float) -> None:
+    """Validate the knobs every U-Net-like model shares, when the model is built.
+
+    Why here and not at first call: a bad config should fail in ``get_model`` with the
+    field's name, before a dataset is opened or a step is compiled.
+    """
+    if not isinstance(depth, int) or depth < 1:
+        raise SatsegError(f"config.model.depth={depth!r}: expected an integer >= 1 "
+                          "(the number of 2×2 down-samplings)")
+    if not isinstance(base_width, int) or base_width < 1:
+        raise SatsegError(f"config.model.base_width={base_width!r}: expected an integer >= 1")
+    if norm not in NORMS:
+        raise SatsegError(f"config.model.norm={norm!r}: expected one of {list(NORMS)}")
+    if upsample not in UPSAMPLES:
+        raise SatsegError(f"config.model.upsample={upsample!r}: expected one of "
+                          f"{list(UPSAMPLES)}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise SatsegError(f"config.model.dropout={dropout!r}: expected a rate in [0, 1)")
+    if not 0.0 <= float(bn_momentum) < 1.0:
+        raise SatsegError(f"config.model.bn_momentum={bn_momentum!r}: expected [0, 1), "
+                          "e.g. 0.9 (the weight of the old running statistics)")
+
+
 class Norm(nn.Module):
     """Batch / group / no normalisation behind one call signature."""
 
@@ -108,3 +135,101 @@ class Head(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual unit (He et al. 2016) as used by ResUNet (Zhang et al. 2018):
+    (norm → ReLU → 3×3 conv) × 2 plus an identity (or 1×1 projection) shortcut."""
+
+    features: int
+    padding: str = "SAME"
+    norm: str = "batch"
+    momentum: float = 0.9
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        shortcut = x
+        if x.shape[-1] != self.features:
+            shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype)(x)
+        for _ in range(2):
+            x = Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)(
+                x, train)
+            x = nn.relu(x)
+            x = nn.Conv(self.features, (3, 3), padding=self.padding, dtype=self.dtype)(x)
+        return x + shortcut
+
+
+class RecurrentConv(nn.Module):
+    """Recurrent convolutional layer (Alom et al. 2018): one 3×3 conv applied ``steps``+1
+    times with shared weights, x_{t+1} = f(x + x_t)."""
+
+    features: int
+    steps: int = 2
+    norm: str = "batch"
+    momentum: float = 0.9
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)
+        norms = [Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)
+                 for _ in range(self.steps + 1)]
+        h = nn.relu(norms[0](conv(x), train))
+        for t in range(1, self.steps + 1):
+            h = nn.relu(norms[t](conv(x + h), train))
+        return h
+
+
+class RecurrentResidualBlock(nn.Module):
+    """R2 unit of R2U-Net (Alom et al. 2018): 1×1 conv to the width, two recurrent conv
+    layers, and a residual connection around them."""
+
+    features: int
+    steps: int = 2
+    norm: str = "batch"
+    momentum: float = 0.9
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(self.features, (1, 1), dtype=self.dtype)(x)
+        h = x
+        for _ in range(2):
+            h = RecurrentConv(self.features, self.steps, self.norm, self.momentum, self.dtype,
+                              self.axis_name)(h, train)
+        return x + h
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate (Oktay et al. 2018): the decoder's gating signal ``g``
+    weights the skip features ``x`` per pixel, alpha = sigmoid(psi(relu(Wx x + Wg g)))."""
+
+    inter_features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, g: jax.Array) -> jax.Array:
+        theta = nn.Conv(self.inter_features, (1, 1), use_bias=False, dtype=self.dtype)(x)
+        phi = nn.Conv(self.inter_features, (1, 1), dtype=self.dtype)(g)
+        psi = nn.Conv(1, (1, 1), dtype=self.dtype)(nn.relu(theta + phi))
+        return x * nn.sigmoid(psi)
+
+
+BLOCKS = {"conv": ConvBlock, "residual": ResidualBlock, "recurrent": RecurrentResidualBlock}
+
+
+def make_block(kind: str, features: int, *, padding: str, norm: str, momentum: float,
+               dtype: Any, axis_name: str | None, recurrent_steps: int = 2) -> nn.Module:
+    """The level block of a U-Net variant by name (one place to add a new kind)."""
+    common = {"norm": norm, "momentum": momentum, "dtype": dtype, "axis_name": axis_name}
+    if kind == "conv":
+        return ConvBlock(features, padding=padding, **common)
+    if kind == "residual":
+        return ResidualBlock(features, padding=padding, **common)
+    if kind == "recurrent":
+        return RecurrentResidualBlock(features, steps=recurrent_steps, **common)
+    raise SatsegError(f"unknown block kind {kind!r}; expected one of {sorted(BLOCKS)}")

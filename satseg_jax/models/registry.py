@@ -1,9 +1,16 @@
-"""Model registry: ``config.model.name`` -> a flax.linen Module class, knobs validated."""
+"""Model registry: ``config.model.name`` -> a flax.linen Module class, knobs validated.
+
+Why a registry: configs, checkpoints (``config_model``) and the benchmark sweep name
+models by string; one table maps those strings to classes, and the knobs a config may
+set are exactly the dataclass fields of that class (minus the ones code sets), so a
+misspelt knob fails loudly instead of silently falling back to a default.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -12,11 +19,17 @@ import jax.numpy as jnp
 from satseg_jax.errors import SatsegError
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
-# Fields set by the code, not by the config.
+# Fields set by the code (or by flax), not by the config.
 _INTERNAL = {"num_classes", "dtype", "axis_name", "parent", "name", "padding"}
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a flax Module available as ``config.model.name = name``.
+
+    The module must take ``num_classes``, ``dtype`` and ``axis_name`` fields and be
+    called as ``(x, train=bool)`` returning float32 logits.
+    """
+
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
@@ -27,22 +40,40 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 
 def registered_models() -> list[str]:
+    """Every registered model name, sorted."""
     return sorted(_REGISTRY)
 
 
 def model_knobs(name: str) -> list[str]:
     """The config.model fields a model accepts (besides ``name``)."""
+    if name not in _REGISTRY:
+        raise SatsegError(f"config.model.name={name!r}: unknown model; registered: "
+                          f"{registered_models()}")
     cls = _REGISTRY[name]
     return sorted(f.name for f in dataclasses.fields(cls) if f.name not in _INTERNAL)
+
+
+def _as_dict(model_config: Any) -> dict[str, Any]:
+    """A ConfigDict, a plain mapping or an attribute object as a plain dict."""
+    if hasattr(model_config, "to_dict"):
+        return dict(model_config.to_dict())
+    if isinstance(model_config, Mapping):
+        return dict(model_config)
+    if hasattr(model_config, "__dict__"):
+        return dict(vars(model_config))
+    raise SatsegError(f"config.model must be a ConfigDict or mapping, got {type(model_config)}")
 
 
 def get_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
               axis_name: str | None = None) -> nn.Module:
     """Instantiate ``model_config.name`` with the other fields of ``model_config`` as knobs.
 
-    ``axis_name`` synchronises BatchNorm statistics across pmap replicas.
+    ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and
+    logits are returned as float32. ``axis_name`` synchronises BatchNorm statistics
+    across pmap replicas. Unknown names and unknown knobs raise SatsegError listing the
+    valid choices.
     """
-    cfg = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+    cfg = _as_dict(model_config)
     name = cfg.pop("name", None)
     if name not in _REGISTRY:
         raise SatsegError(f"config.model.name={name!r}: unknown model; registered: "
@@ -52,4 +83,9 @@ def get_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
     if unknown:
         raise SatsegError(f"config.model: {unknown} are not options of {name!r}; valid: "
                           f"{sorted(valid)}")
+    if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise SatsegError(f"num_classes must be a positive integer, got {num_classes!r}")
+    num_classes = int(num_classes)
+    # Lists (from JSON/CLI) become tuples: module attributes must be hashable.
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     return _REGISTRY[name](num_classes=num_classes, dtype=dtype, axis_name=axis_name, **cfg)

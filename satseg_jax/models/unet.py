@@ -1,27 +1,51 @@
 """U-Net (Ronneberger, Fischer & Brox 2015, "U-Net: Convolutional Networks for Biomedical
 Image Segmentation", MICCAI) in its published valid-convolution form and the common
 same-padded variant.
+
+Config knobs (``config.model``; defaults in brackets), shared by both and by the
+variants in ``variants.py``:
+
+- ``depth`` [4]: number of 2×2 down-samplings (levels = depth + 1).
+- ``base_width`` [64]: channels of the first level; doubled per level.
+- ``norm`` ['batch' for unet, 'none' for unet_original]: 'batch' | 'group' | 'none'.
+- ``dropout`` [0.0]: dropout rate at the bottleneck (the paper's "drop-out layers at the
+  end of the contracting path"); active only with ``train=True``.
+- ``upsample`` ['transpose']: 'transpose' (2×2 up-conv) | 'bilinear' (resize + 3×3 conv).
+- ``bn_momentum`` [0.9]: BatchNorm running-statistics momentum.
+
+Models are called ``model.apply(variables, x, train=bool, rngs={'dropout': key})`` on
+NHWC float input and return float32 LOGITS (never probabilities).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from satseg_jax.errors import SatsegError
-from satseg_jax.models.blocks import ConvBlock, Head, Up, center_crop, down
+from satseg_jax.models.blocks import (
+    AttentionGate,
+    Head,
+    Up,
+    center_crop,
+    check_unet_knobs,
+    down,
+    make_block,
+)
 from satseg_jax.models.registry import register_model
 
 
 def valid_output_size(input_size: int, depth: int) -> int | None:
-    """Output side of the valid-convolution U-Net for an input side, or None if invalid.
+    """Output side of ``unet_original`` for an input side, or None if that input is invalid.
 
-    Each level loses 4 pixels to two unpadded 3×3 convs; pooling needs an even size.
+    Each level loses 4 pixels to two unpadded 3×3 convs, and every size reaching a 2×2
+    max-pool must be even (an odd size would drop a row, and the copy-and-crop skips
+    would no longer be centred). Example: depth 4, 572 -> 388 (the paper's Fig. 1).
     """
-    s = input_size
+    s = int(input_size)
     for _ in range(depth):
         s -= 4
         if s <= 0 or s % 2:
@@ -35,26 +59,56 @@ def valid_output_size(input_size: int, depth: int) -> int | None:
     return s if s > 0 else None
 
 
-def valid_input_size(min_output: int, depth: int) -> int:
-    """The smallest valid input whose output side is at least ``min_output``."""
-    s = 1
-    while True:
-        out = valid_output_size(s, depth)
-        if out is not None and out >= min_output:
-            return s
-        s += 1
+def valid_input_size(output_size: int, depth: int) -> int:
+    """The smallest valid ``unet_original`` input whose output side is >= ``output_size``.
+
+    With f = 2**depth, valid inputs are exactly ``f * b + 4 * (f - 1)`` (``b`` the
+    bottleneck's input side) whose output, ``input - border`` with the constant
+    ``border = 8 * (f - 1) + 4 * f`` (184 px for depth 4), is at least 1 px; so the
+    answer is closed-form. Training uses it to size crops, prediction to pick each
+    tile's context.
+    """
+    f = 2**depth
+    border = 8 * (f - 1) + 4 * f
+    target = max(int(output_size), 1)
+    b = -(-(target + border - 4 * (f - 1)) // f)  # ceil
+    return f * b + 4 * (f - 1)
 
 
 def largest_valid_input(max_input: int, depth: int) -> int | None:
-    """The largest valid input side not above ``max_input`` (e.g. a patch size)."""
-    for s in range(max_input, 0, -1):
-        if valid_output_size(s, depth) is not None:
-            return s
-    return None
+    """The largest valid ``unet_original`` input side not above ``max_input`` (e.g. a
+    patch size), or None if even the smallest valid input is larger."""
+    f = 2**depth
+    size = f * ((int(max_input) - 4 * (f - 1)) // f) + 4 * (f - 1)
+    return size if size >= valid_input_size(1, depth) else None
+
+
+def valid_input_sizes(depth: int, max_input: int) -> list[int]:
+    """Every valid ``unet_original`` input side up to ``max_input`` (for error messages
+    and for choosing crop sizes)."""
+    f = 2**depth
+    return list(range(valid_input_size(1, depth), int(max_input) + 1, f))
+
+
+def require_divisible(x: jax.Array, depth: int, model: str) -> None:
+    """Same-padded U-Nets pool ``depth`` times: the input must be divisible by 2**depth."""
+    f = 2**depth
+    if x.shape[1] % f or x.shape[2] % f:
+        raise SatsegError(
+            f"{model} with depth {depth} needs inputs divisible by {f}, got "
+            f"{x.shape[1]}×{x.shape[2]}; change config.data.crop_size or model.depth"
+        )
 
 
 class _UNetBase(nn.Module):
-    """Encoder–decoder with skips; subclasses fix padding and defaults."""
+    """Encoder–decoder with skips; subclasses fix padding, block kind and attention.
+
+    Variants differ only in ``block_kind`` (conv / residual / recurrent) and whether
+    attention gates weight the skips, so they share this one forward pass.
+    """
+
+    block_kind: ClassVar[str] = "conv"
+    attention: ClassVar[bool] = False
 
     num_classes: int
     depth: int = 4
@@ -67,16 +121,23 @@ class _UNetBase(nn.Module):
     axis_name: str | None = None
     padding: str = "SAME"
 
+    def __post_init__(self) -> None:
+        check_unet_knobs(self.depth, self.base_width, self.norm, self.upsample, self.dropout,
+                         self.bn_momentum)
+        super().__post_init__()
+
     def _check_input(self, x: jax.Array) -> None:
         raise NotImplementedError
+
+    def block(self, features: int) -> nn.Module:
+        return make_block(self.block_kind, features, padding=self.padding, norm=self.norm,
+                          momentum=self.bn_momentum, dtype=self.dtype, axis_name=self.axis_name)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self._check_input(x)
         x = x.astype(self.dtype)
-        block = lambda f: ConvBlock(f, padding=self.padding, norm=self.norm,  # noqa: E731
-                                    momentum=self.bn_momentum, dtype=self.dtype,
-                                    axis_name=self.axis_name)
+        block = self.block
         skips = []
         for level in range(self.depth):
             x = block(self.base_width * 2**level)(x, train)
@@ -89,6 +150,8 @@ class _UNetBase(nn.Module):
             width = self.base_width * 2**level
             x = Up(width, self.upsample, dtype=self.dtype)(x)
             skip = center_crop(skips[level], x.shape[1], x.shape[2])
+            if self.attention:
+                skip = AttentionGate(max(1, width // 2), dtype=self.dtype)(skip, x)
             x = jnp.concatenate([skip, x], axis=-1)
             x = block(width)(x, train)
         return Head(self.num_classes, dtype=self.dtype)(x)
@@ -96,19 +159,15 @@ class _UNetBase(nn.Module):
 
 @register_model("unet")
 class UNet(_UNetBase):
-    """Same-padded U-Net: output = input size; optional BatchNorm/GroupNorm and dropout.
+    """Same-padded U-Net (after Ronneberger et al. 2015): output size = input size.
 
-    Inputs must be divisible by ``2**depth``. Based on Ronneberger et al. 2015 with the
-    padding, normalisation and bilinear up-sampling options used by most later work.
+    Inputs must be divisible by ``2**depth``. Adds what most later work uses: 'SAME'
+    padding (no cropping, so any patch tiles a scene without lost borders), BatchNorm
+    (default) or GroupNorm, bottleneck dropout and optional bilinear up-sampling.
     """
 
     def _check_input(self, x: jax.Array) -> None:
-        f = 2**self.depth
-        if x.shape[1] % f or x.shape[2] % f:
-            raise SatsegError(
-                f"unet with depth {self.depth} needs inputs divisible by {f}, got "
-                f"{x.shape[1]}×{x.shape[2]}; change config.data.crop_size or model.depth"
-            )
+        require_divisible(x, self.depth, "unet")
 
 
 @register_model("unet_original")
@@ -117,17 +176,23 @@ class UNetOriginal(_UNetBase):
     the channels, copy-and-crop skips, 1×1 head, no normalisation.
 
     With depth 4 and base width 64 it has 31,030,658 parameters for 1 band and 2 classes,
-    and a 572×572 input gives a 388×388 output (the paper's Fig. 1).
+    and a 572×572 input gives a 388×388 output (the paper's Fig. 1). Only inputs whose
+    every pooled size is even are valid (``valid_input_size``, ``largest_valid_input``);
+    the output is the input's centre (``valid_output_size``), which training scores
+    against centre-cropped labels (``losses.center_crop_labels``).
     """
 
     norm: str = "none"
     padding: str = "VALID"
 
     def _check_input(self, x: jax.Array) -> None:
-        if x.shape[1] != x.shape[2] or valid_output_size(x.shape[1], self.depth) is None:
-            ok = largest_valid_input(x.shape[1], self.depth)
-            raise SatsegError(
-                f"unet_original with depth {self.depth} cannot take {x.shape[1]}×{x.shape[2]} "
-                f"inputs (a pooled size would be odd); use a square crop such as {ok} "
-                "(config.data.crop_size and config.eval.crop_size)"
-            )
+        for side in (x.shape[1], x.shape[2]):
+            if valid_output_size(side, self.depth) is None:
+                ok = largest_valid_input(side, self.depth) or valid_input_size(1, self.depth)
+                raise SatsegError(
+                    f"unet_original with depth {self.depth} cannot take {x.shape[1]}×"
+                    f"{x.shape[2]} inputs (a size reaching a 2×2 max-pool would be odd, or "
+                    f"the output empty); valid sides are {valid_input_size(1, self.depth)} + "
+                    f"k*{2**self.depth}, e.g. {ok} (set config.data.crop_size and "
+                    "config.eval.crop_size)"
+                )

@@ -19,6 +19,7 @@ or corrupt file is a one-line SatsegError naming the file, never a GDAL tracebac
 from __future__ import annotations
 
 import math
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -30,6 +31,19 @@ from satseg_jax.io_utils import atomic_path
 BLOCK = 256  # output tile size
 CHUNK_COLS = 8 * BLOCK  # widest window read/written at once (memory bound per window)
 RESAMPLING = ("nearest", "bilinear", "cubic", "average")
+# GDAL's block cache defaults to 5% of RAM and keeps written tiles until it is full, so
+# peak memory would grow with the scene (up to gigabytes on a big machine). A fixed cache
+# keeps it flat at no cost in speed; set GDAL_CACHEMAX in the environment to override.
+CACHE_MB = 256
+
+
+def gdal_env():
+    """``rasterio.Env`` with a bounded block cache (unless GDAL_CACHEMAX is set)."""
+    import rasterio
+
+    if os.environ.get("GDAL_CACHEMAX"):
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=CACHE_MB)
 
 
 def open_raster(path: str | Path):
@@ -124,16 +138,13 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
         raise SatsegError(f"{out}: the output is one of the input bands; choose another --out")
 
     with ExitStack() as stack:
+        stack.enter_context(gdal_env())
         srcs = [stack.enter_context(open_raster(b)) for b in bands]
         for path, ds in zip(bands, srcs):
             if ds.count != 1:
                 raise SatsegError(f"{path}: band count is {ds.count}; compose takes single-band "
                                   "files (pass each band as its own file)")
         first = srcs[0]
-        for path, ds in zip(bands[1:], srcs[1:]):
-            if ds.dtypes[0] != first.dtypes[0]:
-                raise SatsegError(f"{path}: dtype {ds.dtypes[0]} differs from {first.dtypes[0]} "
-                                  f"of {bands[0]}; convert the bands to one dtype")
         if resample_to is not None:
             ref = stack.enter_context(open_raster(Path(resample_to)))
             grid = {"crs": ref.crs, "transform": ref.transform, "width": ref.width,
@@ -156,6 +167,10 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                                       "or pass --resample-to REFERENCE.tif")
             height, width = first.height, first.width
             crs, transform = first.crs, first.transform
+        for path, ds in zip(bands[1:], srcs[1:]):
+            if ds.dtypes[0] != first.dtypes[0]:
+                raise SatsegError(f"{path}: dtype {ds.dtypes[0]} differs from {first.dtypes[0]} "
+                                  f"of {bands[0]}; convert the bands to one dtype")
 
         nodatas = {_nodata_key(ds.nodata) for ds in srcs} - {None}
         if len(nodatas) > 1:

@@ -115,7 +115,7 @@ class SampleScene:
     def __init__(self, size: int, seed: int):
         self.size, self.seed = size, seed
         rng = np.random.default_rng(seed)
-        big = max(48.0, size / 6)
+        big = float(np.clip(size / 6, 48.0, 256.0))  # region scale: pixels, not scene share
         self.natural = [SmoothField(rng, size, big) for _ in range(3)]
         self.rough = [SmoothField(rng, size, max(12.0, big / 5)) for _ in range(3)]
         self.crop_zone = SmoothField(rng, size, big)
@@ -231,8 +231,9 @@ def write_sample_scene(out_dir: str | Path, size: int = 1024, seed: int = 0,
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    if not isinstance(size, int) or size < 64:
+    if int(size) != size or size < 64:
         raise SatsegError(f"--size {size}: the sample scene needs at least 64 pixels")
+    size = int(size)
     if not pixel_size > 0:
         raise SatsegError(f"--pixel-size {pixel_size}: must be a positive number of metres")
     out_dir = Path(out_dir)

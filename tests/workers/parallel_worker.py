@@ -1,7 +1,9 @@
 """Run a few training steps in one parallel mode and print the losses as JSON.
 
 Usage: XLA_FLAGS=--xla_force_host_platform_device_count=N \
-       python -m tests.workers.parallel_worker DATA_DIR MODE STEPS
+       python -m tests.workers.parallel_worker DATA_DIR MODE[,MODE...] STEPS
+
+Prints one ``RESULT {json}`` line per mode.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def main(data_dir: str, mode: str, steps: int) -> None:
     tx, _ = create_optimizer(config)
     runner = Runner(config, lambda axis: build_model(config, meta.num_classes, axis),
                     meta.num_classes, tx=tx, loss_config=config.loss)
-    state = create_train_state(jax.random.PRNGKey(0), build_model(config, meta.num_classes),
+    state = create_train_state(0, build_model(config, meta.num_classes),
                                tx, (1, meta.patch_size, meta.patch_size, meta.num_bands))
     state = runner.place_state(state)
     data = input_pipeline.train_iterator(meta, config.data, global_batch=8, seed=0)
@@ -42,4 +44,5 @@ def main(data_dir: str, mode: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    for mode in sys.argv[2].split(","):
+        main(sys.argv[1], mode, int(sys.argv[3]))

@@ -1,0 +1,240 @@
+"""Whole-scene inference: sliding window -> blended class map -> Cloud-Optimised GeoTIFF.
+
+Why this shape:
+
+- **Memory bounded by a strip, not the scene.** Tiles are visited row by row; blended
+  probabilities are accumulated in a buffer one tile-row high (plus the overlap) and
+  as soon as no later tile can touch a row, that row is argmax-ed and written. Peak
+  memory is ``width × tile × classes`` floats, whatever the scene height.
+- **Seamless.** Overlapping tiles are blended with a separable weight window
+  (``gaussian`` by default: centre pixels, which saw the most context, count most);
+  ``mean`` weighs all pixels equally; ``none`` lets the later tile win.
+- **Same normalisation and bands as training**: the run's train-split mean/std and band
+  order; a scene with other bands is refused.
+- **Valid-convolution models** (unet_original) predict a smaller centre: each tile's
+  input is the output tile plus the model's context margin on every side, read
+  boundless (filled with nodata), so every output pixel is predicted.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from satseg_jax.classes import IGNORE_LABEL
+from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import atomic_path
+
+
+def blend_window(size: int, mode: str) -> np.ndarray:
+    """(size, size) float32 weights for blending overlapping tiles."""
+    if mode in ("mean", "none"):
+        return np.ones((size, size), np.float32)
+    if mode == "gaussian":
+        x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+        g = np.exp(-0.5 * (x / (size / 4)) ** 2)
+        w = np.outer(g, g)
+        return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+    raise SatsegError(f"--blend {mode!r}: expected gaussian, mean or none")
+
+
+def _context(config, tile: int) -> tuple[int, int]:
+    """(input tile size, margin) so that the model's output covers ``tile`` pixels.
+
+    For a valid-convolution model the output starts ``margin`` pixels inside the input
+    (and may be a few pixels larger than ``tile``: the excess is cropped).
+    """
+    if config.model.name == "unet_original":
+        from satseg_jax.models import valid_input_size, valid_output_size
+
+        depth = int(config.model.get("depth", 4))
+        inp = valid_input_size(tile, depth)
+        out = valid_output_size(inp, depth)
+        return inp, (inp - out) // 2
+    f = 2 ** int(config.model.get("depth", 0))
+    if tile % f:
+        raise SatsegError(f"--tile {tile} must be divisible by {f} for {config.model.name}")
+    return tile, 0
+
+
+def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
+                  checkpoint: str = "best", tile: int = 256, overlap: int = 64,
+                  blend: str = "gaussian", probabilities: str | Path | None = None,
+                  batch: int = 8, progress: bool = True) -> dict:
+    """Predict a class map for a whole scene; return a summary (sizes, time, tiles)."""
+    import time
+
+    import rasterio
+    from rasterio.windows import Window
+    from tqdm import tqdm
+
+    from satseg_jax.evaluate import load_trained
+    from satseg_jax.raster.compose import open_raster, read_window
+    from satseg_jax.raster.patches import valid_pixels
+    from satseg_jax.raster.windows import covering_windows
+
+    t0 = time.perf_counter()
+    config, meta, runner, state, step, manager = load_trained(workdir, checkpoint)
+    manager.close()
+    if config.task != "segmentation":
+        raise SatsegError(f"{workdir} is a {config.task} run; predict makes segmentation maps")
+    in_tile, margin = _context(config, tile)
+    weights = blend_window(tile, blend)
+    k = meta.num_classes
+    mean = np.asarray(meta.mean, np.float32)[:, None, None]
+    std = np.asarray([s if s > 0 else 1.0 for s in meta.std], np.float32)[:, None, None]
+    n_dev = jax.device_count()
+    batch = max(n_dev, batch - batch % n_dev)
+    colours = [c.get("colour") for c in meta.info.get("classes", [])][:k]
+
+    image, out = Path(image), Path(out)
+    with open_raster(image) as src:
+        if src.count != meta.num_bands:
+            raise SatsegError(f"{image}: has {src.count} bands; the run was trained on "
+                              f"{meta.num_bands} ({', '.join(meta.bands)})")
+        names = [d for d in src.descriptions if d]
+        if len(names) == src.count and names != list(meta.bands):
+            raise SatsegError(f"{image}: bands {names} differ from the run's {list(meta.bands)}"
+                              "; compose the scene with the same bands in the same order")
+        H, W = src.height, src.width
+        nodata = src.nodata if src.nodata is not None else meta.nodata
+        wins = covering_windows(H, W, tile, overlap)
+        rows_of = sorted({w.row for w in wins})
+        profile = {"driver": "GTiff", "height": H, "width": W, "count": 1, "dtype": "uint8",
+                   "crs": src.crs, "transform": src.transform, "nodata": IGNORE_LABEL,
+                   "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+        prob_profile = {**profile, "count": k, "nodata": None}
+        strip_h = tile + max(0, rows_of[1] - rows_of[0] if len(rows_of) > 1 else 0)
+        acc = np.zeros((k, strip_h, W), np.float32)
+        wsum = np.zeros((strip_h, W), np.float32)
+        valid_strip = np.zeros((strip_h, W), bool)
+        top = 0  # scene row of acc[:, 0]
+        counts = np.zeros(k, np.int64)
+        tiles_done = 0
+        with atomic_path(out) as tmp_map, (
+                atomic_path(Path(probabilities)) if probabilities else _null()) as tmp_prob:
+            dst = rasterio.open(tmp_map, "w", **profile)
+            pdst = rasterio.open(tmp_prob, "w", **prob_profile) if tmp_prob else None
+            if colours and all(colours):
+                dst.write_colormap(1, {i: _rgb(c) for i, c in enumerate(colours)})
+            dst.set_band_description(1, "class")
+
+            def flush(upto: int) -> None:
+                """Write finished scene rows [top, upto) and shift the strip."""
+                nonlocal top
+                n = upto - top
+                if n <= 0:
+                    return
+                probs = acc[:, :n] / np.maximum(wsum[:n], 1e-12)
+                cls = np.argmax(probs, axis=0).astype(np.uint8)
+                cls[~valid_strip[:n]] = IGNORE_LABEL
+                counts[:] += np.bincount(cls[cls != IGNORE_LABEL], minlength=k)[:k]
+                win = Window(0, top, W, n)
+                dst.write(cls, 1, window=win)
+                if pdst is not None:
+                    p8 = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
+                    p8[:, ~valid_strip[:n]] = 0
+                    pdst.write(p8, window=win)
+                acc[:, :-n] = acc[:, n:].copy() if n < strip_h else acc[:, :0]
+                acc[:, -n:] = 0
+                wsum[:-n] = wsum[n:].copy() if n < strip_h else wsum[:0]
+                wsum[-n:] = 0
+                valid_strip[:-n] = valid_strip[n:].copy() if n < strip_h else valid_strip[:0]
+                valid_strip[-n:] = False
+                top = upto
+
+            pending: list = []
+
+            def run_batch() -> None:
+                nonlocal tiles_done
+                if not pending:
+                    return
+                x = np.stack([p[1] for p in pending])
+                if len(x) < batch:
+                    x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]),
+                                                    x.dtype)])
+                logits = runner.predict(state, runner.shard({"image": x})["image"])
+                logits = np.asarray(jax.device_get(logits))
+                logits = logits.reshape(batch, *logits.shape[-3:])[:, :tile, :tile]
+                e = np.exp(logits - logits.max(-1, keepdims=True))
+                probs = (e / e.sum(-1, keepdims=True)).transpose(0, 3, 1, 2)
+                for (w, _, valid), p in zip(pending, probs):
+                    r0, h, wd = w.row - top, w.height, w.width
+                    ww = weights[:h, :wd]
+                    if blend == "none":
+                        acc[:, r0:r0 + h, w.col:w.col + wd] = p[:, :h, :wd]
+                        wsum[r0:r0 + h, w.col:w.col + wd] = 1.0
+                    else:
+                        acc[:, r0:r0 + h, w.col:w.col + wd] += p[:, :h, :wd] * ww
+                        wsum[r0:r0 + h, w.col:w.col + wd] += ww
+                    valid_strip[r0:r0 + h, w.col:w.col + wd] = valid[:h, :wd]
+                tiles_done += len(pending)
+                pending.clear()
+
+            fill = nodata if nodata is not None and not (
+                isinstance(nodata, float) and math.isnan(nodata)) else 0
+            bar = tqdm(total=len(wins), desc=f"predict {image.name}", unit="tile",
+                       disable=not progress)
+            for w in wins:
+                if w.row > top and not pending:
+                    flush(w.row)
+                elif w.row > top:
+                    run_batch()
+                    bar.update(0)
+                    flush(w.row)
+                rw = Window(w.col - margin, w.row - margin, in_tile, in_tile)
+                raw = read_window(src, rw, image, boundless=True, fill_value=fill)
+                valid_in = valid_pixels(raw, nodata)
+                x = (raw.astype(np.float32) - mean) / std
+                x[:, ~valid_in] = 0.0
+                x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+                valid = valid_in[margin:margin + tile, margin:margin + tile]
+                pending.append((w, x.transpose(1, 2, 0), valid))
+                if len(pending) == batch:
+                    run_batch()
+                bar.update(1)
+            run_batch()
+            flush(H)
+            bar.close()
+            dst.close()
+            if pdst is not None:
+                pdst.close()
+            _to_cog(tmp_map)
+            if tmp_prob:
+                _to_cog(tmp_prob)
+    res = abs(profile["transform"].a * profile["transform"].e)
+    return {"map": str(out), "height": H, "width": W, "tiles": tiles_done,
+            "checkpoint_step": int(step), "seconds": time.perf_counter() - t0,
+            "class_pixels": dict(zip(meta.class_names, counts.tolist())),
+            "pixel_area_m2": res}
+
+
+def _rgb(colour) -> tuple[int, int, int, int]:
+    from satseg_jax.classes import parse_colour
+
+    r, g, b = parse_colour(colour, "classes")
+    return (r, g, b, 255)
+
+
+def _to_cog(path: Path) -> None:
+    """Rewrite a tiled GeoTIFF in place as a Cloud-Optimised GeoTIFF (with overviews)."""
+    from rasterio.shutil import copy as rio_copy
+
+    cog = path.with_name(path.name + ".cog")
+    try:
+        rio_copy(path, cog, driver="COG", compress="DEFLATE", overview_resampling="nearest")
+        cog.replace(path)
+    finally:
+        if cog.exists():
+            cog.unlink()
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,180 @@
+"""Whole-scene prediction (georeference, nodata, seams, memory-bounded strips) and areas."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from satseg_jax.area import area_table, format_area_table
+from satseg_jax.cli import main
+from satseg_jax.predict import blend_window
+from tests.workers.tiny_config import tiny_config
+
+
+def _train_tiny(image, labels, classes, tmp, steps=16):
+    from satseg_jax.datasets.build import build_dataset
+    from satseg_jax.raster.patches import make_patches
+    from satseg_jax.train import train_and_evaluate
+
+    make_patches(image, tmp / "patches", classes, size=32, labels=labels, progress=False)
+    build_dataset(tmp / "patches", tmp / "data", split=(0.6, 0.2, 0.2), split_by="random",
+                  progress=False)
+    cfg = tiny_config(tmp / "data", **{"train.num_steps": steps, "train.eval_every": steps,
+                                        "train.checkpoint_every": steps})
+    train_and_evaluate(cfg, tmp / "run")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from satseg_jax.raster.compose import compose_bands
+    from satseg_jax.raster.sample import write_sample_scene
+
+    root = tmp_path_factory.mktemp("pred")
+    s = write_sample_scene(root / "sample", size=160, seed=5)
+    scene = compose_bands([s[b] for b in ("blue", "green", "red", "nir")], root / "scene.tif",
+                          progress=False)
+    run = _train_tiny(scene, s["labels"], s["classes"], root, steps=40)
+    return root, s, scene, run
+
+
+def test_predicted_map_is_georeferenced_like_the_scene(trained, tmp_path, capsys):
+    root, s, scene, run = trained
+    out = tmp_path / "map.tif"
+    assert main(["predict", "--workdir", str(run), "--image", str(scene), "--out", str(out),
+                 "--tile", "64", "--overlap", "16", "--checkpoint", "latest",
+                 "--probabilities", str(tmp_path / "p.tif")]) == 0
+    with rasterio.open(scene) as a, rasterio.open(out) as m, \
+            rasterio.open(s["labels"]) as lab, rasterio.open(tmp_path / "p.tif") as p:
+        assert (m.crs, m.transform, m.shape) == (a.crs, a.transform, a.shape)
+        pred, truth = m.read(1), lab.read(1)
+        nodata = (a.read() == 0).all(axis=0)
+        assert (pred[nodata] == 255).all() and (pred[~nodata] != 255).all()
+        assert m.colormap(1)[0][:3] == (31, 120, 180)  # water's colour from classes.json
+        assert m.profile["tiled"]  # COG layout (overviews only appear above 512 px)
+        assert p.count == 6 and p.dtypes[0] == "uint8"
+        probs = p.read().astype(int).sum(axis=0)[~nodata]
+        assert np.abs(probs - 255).max() <= 6  # uint8-rounded probabilities sum to ~1
+    assert set(np.unique(pred[truth != 255])) <= set(range(6))
+
+
+def test_gaussian_blending_leaves_no_seams(trained, tmp_path):
+    root, s, scene, run = trained
+    out = tmp_path / "map.tif"
+    from satseg_jax.predict import predict_scene
+
+    predict_scene(run, scene, out, checkpoint="latest", tile=64, overlap=32, blend="gaussian",
+                  progress=False)
+    none = tmp_path / "none.tif"
+    predict_scene(run, scene, none, checkpoint="latest", tile=64, overlap=32, blend="none",
+                  progress=False)
+    with rasterio.open(out) as m, rasterio.open(s["labels"]) as lab:
+        pred, truth = m.read(1), lab.read(1)
+    # Tile starts every 32 px: compare disagreement with the truth on border lines vs the rest.
+    border = np.zeros(pred.shape, bool)
+    for c in range(32, pred.shape[1], 32):
+        border[:, c - 1:c + 1] = True
+        border[c - 1:c + 1, :] = True
+    ok = truth != 255
+    wrong = (pred != truth) & ok
+    rate_border = wrong[border & ok].mean()
+    rate_inner = wrong[~border & ok].mean()
+    assert rate_border <= rate_inner + 0.02, (rate_border, rate_inner)
+    w = blend_window(64, "gaussian")
+    assert w[32, 32] > 0.9 and w[0, 0] < w[32, 0] < w[32, 32]
+
+
+def test_refuses_a_scene_with_other_bands(trained, tmp_path, capsys):
+    root, s, scene, run = trained
+    three = tmp_path / "three.tif"
+    from satseg_jax.raster.compose import compose_bands
+
+    compose_bands([s["blue"], s["green"], s["red"]], three, progress=False)
+    assert main(["predict", "--workdir", str(run), "--image", str(three), "--out",
+                 str(tmp_path / "m.tif"), "--checkpoint", "latest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "3 bands" in err and "4" in err
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_real_landsat_map_keeps_georeference_and_nodata(shared_rasterio, tmp_path):
+    from satseg_jax.predict import predict_scene
+
+    src = shared_rasterio / "RGB.byte.tif"
+    with rasterio.open(src) as ds:
+        data, profile = ds.read(), ds.profile
+    labels = tmp_path / "labels.tif"
+    with rasterio.open(labels, "w", **{**profile, "count": 1, "nodata": None}) as dst:
+        dst.write((data[0] > 60).astype("uint8"), 1)
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps([{"id": 0, "name": "dark"}, {"id": 1, "name": "bright"}]))
+    run = _train_tiny(src, labels, classes, tmp_path, steps=4)
+    out = tmp_path / "map.tif"
+    predict_scene(run, src, out, checkpoint="latest", tile=128, overlap=32, progress=False)
+    with rasterio.open(src) as a, rasterio.open(out) as m:
+        assert (m.crs, m.transform, m.shape) == (a.crs, a.transform, a.shape)
+        nodata = (a.read() == 0).all(axis=0)
+        assert (m.read(1)[nodata] == 255).all()
+
+
+# ----------------------------------------------------------------------------- area
+
+
+def _map(path, data, transform, crs):
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[0], width=data.shape[1],
+                       count=1, dtype="uint8", crs=crs, transform=transform, nodata=255) as d:
+        d.write(data, 1)
+    return path
+
+
+def test_area_exact_in_a_projected_crs_and_per_region_totals(tmp_path, capsys):
+    data = np.zeros((100, 200), np.uint8)
+    data[:, 50:] = 1
+    data[:10] = 2
+    data[-5:, -5:] = 255
+    t = from_origin(500000, 8000000, 10, 10)  # 100 m² pixels
+    m = _map(tmp_path / "m.tif", data, t, "EPSG:32723")
+    tab = area_table(m, ["a", "b", "c"])
+    counts = [int((data == k).sum()) for k in range(3)]
+    np.testing.assert_allclose(tab["rows"]["scene"], [c * 100 / 1e6 for c in counts])
+    # Two regions splitting the scene left/right: their totals add up to the scene's.
+    x0, x1, y0, y1 = 500000, 502000, 7999000, 8000000
+    regions = {"type": "FeatureCollection",
+               "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32723"}},
+               "features": [
+                   {"type": "Feature", "properties": {"name": "west"}, "geometry": {
+                       "type": "Polygon", "coordinates": [[[x0, y0], [x0 + 700, y0],
+                                                           [x0 + 700, y1], [x0, y1], [x0, y0]]]}},
+                   {"type": "Feature", "properties": {"name": "east"}, "geometry": {
+                       "type": "Polygon", "coordinates": [[[x0 + 700, y0], [x1, y0], [x1, y1],
+                                                           [x0 + 700, y1], [x0 + 700, y0]]]}}]}
+    (tmp_path / "r.geojson").write_text(json.dumps(regions))
+    assert main(["area", "--map", str(m), "--by", str(tmp_path / "r.geojson"),
+                 "--region-field", "name", "--out", str(tmp_path / "a.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "west" in printed and "total" in printed
+    tab2 = area_table(m, ["a", "b", "c"], regions=tmp_path / "r.geojson", region_field="name")
+    total = np.sum([v for v in tab2["rows"].values()], axis=0)
+    np.testing.assert_allclose(total, tab["rows"]["scene"], rtol=1e-12)
+    # West: columns 0..69; class 1 there is columns 50..69 below row 10 (90 rows x 20).
+    assert tab2["rows"]["west"][1] == pytest.approx(90 * 20 * 100 / 1e6)
+    assert (tmp_path / "a.csv").read_text().startswith("region,")
+    assert "km²" in format_area_table(tab)
+
+
+def test_geographic_areas_are_ellipsoidal(tmp_path):
+    pyproj = pytest.importorskip("pyproj", reason="pyproj (test extra) computes the reference")
+    data = np.zeros((40, 50), np.uint8)
+    t = from_origin(-50.0, -10.0, 0.01, 0.01)  # 0.01° pixels near 10° S
+    m = _map(tmp_path / "g.tif", data, t, "EPSG:4326")
+    km2 = area_table(m, ["x"])["rows"]["scene"][0]
+    geod = pyproj.Geod(ellps="WGS84")
+    lons = [-50.0, -49.5, -49.5, -50.0]
+    lats = [-10.0, -10.0, -10.4, -10.4]
+    ref = abs(geod.polygon_area_perimeter(lons, lats)[0]) / 1e6
+    assert math.isclose(km2, ref, rel_tol=1e-3), (km2, ref)
