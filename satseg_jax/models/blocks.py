@@ -70,16 +70,21 @@ class Norm(nn.Module):
         raise SatsegError(f"config.model.norm={self.kind!r}: expected one of {NORMS}")
 
 
-class ConvBlock(nn.Module):
-    """``n_convs`` × (3×3 conv → norm → ReLU): the unit every U-Net level is made of."""
+class LevelBlock(nn.Module):
+    """Fields every U-Net level block takes (width, normalisation, compute dtype)."""
 
     features: int
-    n_convs: int = 2
-    padding: str = "SAME"
     norm: str = "batch"
     momentum: float = 0.9
     dtype: Any = jnp.float32
     axis_name: str | None = None
+
+
+class ConvBlock(LevelBlock):
+    """``n_convs`` × (3×3 conv → norm → ReLU): the unit every U-Net level is made of."""
+
+    n_convs: int = 2
+    padding: str = "SAME"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -137,16 +142,11 @@ class Head(nn.Module):
         return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(LevelBlock):
     """Pre-activation residual unit (He et al. 2016) as used by ResUNet (Zhang et al. 2018):
     (norm → ReLU → 3×3 conv) × 2 plus an identity (or 1×1 projection) shortcut."""
 
-    features: int
     padding: str = "SAME"
-    norm: str = "batch"
-    momentum: float = 0.9
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -161,16 +161,11 @@ class ResidualBlock(nn.Module):
         return x + shortcut
 
 
-class RecurrentConv(nn.Module):
+class RecurrentConv(LevelBlock):
     """Recurrent convolutional layer (Alom et al. 2018): one 3×3 conv applied ``steps``+1
     times with shared weights, x_{t+1} = f(x + x_t)."""
 
-    features: int
     steps: int = 2
-    norm: str = "batch"
-    momentum: float = 0.9
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -183,24 +178,20 @@ class RecurrentConv(nn.Module):
         return h
 
 
-class RecurrentResidualBlock(nn.Module):
+class RecurrentResidualBlock(LevelBlock):
     """R2 unit of R2U-Net (Alom et al. 2018): 1×1 conv to the width, two recurrent conv
     layers, and a residual connection around them."""
 
-    features: int
     steps: int = 2
-    norm: str = "batch"
-    momentum: float = 0.9
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Conv(self.features, (1, 1), dtype=self.dtype)(x)
         h = x
         for _ in range(2):
-            h = RecurrentConv(self.features, self.steps, self.norm, self.momentum, self.dtype,
-                              self.axis_name)(h, train)
+            h = RecurrentConv(self.features, steps=self.steps, norm=self.norm,
+                              momentum=self.momentum, dtype=self.dtype,
+                              axis_name=self.axis_name)(h, train)
         return x + h
 
 

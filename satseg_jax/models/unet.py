@@ -100,15 +100,8 @@ def require_divisible(x: jax.Array, depth: int, model: str) -> None:
         )
 
 
-class _UNetBase(nn.Module):
-    """Encoder–decoder with skips; subclasses fix padding, block kind and attention.
-
-    Variants differ only in ``block_kind`` (conv / residual / recurrent) and whether
-    attention gates weight the skips, so they share this one forward pass.
-    """
-
-    block_kind: ClassVar[str] = "conv"
-    attention: ClassVar[bool] = False
+class UNetKnobs(nn.Module):
+    """The knobs every U-Net variant shares (validated once, here)."""
 
     num_classes: int
     depth: int = 4
@@ -119,12 +112,24 @@ class _UNetBase(nn.Module):
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    padding: str = "SAME"
 
     def __post_init__(self) -> None:
         check_unet_knobs(self.depth, self.base_width, self.norm, self.upsample, self.dropout,
                          self.bn_momentum)
         super().__post_init__()
+
+
+class _UNetBase(UNetKnobs):
+    """Encoder–decoder with skips; subclasses fix padding, block kind and attention.
+
+    Variants differ only in ``block_kind`` (conv / residual / recurrent) and whether
+    attention gates weight the skips, so they share this one forward pass.
+    """
+
+    block_kind: ClassVar[str] = "conv"
+    attention: ClassVar[bool] = False
+
+    padding: str = "SAME"
 
     def _check_input(self, x: jax.Array) -> None:
         raise NotImplementedError

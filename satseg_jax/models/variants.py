@@ -5,15 +5,15 @@ base_width, norm (batch/group/none), dropout (bottleneck), upsample (transpose/b
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from satseg_jax.models.blocks import Head, Up, check_unet_knobs, down, make_block
+from satseg_jax.models.blocks import Head, Up, down, make_block
 from satseg_jax.models.registry import register_model
-from satseg_jax.models.unet import UNet, require_divisible
+from satseg_jax.models.unet import UNet, UNetKnobs, require_divisible
 
 
 @register_model("attention_unet")
@@ -43,27 +43,14 @@ class R2UNet(UNet):
 
 
 @register_model("unet_plus_plus")
-class UNetPlusPlus(nn.Module):
+class UNetPlusPlus(UNetKnobs):
     """UNet++ (Zhou et al. 2018, "UNet++: A Nested U-Net Architecture for Medical Image
     Segmentation"): node X[i][j] = block(concat(X[i][0..j-1], up(X[i+1][j-1]))), so the
     decoder of every sub-depth shares the encoder. With ``deep_supervision`` the logits
     are the mean of the 1×1 heads on X[0][1..depth] (the paper's averaging mode)."""
 
-    num_classes: int
-    depth: int = 4
     base_width: int = 32
-    norm: str = "batch"
-    dropout: float = 0.0
-    upsample: str = "transpose"
     deep_supervision: bool = False
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
-
-    def __post_init__(self) -> None:
-        check_unet_knobs(self.depth, self.base_width, self.norm, self.upsample, self.dropout,
-                         self.bn_momentum)
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
