@@ -30,4 +30,6 @@ satseg predict --workdir "$RUN/train" --image "$RUN/scene.tif" --out "$RUN/map.t
   --tile 256 --overlap 64 --blend gaussian
 echo "== 8/8 area per class (km²)"
 satseg area --map "$RUN/map.tif" --classes "$RUN/sample/classes.json" --out "$RUN/area.csv"
+satseg plot --image "$RUN/scene.tif" --map "$RUN/map.tif" --classes "$RUN/sample/classes.json" \
+  --out "$RUN/map_preview.png"
 echo "Done. TensorBoard: tensorboard --logdir $RUN/train"

@@ -122,6 +122,18 @@ def _cmd_area(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from satseg_jax.classes import load_classes
+    from satseg_jax.plots import map_preview_png
+
+    classes = load_classes(args.classes)
+    bands = tuple(int(b) for b in args.rgb.split(",")) if args.rgb else None
+    out = map_preview_png(args.image, args.map, classes.names, classes.colours, args.out,
+                          rgb_bands=bands, max_size=args.max_size)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from satseg_jax.benchmark import run_sweep
     from satseg_jax.config_files import load_config_file
@@ -328,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--region-field", default=None, help="attribute naming each region")
     ar.add_argument("--out", default=None, help="write the table as CSV")
     ar.set_defaults(func=_cmd_area)
+
+    pl = sub.add_parser("plot", help="PNG: scene RGB preview beside the predicted map",
+                        description="Read the scene and the map decimated (never whole) and "
+                        "draw them side by side with a class legend.")
+    pl.add_argument("--image", required=True, help="scene GeoTIFF")
+    pl.add_argument("--map", required=True, help="class map from satseg predict")
+    pl.add_argument("--classes", required=True, help="classes.json (names and colours)")
+    pl.add_argument("--out", required=True, help="output PNG")
+    pl.add_argument("--rgb", default=None, help="band numbers for R,G,B (default: the bands "
+                    "named red, green, blue, else 1,2,3)")
+    pl.add_argument("--max-size", type=int, default=1024, help="longest side of the preview")
+    pl.set_defaults(func=_cmd_plot)
 
     m = sub.add_parser("benchmark", help="train and compare model variants from a sweep config",
                        description="Train every variant of a sweep config on the same data, "

@@ -42,3 +42,71 @@ def confusion_matrix_png(cm: np.ndarray, class_names: list[str], path: str | Pat
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _decimated(path: str | Path, max_size: int, indexes=None, resampling: str = "average"):
+    """Read a raster shrunk to at most ``max_size`` px (GDAL overview/decimated read)."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as src:
+        scale = max(src.width, src.height) / max_size
+        h, w = max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1)))
+        idx = indexes or list(range(1, src.count + 1))
+        data = src.read(idx, out_shape=(len(idx), h, w), resampling=Resampling[resampling])
+        return data, src.nodata, list(src.descriptions)
+
+
+def _stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """2–98 % per-band stretch to 0..1 over valid pixels (the usual RGB preview)."""
+    out = np.zeros(rgb.shape, np.float32)
+    for i in range(rgb.shape[0]):
+        v = rgb[i][valid].astype(np.float64)
+        lo, hi = (np.percentile(v, (2, 98)) if v.size else (0.0, 1.0))
+        out[i] = np.clip((rgb[i] - lo) / max(hi - lo, 1e-9), 0, 1)
+    return out
+
+
+def map_preview_png(image: str | Path, class_map: str | Path, class_names: list[str],
+                    colours: list[tuple[int, int, int]], out: str | Path,
+                    rgb_bands: tuple[int, int, int] | None = None, max_size: int = 1024) -> Path:
+    """Scene RGB preview beside the predicted map, with a class legend (one PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    _, _, desc = _decimated(image, 8)
+    if rgb_bands is None:
+        names = [d.lower() if d else "" for d in desc]
+        if all(n in names for n in ("red", "green", "blue")):
+            rgb_bands = tuple(names.index(n) + 1 for n in ("red", "green", "blue"))
+        else:
+            rgb_bands = tuple(min(i, len(desc)) for i in (1, 2, 3))
+    rgb, nodata, _ = _decimated(image, max_size, list(rgb_bands))
+    valid = ~(rgb == nodata).all(axis=0) if nodata is not None else np.ones(rgb.shape[1:], bool)
+    img = _stretch(rgb, valid).transpose(1, 2, 0)
+    img[~valid] = 1.0
+    cls, _, _ = _decimated(class_map, max_size, [1], resampling="mode")
+    cls = cls[0]
+    lut = np.ones((256, 3), np.float32)
+    for i, c in enumerate(colours):
+        lut[i] = np.asarray(c) / 255
+    fig, ax = plt.subplots(1, 2, figsize=(13, 6.5))
+    ax[0].imshow(img)
+    ax[0].set_title(f"{Path(image).name} (bands {rgb_bands})")
+    ax[1].imshow(lut[cls])
+    ax[1].set_title(Path(class_map).name)
+    for a in ax:
+        a.set_axis_off()
+    handles = [Patch(color=np.asarray(c) / 255, label=n) for n, c in zip(class_names, colours)]
+    handles.append(Patch(facecolor="white", edgecolor="grey", label="nodata"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -61,6 +61,10 @@ def test_predicted_map_is_georeferenced_like_the_scene(trained, tmp_path, capsys
         probs = p.read().astype(int).sum(axis=0)[~nodata]
         assert np.abs(probs - 255).max() <= 6  # uint8-rounded probabilities sum to ~1
     assert set(np.unique(pred[truth != 255])) <= set(range(6))
+    png = tmp_path / "preview.png"
+    assert main(["plot", "--image", str(scene), "--map", str(out), "--classes",
+                 str(s["classes"]), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_gaussian_blending_leaves_no_seams(trained, tmp_path):
