@@ -46,6 +46,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_compose(args: argparse.Namespace) -> int:
     from satseg_jax.raster.compose import compose_bands
 
+    if args.pansharpen:
+        from satseg_jax.raster.pansharpen import pansharpen
+
+        out = pansharpen([Path(b) for b in args.bands], Path(args.pansharpen), Path(args.out),
+                         method=args.method, names=args.names)
+        print(f"wrote {out}")
+        return 0
     out = compose_bands(
         [Path(b) for b in args.bands], Path(args.out), names=args.names,
         resample_to=Path(args.resample_to) if args.resample_to else None,
@@ -260,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resampling", default="bilinear",
                    choices=["nearest", "bilinear", "cubic", "average"],
                    help="resampling used with --resample-to")
+    c.add_argument("--pansharpen", default=None, metavar="PAN.tif",
+                   help="fuse the (coarser) bands with this panchromatic band; the output is "
+                   "on PAN's grid")
+    c.add_argument("--method", choices=["brovey", "ihs", "weighted"], default="brovey",
+                   help="pan-sharpening method (with --pansharpen)")
     c.set_defaults(func=_cmd_compose)
 
     t = sub.add_parser("patches", help="crop a scene into image + mask patch GeoTIFFs",
