@@ -164,7 +164,8 @@ def _config_command(name: str, argv: list[str], doc: str) -> tuple[object, objec
     from ml_collections import config_flags
 
     fv = flags.FlagValues()
-    argv = [a.replace("--save-predictions", "--save_predictions") for a in argv]
+    argv = [a.replace("--save-predictions", "--save_predictions")
+            .replace("--resample-to-train-gsd", "--resample_to_train_gsd") for a in argv]
     full_argv = [f"satseg {name}", *argv]
     config_flags.DEFINE_config_file(
         "config", None, "Path to a config file with get_config(); override fields with "
@@ -182,6 +183,9 @@ def _config_command(name: str, argv: list[str], doc: str) -> tuple[object, objec
                           flag_values=fv)
         flags.DEFINE_string("data", None, "Evaluate on another built dataset dir instead.",
                             flag_values=fv)
+        flags.DEFINE_bool("resample_to_train_gsd", False,
+                          "With --data: resample its patches to the training pixel size.",
+                          flag_values=fv)
     if any(a in ("-h", "--help", "-help") for a in argv):
         print(f"usage: satseg {name} [--config CONFIG.py] --workdir DIR [--config.KEY=VALUE ...]"
               f"\n\n{doc}\n")
@@ -215,6 +219,7 @@ def _cmd_evaluate(argv: list[str]) -> int:
     result = evaluate_workdir(
         fv.workdir, split=fv.split, checkpoint=fv.checkpoint,
         save_predictions=fv.save_predictions, data_dir=fv.data,
+        resample_to_train_gsd=fv.resample_to_train_gsd,
     )
     print(format_metrics_table(result))
     return 0

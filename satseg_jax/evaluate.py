@@ -20,7 +20,7 @@ from satseg_jax.metrics import format_metrics_table  # noqa: F401  (re-exported 
 
 
 def confusion_over_split(runner, state, meta, split: str, batch_size: int, task: str,
-                         on_batch=None, crop_size: int = 0) -> np.ndarray:
+                         on_batch=None, crop_size: int = 0, resize_to: int = 0) -> np.ndarray:
     """Sum the eval step's confusion matrices over every batch of ``split``.
 
     ``on_batch(batch, state)`` is called with each host batch (used to save predictions).
@@ -32,7 +32,7 @@ def confusion_over_split(runner, state, meta, split: str, batch_size: int, task:
     for batch in input_pipeline.eval_batches(
         meta, split, global_batch=parallel_batch, task=task,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        keep_metadata=on_batch is not None, crop_size=crop_size,
+        keep_metadata=on_batch is not None, crop_size=crop_size, resize_to=resize_to,
     ):
         # Accumulate on the host in int64: int32 overflows past ~2.1e9 pixels.
         cm = np.asarray(runner.unreplicate_metric(runner.eval_step(state, runner.shard(batch))),
@@ -78,11 +78,26 @@ def load_trained(workdir: str | Path, checkpoint: str | int = "best"):
     return config, meta, runner, runner.place_state(state), step, manager
 
 
+def pixel_size(meta) -> float:
+    """Ground pixel size of a dataset, from the transform of its first example."""
+    from satseg_jax.input_pipeline import _split_dataset
+
+    split = next(s for s, n in meta.num_examples.items() if n)
+    ex = next(iter(_split_dataset(meta, split).take(1).as_numpy_iterator()))
+    if "transform" not in ex:
+        raise SatsegError(f"{meta.data_dir}: examples carry no transform; cannot resample "
+                          "to the training pixel size")
+    return float(abs(ex["transform"][0]))
+
+
 def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
-                     save_predictions: bool = False, data_dir: str | None = None) -> dict:
+                     save_predictions: bool = False, data_dir: str | None = None,
+                     resample_to_train_gsd: bool = False) -> dict:
     """Evaluate WORKDIR's checkpoint on ``split``; write metrics_<split>.json and a PNG.
 
-    ``data_dir`` evaluates on another built dataset (same bands and classes).
+    ``data_dir`` evaluates on another built dataset (same bands and classes), e.g. from
+    another sensor or resolution; ``resample_to_train_gsd`` then resamples its patches
+    to the training pixel size first (an 8 m model on 2 m patches sees 8 m pixels).
     """
     from satseg_jax import input_pipeline, plots
 
@@ -96,8 +111,24 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
                 f"not match the run's {list(meta.bands)} / {list(meta.class_names)}"
             )
         # Normalise with the *training* statistics: the model was fitted to them.
+        train_meta = meta
         meta = input_pipeline.DatasetMeta(**{**other.__dict__, "mean": meta.mean,
                                              "std": meta.std})
+    resize_to = 0
+    if resample_to_train_gsd:
+        if not data_dir:
+            raise SatsegError("--resample-to-train-gsd needs --data OTHER_DATA_DIR")
+        train_gsd, gsd = pixel_size(train_meta), pixel_size(meta)
+        resize_to = max(1, round(meta.patch_size * gsd / train_gsd))
+        depth = int(config.model.get("depth", 0))
+        if config.model.name == "unet_original":
+            from satseg_jax.models import largest_valid_input
+
+            resize_to = largest_valid_input(resize_to, depth) or resize_to
+        elif depth:  # same-padded U-Nets need multiples of 2**depth
+            resize_to = max(2**depth, resize_to - resize_to % 2**depth)
+        print(f"resampling {meta.patch_size}-px patches of {gsd:g} m to {resize_to} px "
+              f"({train_gsd:g} m, the training pixel size)", flush=True)
 
     on_batch = None
     pred_dir = workdir / f"predictions_{split}"
@@ -105,12 +136,15 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
         pred_dir.mkdir(parents=True, exist_ok=True)
         on_batch = _prediction_writer(runner, pred_dir, config.task, meta.patch_size)
     cm = confusion_over_split(runner, state, meta, split, int(config.eval.batch_size),
-                              config.task, on_batch=on_batch,
-                              crop_size=int(config.eval.get("crop_size", 0)))
+                              config.task, on_batch=None if resize_to else on_batch,
+                              crop_size=int(config.eval.get("crop_size", 0)),
+                              resize_to=resize_to)
     result = metrics.metrics_from_confusion(cm, list(meta.class_names))
     result["checkpoint_step"] = int(step)
     result["split"] = split
     result["data_dir"] = str(meta.data_dir)
+    if resize_to:
+        result["resampled_to"] = resize_to
     if jax.process_index() == 0:
         out = workdir / f"metrics_{split}.json"
         tmp = out.with_suffix(".json.tmp")

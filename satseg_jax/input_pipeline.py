@@ -221,11 +221,14 @@ def eval_batches(
     process_count: int = 1,
     keep_metadata: bool = False,
     crop_size: int = 0,
+    resize_to: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's slice of every evaluation batch over the whole split, in order.
 
     ``crop_size`` > 0 centre-crops image and mask (a valid-convolution model only accepts
-    certain input sizes); 0 evaluates the whole patch.
+    certain input sizes); 0 evaluates the whole patch. ``resize_to`` > 0 first resamples
+    each patch to that side (image bilinear / area, mask nearest): evaluating a model on
+    data of another pixel size at the training pixel size.
 
     The last batches are padded (mask / label = 255, ``valid`` = False) so that every
     host yields the same number of full batches: collectives never wait on a host that
@@ -243,9 +246,20 @@ def eval_batches(
     off = (meta.patch_size - crop_size) // 2 if crop_size else 0
     end = off + crop_size if crop_size else meta.patch_size
 
+    if resize_to:
+        off = (resize_to - crop_size) // 2 if crop_size else 0
+        end = off + crop_size if crop_size else resize_to
+
     def prepare(ex):
-        out = {"image": _normalise(tf, ex["image"], meta)[off:end, off:end],
-               key: tf.cast(ex[key], tf.int32)}
+        image = _normalise(tf, ex["image"], meta)
+        label = tf.cast(ex[key], tf.int32)
+        if resize_to:
+            method = "area" if resize_to < meta.patch_size else "bilinear"
+            image = tf.image.resize(image, (resize_to, resize_to), method=method)
+            if task == "segmentation":
+                label = tf.image.resize(label[..., None], (resize_to, resize_to),
+                                        method="nearest")[..., 0]
+        out = {"image": image[off:end, off:end], key: label}
         if task == "segmentation":
             out[key] = out[key][off:end, off:end]
         if keep_metadata:

@@ -182,3 +182,28 @@ def test_geographic_areas_are_ellipsoidal(tmp_path):
     lats = [-10.0, -10.0, -10.4, -10.4]
     ref = abs(geod.polygon_area_perimeter(lons, lats)[0]) / 1e6
     assert math.isclose(km2, ref, rel_tol=1e-3), (km2, ref)
+
+
+def test_cross_resolution_evaluation_resamples_to_the_training_gsd(trained, tmp_path, capsys):
+    """A run trained on 8 m patches evaluated on a 4 m dataset at the training pixel size."""
+    from satseg_jax.datasets.build import build_dataset
+    from satseg_jax.raster.compose import compose_bands
+    from satseg_jax.raster.patches import make_patches
+    from satseg_jax.raster.sample import write_sample_scene
+
+    root, s, scene, run = trained
+    fine = write_sample_scene(tmp_path / "fine", size=128, seed=7, pixel_size=4.0)
+    fscene = compose_bands([fine[b] for b in ("blue", "green", "red", "nir")],
+                           tmp_path / "fine.tif", progress=False)
+    make_patches(fscene, tmp_path / "fp", fine["classes"], size=32, labels=fine["labels"],
+                 progress=False)
+    build_dataset(tmp_path / "fp", tmp_path / "fd", split=(0.5, 0.25, 0.25),
+                  split_by="random", progress=False)
+    assert main(["evaluate", "--workdir", str(run), "--checkpoint", "latest", "--split",
+                 "test", "--data", str(tmp_path / "fd"), "--resample-to-train-gsd"]) == 0
+    out = capsys.readouterr().out
+    assert "to 16 px" in out
+    m = json.loads((run / "metrics_test.json").read_text())
+    assert m["resampled_to"] == 16 and m["data_dir"] == str(tmp_path / "fd")
+    info = json.loads((tmp_path / "fd" / "satseg_dataset.json").read_text())
+    assert np.asarray(m["confusion_matrix"]).sum() <= info["num_examples"]["test"] * 16 * 16
