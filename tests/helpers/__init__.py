@@ -1,1 +1,0 @@
-"""Test helpers shared by several test files (no tests here)."""
