@@ -1,23 +1,44 @@
-"""``satseg build``: a patches folder -> tfds dataset + ``satseg_dataset.json``.
+"""``satseg build``: a patches folder -> a tfds dataset + ``satseg_dataset.json``.
 
-``DATA/satseg_dataset.json`` is what the rest of the project reads about a dataset:
-bands, classes, per-band mean/std of the **train** split (valid pixels only), class
-pixel counts per split, example counts, class weights and the split assignment. The
-TFRecords live in ``DATA/satseg_patches/1.0.0`` (``builder_dir``).
+Output folder (a tfds ``data_dir``)::
+
+    OUT/satseg_dataset.json             what the rest of satseg reads about the dataset
+    OUT/satseg_patches/1.0.0/           tfds records + dataset_info.json, features.json
+
+``satseg_dataset.json`` holds bands, classes, per-band mean/std of the **train** split
+(valid pixels only), class pixel counts per split, example counts, class weights and
+the split assignment. Open a split with ``builder_for(OUT).as_dataset(split="train")``
+(or ``tfds.load("satseg_patches", data_dir=OUT, split="train")``).
+
+Why one pass: each patch is read once; the statistics are accumulated from the very
+examples handed to the tfds writer (a callback of the builder), so the numbers in
+satseg_dataset.json describe exactly what is in the records. Why atomic: the whole
+OUT folder is built under a temporary name beside it and renamed at the end, so a
+failed build leaves no OUT behind (and ``--overwrite`` keeps the old one until the
+new one is complete). Why offline: tfds is told never to look for prepared data on
+GCS (``try_download_gcs=False``) and the builder reads only its manual dir.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import math
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from satseg_jax.classes import IGNORE_LABEL, load_classes
-from satseg_jax.datasets.splits import SPLITS, assign_splits
-from satseg_jax.datasets.statistics import BandStats, inverse_frequency_weights
+from satseg_jax.classes import IGNORE_LABEL
+from satseg_jax.datasets.folder import read_patches_folder
+from satseg_jax.datasets.splits import SPLITS, assign_splits, check_fractions, split_counts
+from satseg_jax.datasets.statistics import (
+    BandStats,
+    DatasetStats,
+    inverse_frequency_weights,
+    valid_pixels,
+)
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_dir
 
@@ -25,180 +46,214 @@ FORMAT_VERSION = 1
 INFO_FILE = "satseg_dataset.json"
 
 
-def _read_patches_folder(patches_dir: Path) -> tuple[dict, list[dict]]:
-    if not patches_dir.is_dir():
-        raise SatsegError(f"{patches_dir}: patches folder not found; run satseg patches first")
-    missing = [n for n in ("patches.json", "index.csv", "classes.json")
-               if not (patches_dir / n).exists()]
-    if missing:
-        hint = ("contains no patches" if not any(patches_dir.iterdir())
-                else f"lacks {', '.join(missing)}")
-        raise SatsegError(f"{patches_dir}: {hint}; run satseg patches first (it writes "
-                          "images/, masks/, index.csv, patches.json, classes.json)")
-    layout = json.loads((patches_dir / "patches.json").read_text())
-    if layout.get("format_version") != 1:
-        raise SatsegError(f"{patches_dir}/patches.json: format_version "
-                          f"{layout.get('format_version')!r} is not supported; re-run satseg "
-                          "patches with this version")
-    with open(patches_dir / "index.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise SatsegError(f"{patches_dir}/index.csv lists no patches; run satseg patches with a "
-                          "lower --min-valid or on another scene")
-    return layout, rows
+@contextlib.contextmanager
+def _tfds_progress(tfds, enable: bool) -> Iterator[None]:
+    """Set tfds's own progress bars for the duration of a build, then restore them.
+
+    Ours (one per split, with totals) replace tfds's, which do not know the totals.
+    """
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(enable)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(was)
 
 
-def build_dataset(patches_dir: Path, out_dir: Path, split=(0.7, 0.15, 0.15), seed: int = 0,
+def _check_out_dir(patches_dir: Path, out_dir: Path) -> None:
+    src, out = patches_dir.resolve(), out_dir.resolve()
+    if out == src or src.is_relative_to(out):
+        raise SatsegError(f"--out {out_dir}: is or contains the patches folder {patches_dir}; "
+                          "choose another output folder")
+
+
+def _prepare(builder, tfds, tmp: Path, manual_dir: Path) -> None:
+    """Run tfds's generation into ``tmp`` without network access, then tidy up."""
+    builder.download_and_prepare(
+        download_dir=str(tmp / ".downloads"),
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(manual_dir), try_download_gcs=False),
+        file_format="tfrecord",
+    )
+    shutil.rmtree(tmp / ".downloads", ignore_errors=True)  # tfds's (empty) download cache
+
+
+def build_dataset(patches_dir: str | Path, out_dir: str | Path,
+                  split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                   split_by: str = "block", block_size: int | None = None,
                   overwrite: bool = False, progress: bool = True) -> dict:
-    """Write the tfds dataset and satseg_dataset.json into ``out_dir``; return the info."""
-    from tqdm import tqdm
+    """Write the tfds dataset and ``satseg_dataset.json`` into ``out_dir``; return the info.
 
-    from satseg_jax.input_pipeline import import_tf
-
-    import_tf()
-    import tensorflow_datasets as tfds
-
-    from satseg_jax.datasets.patches import NAME, SatsegPatches, read_patch
-
+    ``split``: train/validation/test fractions (sum 1). ``split_by``: ``block`` (whole
+    spatial blocks of ``block_size``×``block_size`` patches per split; default size gives
+    about 20 blocks) or ``random``. ``seed`` fixes the assignment. Raises SatsegError
+    (and leaves no ``out_dir``) for a missing/empty/incomplete patches folder, bad
+    fractions, an existing ``out_dir`` without ``overwrite``, or inconsistent patches.
+    """
+    fractions = check_fractions(split)
     patches_dir, out_dir = Path(patches_dir), Path(out_dir)
-    layout, rows = _read_patches_folder(patches_dir)
-    classes = load_classes(patches_dir / "classes.json")
-    ids = [r["patch_id"] for r in rows]
-    assignment, split_info = assign_splits(
-        ids, [int(r["row"]) for r in rows], [int(r["col"]) for r in rows], split, seed=seed,
-        method=split_by, stride=int(layout["stride"]), block_size=block_size)
+    folder = read_patches_folder(patches_dir)
+    _check_out_dir(patches_dir, out_dir)
+    assignment, split_info = assign_splits(folder.index_rows(), fractions, seed=seed,
+                                           method=split_by, block_size=block_size,
+                                           stride=folder.stride)
 
-    # Statistics first (train only), reading each patch once; this also checks files.
-    k = classes.num_classes
-    stats = BandStats(len(layout["bands"]))
-    counts = {s: np.zeros(k, np.int64) for s in SPLITS}
-    ignored = dict.fromkeys(SPLITS, 0)
-    n_examples = dict.fromkeys(SPLITS, 0)
-    from satseg_jax.raster.patches import valid_pixels
+    from satseg_jax.datasets.tfenv import import_tfds
 
-    for pid in tqdm(ids, desc="statistics", unit="patch", disable=not progress):
-        s = assignment[pid]
-        ex = read_patch(patches_dir, pid)
-        n_examples[s] += 1
-        c = np.bincount(ex["mask"].ravel(), minlength=256)
-        if c[k:IGNORE_LABEL].any():
-            bad = np.flatnonzero(c[k:IGNORE_LABEL]) + k
-            raise SatsegError(f"{patches_dir}/masks/{pid}.tif holds class ids {bad.tolist()} "
-                              f"not in classes.json (0..{k - 1}, 255); re-run satseg patches")
-        counts[s] += c[:k]
-        ignored[s] += int(c[IGNORE_LABEL])
-        if s == "train":
-            image = np.moveaxis(ex["image"], -1, 0)
-            stats.update(image, valid_pixels(image, layout.get("nodata")))
-    if stats.n.min() == 0:
-        raise SatsegError(f"{patches_dir}: the train split has no valid pixel to compute band "
-                          "statistics from")
+    tfds = import_tfds()
+    from satseg_jax.datasets.patches import NAME, VERSION, PatchLayout, SatsegPatches
 
-    if not progress:
-        tfds.disable_progress_bar()
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        builder = SatsegPatches(
-            data_dir=str(tmp),
-            layout={"size": layout["size"], "bands": layout["bands"], "dtype": layout["dtype"]},
-            assignment=assignment,
-        )
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=str(patches_dir), try_download_gcs=False),
-            file_format="tfrecord",
-        )
+    classes = folder.classes
+    stats = DatasetStats(len(folder.bands), classes.num_classes, folder.nodata)
+
+    def on_example(split_name: str, ex: dict) -> None:
+        stats.add(split_name, ex["image"], ex["mask"],
+                  where=str(folder.mask_path(ex["patch_id"])))
+
+    layout = PatchLayout(size=folder.size, bands=tuple(folder.bands), dtype=folder.dtype,
+                         nodata=folder.nodata)
+    with _tfds_progress(tfds, False), atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
+                                on_example=on_example, progress=progress)
+        _prepare(builder, tfds, tmp, patches_dir)
+        mean, std = stats.band_summary()
+        written = {s: (builder.info.splits[s].num_examples if s in builder.info.splits else 0)
+                   for s in SPLITS}
+        if written != split_counts(assignment) or written != stats.examples:
+            raise RuntimeError(f"tfds wrote {written} examples, expected "
+                               f"{split_counts(assignment)} (seen {stats.examples})")
         info = {
-            "format_version": FORMAT_VERSION, "task": "segmentation", "tfds_name": NAME,
-            "tfds_version": str(SatsegPatches.VERSION),
-            "builder_dir": f"{NAME}/{SatsegPatches.VERSION}",
-            "bands": list(layout["bands"]), "num_bands": len(layout["bands"]),
-            "image_dtype": layout["dtype"], "patch_size": int(layout["size"]),
-            "nodata": layout.get("nodata"), "crs": layout.get("crs"),
-            "classes": classes.to_json(), "class_names": classes.names, "num_classes": k,
+            "format_version": FORMAT_VERSION,
+            "task": "segmentation",
+            "tfds_name": NAME,
+            "tfds_version": VERSION,
+            "builder_dir": f"{NAME}/{VERSION}",
+            "bands": folder.bands,
+            "num_bands": len(folder.bands),
+            "image_dtype": folder.dtype,
+            "patch_size": folder.size,
+            "nodata": folder.nodata,
+            "crs": folder.crs,
+            "classes": classes.to_json(),
+            "class_names": classes.names,
+            "num_classes": classes.num_classes,
             "ignore_label": IGNORE_LABEL,
-            "mean": stats.mean.tolist(), "std": stats.std.tolist(), "stats_split": "train",
-            "class_pixel_counts": {s: counts[s].tolist() for s in SPLITS},
-            "ignored_pixel_counts": ignored,
-            "num_examples": n_examples,
-            "class_weights": inverse_frequency_weights(counts["train"]).tolist(),
+            "mean": mean,
+            "std": std,
+            "stats_split": "train",
+            "stats_valid_pixels": int(stats.bands.n[0]),
+            "class_pixel_counts": {s: stats.class_counts[s].tolist() for s in SPLITS},
+            "ignored_pixel_counts": dict(stats.ignored),
+            "num_examples": written,
+            "class_weights": inverse_frequency_weights(stats.class_counts["train"]).tolist(),
+            "class_weights_method": "inverse_frequency_train_mean1_absent0",
             "split": split_info,
             "assignment": assignment,
-            "source_patches": str(patches_dir.absolute()),
+            "source_patches": str(patches_dir.resolve()),
         }
-        import shutil
-
-        shutil.rmtree(tmp / "downloads", ignore_errors=True)  # tfds's empty download cache
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
 def load_dataset_info(data_dir: str | Path) -> dict:
-    """Read and check ``DATA/satseg_dataset.json``."""
+    """Read and check ``DATA/satseg_dataset.json`` (format version, required keys)."""
     path = Path(data_dir) / INFO_FILE
-    if not path.exists():
-        raise SatsegError(f"{path}: not found; is {data_dir} a dataset written by satseg build?")
+    if not path.is_file():
+        raise SatsegError(f"{path}: not found; is {data_dir} a dataset folder written by "
+                          "satseg build? Build one with satseg build --patches DIR --out "
+                          f"{data_dir}")
     try:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SatsegError(f"{path}: not valid JSON ({e}); rebuild with satseg build") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise SatsegError(f"{path}: dataset dir from an incompatible version (format_version "
-                          f"{info.get('format_version')!r}, expected {FORMAT_VERSION}); rebuild "
-                          "it with satseg build")
+    version = info.get("format_version") if isinstance(info, dict) else None
+    if version != FORMAT_VERSION:
+        raise SatsegError(f"{path}: dataset dir from an incompatible version: rebuild with "
+                          f"satseg build (format_version {version!r}, this satseg reads "
+                          f"{FORMAT_VERSION})")
+    missing = [k for k in ("builder_dir", "bands", "num_classes", "num_examples", "mean", "std")
+               if k not in info]
+    if missing:
+        raise SatsegError(f"{path}: missing field(s) {', '.join(missing)}: rebuild with "
+                          "satseg build")
     return info
 
 
 def builder_for(data_dir: str | Path):
-    """The tfds builder of a built dataset (read back from its directory)."""
-    import tensorflow_datasets as tfds
+    """The tfds builder of a built dataset, read back from its directory (no code needed).
+
+    ``builder_for(DATA).as_dataset(split="train")`` is a ``tf.data.Dataset`` of dicts.
+    """
+    from satseg_jax.datasets.tfenv import import_tfds
 
     info = load_dataset_info(data_dir)
-    return tfds.builder_from_directory(str(Path(data_dir) / info["builder_dir"]))
+    path = Path(data_dir) / info["builder_dir"]
+    if not (path / "dataset_info.json").is_file():
+        raise SatsegError(f"{path}: tfds records not found (no dataset_info.json); the dataset "
+                          "folder is incomplete: rebuild with satseg build")
+    return import_tfds().builder_from_directory(str(path))
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
 
 
 def format_summary(info: dict) -> str:
-    """A readable multi-line summary of a built dataset."""
+    """A readable multi-line summary of a built dataset (``satseg build`` prints it)."""
+    sp = info["split"]
+    how = sp["method"]
+    if how == "block":
+        how += f", blocks of {sp['block_size']}x{sp['block_size']} patches ({sp['num_blocks']})"
+    fr = "/".join(f"{f:g}" for f in sp["fractions"])
+    n = info["num_examples"]
+    lines = [
+        f"dataset: {info['tfds_name']} {info['tfds_version']} ({info.get('task', 'segmentation')}"
+        f"), records in {info['builder_dir']}",
+        f"bands: {', '.join(info['bands'])} ({info['image_dtype']}, {info['patch_size']} px, "
+        f"nodata {info.get('nodata')})",
+        f"split: {how}; fractions {fr}; seed {sp['seed']}",
+        "examples: " + ", ".join(f"{s} {n.get(s, 0)}" for s in SPLITS)
+        + f" (total {sum(n.values())})",
+        f"band statistics ({info.get('stats_split', 'train')} split, valid pixels):",
+    ]
+    bw = max(len(b) for b in info["bands"] + ["band"])
+    lines.append(f"  {'band':<{bw}}  {'mean':>10}  {'std':>10}")
+    for b, m, s in zip(info["bands"], info["mean"], info["std"]):
+        lines.append(f"  {b:<{bw}}  {_fmt_num(m):>10}  {_fmt_num(s):>10}")
+    names = info["class_names"]
+    cw = max(len(x) for x in names + ["ignored", "class"])
     if info.get("task") == "classification":
-        names = info["class_names"]
-        lines = [f"dataset: {info['tfds_name']} {info['tfds_version']} (classification, "
-                 f"{info['split']['method']} split)",
-                 f"images: {info['patch_size']} px, {info['num_bands']} bands "
-                 f"({info['image_dtype']})",
-                 "examples: " + ", ".join(f"{s} {n}" for s, n in info["num_examples"].items())]
-        for i, n in enumerate(names):
-            lines.append(f"  {n:<16}" + "  ".join(
-                f"{s} {info['class_example_counts'][s][i]:>5}" for s in SPLITS))
-        return "\n".join(lines)
-    lines = [f"dataset: {info['tfds_name']} {info['tfds_version']} "
-             f"({info['split']['method']} split"
-             + (f", block {info['split'].get('block_size')} patches" if
-                info['split']['method'] == 'block' else "") + ")",
-             f"patches: {info['patch_size']} px, bands {', '.join(info['bands'])} "
-             f"({info['image_dtype']})",
-             "examples: " + ", ".join(f"{s} {n}" for s, n in info["num_examples"].items()),
-             "band mean/std (train): " + ", ".join(
-                 f"{b} {m:.1f}/{s:.1f}" for b, m, s in zip(info["bands"], info["mean"],
-                                                        info["std"])),
-             "class pixel share per split:"]
-    width = max(len(n) for n in info["class_names"])
-    lines.append(f"  {'class':<{width}}  " + "  ".join(f"{s:>10}" for s in SPLITS))
-    totals = {s: max(1, sum(info["class_pixel_counts"][s])) for s in SPLITS}
-    for i, name in enumerate(info["class_names"]):
-        cells = "  ".join(f"{100 * info['class_pixel_counts'][s][i] / totals[s]:9.1f}%"
-                          for s in SPLITS)
-        lines.append(f"  {name:<{width}}  {cells}")
-    lines.append("  " + " " * width + "  " + "  ".join(
-        f"{'ignored ' + str(info['ignored_pixel_counts'][s]):>10}" for s in SPLITS))
-    if any(math.isnan(x) for x in info["mean"]):
-        lines.append("warning: NaN band statistics")
+        counts, title = info["class_example_counts"], "examples per class and split:"
+    else:
+        counts, title = info["class_pixel_counts"], "class pixel share per split (pixels):"
+    totals = {s: max(1, sum(counts[s])) for s in SPLITS}
+    cells = {s: [f"{100 * c / totals[s]:.1f}% ({c})" for c in counts[s]] for s in SPLITS}
+    width = {s: max(len(s), *(len(c) for c in cells[s])) for s in SPLITS}
+    lines += [title, f"  {'class':<{cw}}  " + "  ".join(f"{s:>{width[s]}}" for s in SPLITS)
+              + f"  {'weight':>7}"]
+    weights = info.get("class_weights") or [math.nan] * len(names)
+    for i, name in enumerate(names):
+        row = "  ".join(f"{cells[s][i]:>{width[s]}}" for s in SPLITS)
+        lines.append(f"  {name:<{cw}}  {row}  {weights[i]:7.3f}")
+    if info.get("task") != "classification":
+        ign = info["ignored_pixel_counts"]
+        lines.append(f"  {'ignored':<{cw}}  "
+                     + "  ".join(f"{ign[s]:>{width[s]}}" for s in SPLITS))
     return "\n".join(lines)
 
 
-def build_classification_dataset(images_dir: Path, out_dir: Path, split=(0.7, 0.15, 0.15),
-                                 seed: int = 0, split_by: str = "random",
-                                 block_size: int | None = None, overwrite: bool = False,
-                                 progress: bool = True) -> dict:
+# ----------------------------------------------------------------------------- classification
+
+
+def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
+                                 split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+                                 split_by: str = "random", block_size: int | None = None,
+                                 overwrite: bool = False, progress: bool = True) -> dict:
     """Class-folder images -> tfds ``satseg_scenes`` dataset + satseg_dataset.json.
 
     ``split_by='block'`` needs example names holding ``r<row>_c<col>`` (as written by
@@ -206,38 +261,34 @@ def build_classification_dataset(images_dir: Path, out_dir: Path, split=(0.7, 0.
     """
     from tqdm import tqdm
 
-    from satseg_jax.input_pipeline import import_tf
-
-    import_tf()
-    import tensorflow_datasets as tfds
-
-    from satseg_jax.datasets import scenes
-
+    fractions = check_fractions(split)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise SatsegError(f"{images_dir}: folder not found; expected DIR/<class>/<image>")
+    _check_out_dir(images_dir, out_dir)
+
+    from satseg_jax.datasets import scenes
+    from satseg_jax.datasets.tfenv import import_tfds
+
+    tfds = import_tfds()
     names = scenes.class_names_for(images_dir)
     items = scenes.list_images(images_dir, names)
     if not items:
         raise SatsegError(f"{images_dir}: contains no images ({', '.join(scenes.IMAGE_SUFFIXES)})"
                           " in its class sub-folders")
-    ids = [eid for eid, _, _ in items]
-    rc = [scenes.rowcol(eid) for eid in ids]
+    rc = [scenes.rowcol(eid) for eid, _, _ in items]
     if split_by == "block" and any(x is None for x in rc):
         raise SatsegError(f"{images_dir}: --split-by block needs names with r<row>_c<col> "
                           "(from satseg patches --scene-label); use --split-by random")
-    rows = [x[0] if x else 0 for x in rc]
-    cols = [x[1] if x else 0 for x in rc]
-    stride = min((abs(a - b) for a in set(rows) for b in set(rows) if a != b), default=1)
-    assignment, split_info = assign_splits(ids, rows, cols, split, seed=seed, method=split_by,
-                                           stride=stride, block_size=block_size)
+    index_rows = [{"patch_id": eid, "row": x[0] if x else 0, "col": x[1] if x else 0}
+                  for (eid, _, _), x in zip(items, rc)]
+    assignment, split_info = assign_splits(index_rows, fractions, seed=seed, method=split_by,
+                                           block_size=block_size)
     first = scenes.read_image(items[0][2])
     shape, dtype = first.shape, first.dtype
+    nodata = scenes.nodata_of(items[0][2])
     stats = BandStats(shape[-1])
     counts = {s: np.zeros(len(names), np.int64) for s in SPLITS}
-    from satseg_jax.raster.patches import valid_pixels
-
-    nodata = _nodata_of(items[0][2])
     for eid, cid, path in tqdm(items, desc="statistics", unit="image", disable=not progress):
         img = scenes.read_image(path)
         if img.shape != shape or img.dtype != dtype:
@@ -246,22 +297,21 @@ def build_classification_dataset(images_dir: Path, out_dir: Path, split=(0.7, 0.
         s = assignment[eid]
         counts[s][cid] += 1
         if s == "train":
-            chw = np.moveaxis(img, -1, 0)
-            stats.update(chw, valid_pixels(chw, nodata))
+            stats.update(img, valid_pixels(img, nodata))
+    if stats.n.min() == 0:
+        raise SatsegError(f"{images_dir}: the train split has no valid pixel to compute band "
+                          "statistics from")
     by_split = {s: [it for it in items if assignment[it[0]] == s] for s in SPLITS}
-    bands = _band_names(items[0][2], shape[-1])
-    if not progress:
-        tfds.disable_progress_bar()
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    bands = scenes.band_names(items[0][2], shape[-1])
+    with _tfds_progress(tfds, progress), atomic_dir(out_dir, overwrite=overwrite) as tmp:
         builder = scenes.SatsegScenes(
             data_dir=str(tmp), examples={s: v for s, v in by_split.items() if v},
             layout={"size": shape[0], "bands": bands, "dtype": str(dtype), "classes": names})
         builder.download_and_prepare(
+            download_dir=str(tmp / ".downloads"),
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
             file_format="tfrecord")
-        import shutil
-
-        shutil.rmtree(tmp / "downloads", ignore_errors=True)
+        shutil.rmtree(tmp / ".downloads", ignore_errors=True)
         info = {
             "format_version": FORMAT_VERSION, "task": "classification",
             "tfds_name": scenes.NAME, "tfds_version": str(scenes.SatsegScenes.VERSION),
@@ -277,32 +327,7 @@ def build_classification_dataset(images_dir: Path, out_dir: Path, split=(0.7, 0.
             "num_examples": {s: len(v) for s, v in by_split.items()},
             "class_weights": inverse_frequency_weights(counts["train"]).tolist(),
             "split": split_info, "assignment": assignment,
-            "source_patches": str(images_dir.absolute()),
+            "source_patches": str(images_dir.resolve()),
         }
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info
-
-
-def _band_names(path: Path, count: int) -> list[str]:
-    """Band descriptions of a GeoTIFF (as compose writes them), else band1..bandN."""
-    import warnings
-
-    import rasterio
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with rasterio.open(path) as src:
-            desc = list(src.descriptions)
-    return [d or f"band{i + 1}" for i, d in enumerate(desc[:count])]
-
-
-def _nodata_of(path: Path):
-    import warnings
-
-    import rasterio
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with rasterio.open(path) as src:
-            nd = src.nodata
-    return None if nd is None or (isinstance(nd, float) and math.isnan(nd)) else nd

@@ -12,13 +12,16 @@ this layout from a scene and a label raster.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import numpy as np
-import tensorflow_datasets as tfds
 
+from satseg_jax.datasets.tfenv import import_tfds
 from satseg_jax.errors import SatsegError
+
+tfds = import_tfds()
 
 NAME = "satseg_scenes"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -51,17 +54,30 @@ def class_names_for(images_dir: Path) -> list[str]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, C) pixels of a GeoTIFF/PNG/JPEG."""
-    import warnings
+    """(H, W, C) pixels of a GeoTIFF/PNG/JPEG, exactly as stored."""
+    from satseg_jax.datasets.geotiff import read_channels_last
 
-    import rasterio
+    return read_channels_last(path, fix="re-export the image or remove it")
 
-    from satseg_jax.raster.compose import open_raster, read_window
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with open_raster(path) as src:
-            return np.moveaxis(read_window(src, None, path), 0, -1)
+def nodata_of(path: Path) -> float | int | None:
+    """The file's nodata value (None for none or NaN: non-finite pixels are invalid anyway)."""
+    from satseg_jax.datasets.geotiff import open_raster
+
+    with open_raster(path, fix="re-export the image or remove it") as src:
+        nd, dtype = src.nodata, np.dtype(src.dtypes[0])
+    if nd is None or math.isnan(nd):
+        return None
+    return int(nd) if float(nd).is_integer() and dtype.kind in "iu" else float(nd)
+
+
+def band_names(path: Path, count: int) -> list[str]:
+    """Band descriptions of a GeoTIFF (as compose writes them), else band1..bandN."""
+    from satseg_jax.datasets.geotiff import open_raster
+
+    with open_raster(path, fix="re-export the image or remove it") as src:
+        desc = list(src.descriptions)
+    return [d or f"band{i + 1}" for i, d in enumerate((desc + [None] * count)[:count])]
 
 
 def rowcol(example_id: str) -> tuple[int, int] | None:
@@ -97,7 +113,7 @@ class SatsegScenes(tfds.core.GeneratorBasedBuilder):
             description="Image patches with one scene class each (satseg-jax).",
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Tensor(shape=(s, s, c), dtype=np.dtype(
-                    self._layout["dtype"]), encoding=tfds.features.Encoding.ZLIB),
+                    self._layout["dtype"]), encoding=tfds.features.Encoding.BYTES),
                 "label": tfds.features.ClassLabel(names=list(self._layout["classes"])),
                 "example_id": tfds.features.Text(),
             }),

@@ -1,53 +1,169 @@
-"""Per-band statistics (train split only) and class frequencies per split.
+"""Per-band statistics (train split only), class pixel counts per split, class weights.
 
-Why train only: normalising with statistics that saw validation/test pixels leaks
-information from the held-out data into training. Statistics are streamed patch by
-patch (Chan et al. parallel merging of mean and M2 in float64), so they need one patch
-in memory, not the dataset.
+Why train only: normalising with statistics that saw validation/test pixels leaks the
+held-out data into training. Why streaming: a dataset need not fit in memory, so the
+mean and variance are merged patch by patch (Chan et al.'s parallel update of count,
+mean and sum of squared deviations, in float64), which is as exact as a two-pass
+computation and does not suffer the cancellation of a plain sum-of-squares.
+
+Valid pixels are the ones ``satseg patches`` counts as data: a pixel is invalid when
+*every* band equals the image's nodata value, or when any band is NaN/±inf (float
+images). Only valid pixels enter the band statistics. Label pixels equal to the ignore
+label 255 are counted apart from the classes.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from satseg_jax.classes import IGNORE_LABEL
+from satseg_jax.datasets.splits import SPLITS
+from satseg_jax.errors import SatsegError
+
+
+def nodata_value(nodata: float | int | None, dtype) -> float | int | None:
+    """``nodata`` as a value ``dtype`` can hold, or None when no pixel can equal it.
+
+    NaN maps to None (non-finite float pixels are invalid anyway), and an integer image
+    cannot hold a fractional or out-of-range nodata, so then no pixel is nodata.
+    """
+    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
+        return None
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        if not float(nodata).is_integer() or not info.min <= nodata <= info.max:
+            return None
+        return int(nodata)
+    return float(nodata)
+
+
+def valid_pixels(image: np.ndarray, nodata: float | int | None) -> np.ndarray:
+    """(H, W) True where the (H, W, C) ``image`` pixel holds data (see module doc).
+
+    Band by band (not ``.all(axis=-1)``): a strided reduction over the last axis of a
+    channels-last array is several times slower, and this runs once per patch.
+    """
+    valid = np.ones(image.shape[:2], dtype=bool)
+    if image.dtype.kind == "f":
+        for c in range(image.shape[-1]):
+            valid &= np.isfinite(image[..., c])
+    nd = nodata_value(nodata, image.dtype)
+    if nd is not None:
+        nodata_everywhere = image[..., 0] == nd
+        for c in range(1, image.shape[-1]):
+            nodata_everywhere &= image[..., c] == nd
+        valid &= ~nodata_everywhere
+    return valid
 
 
 class BandStats:
-    """Streaming per-band mean / variance over valid pixels."""
+    """Streaming per-band count, mean and M2 (sum of squared deviations), float64."""
 
     def __init__(self, num_bands: int):
         self.n = np.zeros(num_bands, np.float64)
         self.mean = np.zeros(num_bands, np.float64)
         self.m2 = np.zeros(num_bands, np.float64)
 
-    def update(self, image: np.ndarray, valid: np.ndarray) -> None:
-        """``image`` (C, H, W) or (H, W, C) with ``channels_last``; ``valid`` (H, W)."""
-        x = image.reshape(image.shape[0], -1)[:, valid.ravel()].astype(np.float64)
-        nb = x.shape[1]
+    def update(self, image: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Merge the pixels of ``image`` (..., C) where ``valid`` (...) is True (all if None).
+
+        Per patch: mean and M2 by two passes in float64 (sums through BLAS: a strided
+        numpy reduction over channels-last data is the slow part of a build), then
+        Chan et al.'s pairwise merge into the running totals.
+        """
+        c = image.shape[-1]
+        x = image.reshape(-1, c)
+        if valid is not None and not valid.all():
+            x = x[valid.reshape(-1)]
+        nb = x.shape[0]
         if nb == 0:
             return
-        mb = x.mean(axis=1)
-        m2b = ((x - mb[:, None]) ** 2).sum(axis=1)
+        xf = x.astype(np.float64)
+        mb = (np.ones(nb) @ xf) / nb
+        xf -= mb
+        m2b = np.einsum("ij,ij->j", xf, xf)
         n = self.n + nb
         delta = mb - self.mean
-        self.mean = self.mean + delta * nb / n
-        self.m2 = self.m2 + m2b + delta**2 * self.n * nb / n
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
         self.n = n
 
     @property
+    def var(self) -> np.ndarray:
+        """Population variance (ddof=0), 0 for a band without pixels."""
+        return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
+
+    @property
     def std(self) -> np.ndarray:
-        return np.sqrt(np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0))
+        return np.sqrt(self.var)
 
 
-def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
-    """w_k ∝ 1 / pixel count, normalised to mean 1 over classes present in train.
+def class_pixel_counts(mask: np.ndarray, num_classes: int, where: str = "mask"
+                       ) -> tuple[np.ndarray, int]:
+    """(per-class pixel counts (K,), ignored pixel count) of a uint8 mask.
 
-    Classes with no train pixel get weight 0: there is nothing to weight, and an
-    infinite weight would only matter if the class appeared, which it cannot in train.
+    A value in K..254 is neither a class nor ignore: an error naming ``where``.
+    """
+    c = np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
+    bad = np.flatnonzero(c[num_classes:IGNORE_LABEL])
+    if bad.size:
+        raise SatsegError(f"{where}: holds class id(s) {(bad + num_classes).tolist()} not in "
+                          f"classes.json (ids 0..{num_classes - 1}, 255 = ignore); re-run "
+                          "satseg patches with the matching classes.json")
+    return c[:num_classes].astype(np.int64), int(c[IGNORE_LABEL])
+
+
+def inverse_frequency_weights(counts) -> np.ndarray:
+    """w_k ∝ 1 / (pixel count of class k), normalised to mean 1 over the classes present.
+
+    A class with no train pixel gets weight 0: the loss can never see it in training,
+    and an infinite or made-up weight would only distort the normalisation of the others.
     """
     counts = np.asarray(counts, np.float64)
-    present = counts > 0
     w = np.zeros_like(counts)
-    w[present] = counts[present].sum() / counts[present]
+    present = counts > 0
     if present.any():
+        w[present] = 1.0 / counts[present]
         w[present] /= w[present].mean()
     return w
+
+
+class DatasetStats:
+    """Everything ``satseg build`` reports about the examples it writes, in one pass.
+
+    ``add(split, image, mask)`` is called once per example; band statistics are kept for
+    ``stats_split`` only, class/ignored pixel counts and example counts for every split.
+    """
+
+    def __init__(self, num_bands: int, num_classes: int, nodata: float | int | None,
+                 stats_split: str = "train"):
+        self.num_classes = num_classes
+        self.nodata = nodata
+        self.stats_split = stats_split
+        self.bands = BandStats(num_bands)
+        self.class_counts = {s: np.zeros(num_classes, np.int64) for s in SPLITS}
+        self.ignored = dict.fromkeys(SPLITS, 0)
+        self.examples = dict.fromkeys(SPLITS, 0)
+
+    def add(self, split: str, image: np.ndarray, mask: np.ndarray | None,
+            where: str = "mask") -> None:
+        """Count one example: ``image`` (H, W, C), ``mask`` (H, W) uint8 or None."""
+        self.examples[split] += 1
+        if mask is not None:
+            counts, ignored = class_pixel_counts(mask, self.num_classes, where)
+            self.class_counts[split] += counts
+            self.ignored[split] += ignored
+        if split == self.stats_split:
+            self.bands.update(image, valid_pixels(image, self.nodata))
+
+    def band_summary(self) -> tuple[list[float], list[float]]:
+        """(mean, std) per band; a SatsegError when some band has no valid pixel."""
+        if self.bands.n.min(initial=np.inf) == 0:
+            empty = np.flatnonzero(self.bands.n == 0).tolist()
+            raise SatsegError(f"the {self.stats_split} split has no valid pixel in band(s) "
+                              f"{empty} (all nodata/NaN) to compute band statistics from; "
+                              "check the scene's nodata value, or change --split/--seed")
+        return self.bands.mean.tolist(), self.bands.std.tolist()
