@@ -252,8 +252,9 @@ def write_tables(rows: list[dict], runs_dir: Path, class_names) -> None:
     ax.set_title("U-Net variants: test mIoU (mean ± std over seeds)")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
-    fig.savefig(runs_dir / "benchmark.png", dpi=100)
-    plt.close(fig)
+    from satseg_jax.plots import save_figure
+
+    save_figure(fig, runs_dir / "benchmark.png")
 
 
 def _num(x, digits: int) -> str:

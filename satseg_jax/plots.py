@@ -36,6 +36,13 @@ def confusion_matrix_png(cm: np.ndarray, class_names: list[str], path: str | Pat
                     fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -104,9 +111,4 @@ def map_preview_png(image: str | Path, class_map: str | Path, class_names: list[
     handles.append(Patch(facecolor="white", edgecolor="grey", label="nodata"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out)
