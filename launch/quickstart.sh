@@ -24,7 +24,7 @@ echo "== 5/8 train a small U-Net (configs/unet_sample.py) -> $RUN/train"
 satseg train --config configs/unet_sample.py --workdir "$RUN/train" \
   --config.data.data_dir="$RUN/data"
 echo "== 6/8 evaluate on the test split"
-satseg evaluate --workdir "$RUN/train" --split test --save-predictions
+satseg evaluate --workdir "$RUN/train" --split test --save-predictions --overlays 6
 echo "== 7/8 predict the whole scene -> $RUN/map.tif"
 satseg predict --workdir "$RUN/train" --image "$RUN/scene.tif" --out "$RUN/map.tif" \
   --tile 256 --overlap 64 --blend gaussian

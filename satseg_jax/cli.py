@@ -186,6 +186,10 @@ def _config_command(name: str, argv: list[str], doc: str) -> tuple[object, objec
         flags.DEFINE_bool("resample_to_train_gsd", False,
                           "With --data: resample its patches to the training pixel size.",
                           flag_values=fv)
+        flags.DEFINE_integer("overlays", 0,
+                             "Draw this many patches (spread over the split) as image | truth "
+                             "| prediction | errors rows in WORKDIR/overlays_SPLIT.png.",
+                             flag_values=fv)
     if any(a in ("-h", "--help", "-help") for a in argv):
         print(f"usage: satseg {name} [--config CONFIG.py] --workdir DIR [--config.KEY=VALUE ...]"
               f"\n\n{doc}\n")
@@ -219,7 +223,7 @@ def _cmd_evaluate(argv: list[str]) -> int:
     result = evaluate_workdir(
         fv.workdir, split=fv.split, checkpoint=fv.checkpoint,
         save_predictions=fv.save_predictions, data_dir=fv.data,
-        resample_to_train_gsd=fv.resample_to_train_gsd,
+        resample_to_train_gsd=fv.resample_to_train_gsd, overlays=fv.overlays,
     )
     print(format_metrics_table(result))
     return 0

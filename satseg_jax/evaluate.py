@@ -92,12 +92,14 @@ def pixel_size(meta) -> float:
 
 def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
                      save_predictions: bool = False, data_dir: str | None = None,
-                     resample_to_train_gsd: bool = False) -> dict:
+                     resample_to_train_gsd: bool = False, overlays: int = 0) -> dict:
     """Evaluate WORKDIR's checkpoint on ``split``; write metrics_<split>.json and a PNG.
 
     ``data_dir`` evaluates on another built dataset (same bands and classes), e.g. from
     another sensor or resolution; ``resample_to_train_gsd`` then resamples its patches
     to the training pixel size first (an 8 m model on 2 m patches sees 8 m pixels).
+    ``overlays`` > 0 draws that many patches, spread evenly over the split, as
+    image | truth | prediction | errors rows in WORKDIR/overlays_<split>.png.
     """
     from satseg_jax import input_pipeline, plots
 
@@ -130,13 +132,18 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
         print(f"resampling {meta.patch_size}-px patches of {gsd:g} m to {resize_to} px "
               f"({train_gsd:g} m, the training pixel size)", flush=True)
 
-    on_batch = None
+    if overlays and config.task != "segmentation":
+        raise SatsegError("--overlays draws segmentation masks; this run is a "
+                          f"{config.task} run")
     pred_dir = workdir / f"predictions_{split}"
     if save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
-        on_batch = _prediction_writer(runner, pred_dir, config.task, meta.patch_size)
+    collector = _PatchCollector(runner, pred_dir if save_predictions else None, config.task,
+                                meta.patch_size, overlays, meta.num_examples.get(split, 0),
+                                resize_to=resize_to)
+    on_batch = collector if (save_predictions or overlays) else None
     cm = confusion_over_split(runner, state, meta, split, int(config.eval.batch_size),
-                              config.task, on_batch=None if resize_to else on_batch,
+                              config.task, on_batch=on_batch,
                               crop_size=int(config.eval.get("crop_size", 0)),
                               resize_to=resize_to)
     result = metrics.metrics_from_confusion(cm, list(meta.class_names))
@@ -152,36 +159,79 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
         tmp.replace(out)
         plots.confusion_matrix_png(cm, list(meta.class_names), workdir / f"confusion_{split}.png",
                                    title=f"{split}, step {step}")
+        if collector.samples:
+            from satseg_jax.classes import parse_colour
+
+            colours = [parse_colour(c["colour"], str(meta.data_dir))
+                       for c in meta.info["classes"]]
+            plots.patch_overlays_png(
+                collector.samples, list(meta.class_names), colours,
+                workdir / f"overlays_{split}.png", rgb=plots.rgb_band_indices(meta.bands),
+                title=f"{split}, step {step}: {len(collector.samples)} of "
+                      f"{meta.num_examples.get(split, 0)} patches")
     manager.close()
     return result
 
 
-def _prediction_writer(runner, out_dir: Path, task: str, patch_size: int):
-    """Save each predicted mask as a uint8 GeoTIFF with its patch's georeference."""
-    import rasterio
-    from affine import Affine
+class _PatchCollector:
+    """Per-batch hook: predict once, then save prediction GeoTIFFs and/or keep a few
+    patches (every ``len(split) // overlays``-th, in split order, so the sample is
+    deterministic and spread over the split) for the overlay figure.
 
-    def on_batch(batch, state):
-        if task != "segmentation":
+    Predictions are saved with their patch's georeference; a cropped or valid-conv
+    prediction covers the patch centre, so its transform is shifted accordingly.
+    """
+
+    def __init__(self, runner, pred_dir: Path | None, task: str, patch_size: int,
+                 overlays: int, split_size: int, resize_to: int = 0) -> None:
+        self.runner, self.pred_dir, self.task, self.patch_size = runner, pred_dir, task, patch_size
+        self.resize_to = resize_to
+        self.overlays = overlays
+        self.every = max(1, split_size // overlays) if overlays else 0
+        self.seen = 0
+        self.samples: list[dict] = []
+
+    def __call__(self, batch, state) -> None:
+        if self.task != "segmentation":
             return
-        logits = runner.predict(state, runner.shard({"image": batch["image"]})["image"])
+        logits = self.runner.predict(state, self.runner.shard({"image": batch["image"]})["image"])
         preds = np.asarray(jax.device_get(logits)).argmax(-1).astype(np.uint8)
         preds = preds.reshape(-1, *preds.shape[-2:])
         for i in np.flatnonzero(batch["valid"]):
-            pid = batch["patch_id"][i].decode()
-            crs = batch["crs"][i].decode() or None
-            t = Affine(*batch["transform"][i][:6])
             pred = preds[i]
-            h, w = pred.shape
-            if h != patch_size:  # cropped / valid-conv: the prediction covers the centre
-                off = (patch_size - h) // 2
-                t = t * Affine.translation(off, off)
-            profile = {"driver": "GTiff", "height": h, "width": w, "count": 1,
-                       "dtype": "uint8", "crs": crs, "transform": t, "nodata": 255,
-                       "compress": "deflate"}
-            tmp = out_dir / f".{pid}.tif.tmp"
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(pred, 1)
-            tmp.replace(out_dir / f"{pid}.tif")
+            if self.pred_dir is not None:
+                self._save(batch, i, pred)
+            if (self.overlays and len(self.samples) < self.overlays
+                    and self.seen % self.every == 0):
+                h = pred.shape[0]
+                o = (batch["image"].shape[1] - h) // 2
+                m = (batch["mask"].shape[1] - h) // 2
+                self.samples.append({
+                    "patch_id": batch["patch_id"][i].decode(),
+                    "image": np.asarray(batch["image"][i, o:o + h, o:o + h]),
+                    "truth": np.asarray(batch["mask"][i, m:m + h, m:m + h]),
+                    "pred": pred,
+                })
+            self.seen += 1
 
-    return on_batch
+    def _save(self, batch, i: int, pred: np.ndarray) -> None:
+        import rasterio
+        from affine import Affine
+
+        pid = batch["patch_id"][i].decode()
+        crs = batch["crs"][i].decode() or None
+        t = Affine(*batch["transform"][i][:6])
+        h, w = pred.shape
+        side = self.resize_to or self.patch_size  # pixels per patch side the model saw
+        if side != self.patch_size:  # resampled to the training pixel size
+            t = t * Affine.scale(self.patch_size / side)
+        if h != side:  # cropped / valid-conv: the prediction covers the centre
+            off = (side - h) // 2
+            t = t * Affine.translation(off, off)
+        profile = {"driver": "GTiff", "height": h, "width": w, "count": 1,
+                   "dtype": "uint8", "crs": crs, "transform": t, "nodata": 255,
+                   "compress": "deflate"}
+        tmp = self.pred_dir / f".{pid}.tif.tmp"
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(pred, 1)
+        tmp.replace(self.pred_dir / f"{pid}.tif")

@@ -1,4 +1,4 @@
-"""PNG figures: confusion matrices (more to come: curves, overlays, map previews).
+"""PNG figures: confusion matrices, per-patch overlays, scene/map previews.
 
 matplotlib with the Agg backend, imported lazily: plotting must never be the reason a
 training job fails to start on a headless node.
@@ -97,9 +97,7 @@ def map_preview_png(image: str | Path, class_map: str | Path, class_names: list[
     img[~valid] = 1.0
     cls, _, _ = _decimated(class_map, max_size, [1], resampling="mode")
     cls = cls[0]
-    lut = np.ones((256, 3), np.float32)
-    for i, c in enumerate(colours):
-        lut[i] = np.asarray(c) / 255
+    lut = _class_lut(colours)
     fig, ax = plt.subplots(1, 2, figsize=(13, 6.5))
     ax[0].imshow(img)
     ax[0].set_title(f"{Path(image).name} (bands {rgb_bands})")
@@ -111,4 +109,75 @@ def map_preview_png(image: str | Path, class_map: str | Path, class_names: list[
     handles.append(Patch(facecolor="white", edgecolor="grey", label="nodata"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return save_figure(fig, out)
+
+
+def _class_lut(colours: list[tuple[int, int, int]]) -> np.ndarray:
+    """256-entry RGB lookup (0..1): class ids to their colours, everything else white."""
+    lut = np.ones((256, 3), np.float32)
+    for i, c in enumerate(colours):
+        lut[i] = np.asarray(c) / 255
+    return lut
+
+
+def rgb_band_indices(bands: list[str] | tuple[str, ...]) -> tuple[int, int, int]:
+    """0-based indices of the bands to show as R, G, B: those named red/green/blue, else
+    the first three (or the first band repeated for one- and two-band data)."""
+    names = [b.lower() for b in bands]
+    if all(n in names for n in ("red", "green", "blue")):
+        return tuple(names.index(n) for n in ("red", "green", "blue"))
+    return tuple(min(i, len(bands) - 1) for i in range(3))
+
+
+def patch_overlays_png(samples: list[dict], class_names: list[str],
+                       colours: list[tuple[int, int, int]], out: str | Path,
+                       rgb: tuple[int, int, int] = (0, 1, 2), title: str = "") -> Path:
+    """One row per patch: image (2–98 % stretch) | truth | prediction | errors.
+
+    ``samples`` items hold ``patch_id``, ``image`` (H, W, bands; any scale),
+    ``truth`` and ``pred`` (H, W uint8 class ids, 255 = ignore). The prediction is blanked
+    where the truth is ignore/nodata (those pixels are not scored either), and the error
+    column shows wrong pixels in red so a reviewer sees at a glance where the model fails.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if not samples:
+        raise ValueError("patch_overlays_png: no samples to draw")
+    lut = _class_lut(colours)
+    n = len(samples)
+    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n + 0.8), squeeze=False)
+    for row, s in zip(axes, samples):
+        truth = np.asarray(s["truth"]).astype(np.uint8)
+        pred = np.asarray(s["pred"]).astype(np.uint8).copy()
+        scored = truth != 255
+        pred[~scored] = 255
+        image = np.asarray(s["image"], np.float32)[..., list(rgb)].transpose(2, 0, 1)
+        img = _stretch(image, scored if scored.any() else np.ones(scored.shape, bool))
+        wrong = scored & (pred != truth)
+        err = np.ones((*truth.shape, 3), np.float32)
+        err[scored] = 0.85
+        err[wrong] = (0.85, 0.1, 0.1)
+        acc = 1 - wrong.sum() / max(scored.sum(), 1)
+        row[0].imshow(img.transpose(1, 2, 0))
+        row[0].set_title(str(s["patch_id"]), fontsize=8)
+        row[1].imshow(lut[truth], interpolation="nearest")
+        row[1].set_title("truth", fontsize=8)
+        row[2].imshow(lut[pred], interpolation="nearest")
+        row[2].set_title("prediction", fontsize=8)
+        row[3].imshow(err, interpolation="nearest")
+        row[3].set_title(f"errors (accuracy {acc:.3f})", fontsize=8)
+        for a in row:
+            a.set_axis_off()
+    handles = [Patch(color=np.asarray(c) / 255, label=nm) for nm, c in zip(class_names, colours)]
+    handles.append(Patch(facecolor="white", edgecolor="grey", label="ignore / nodata"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False,
+               fontsize=8)
+    if title:
+        fig.suptitle(title)
+    height = 2.6 * n + 0.8
+    fig.tight_layout(rect=(0, 0.6 / height, 1, 1 - (0.35 / height if title else 0)))
     return save_figure(fig, out)

@@ -207,3 +207,44 @@ def test_cross_resolution_evaluation_resamples_to_the_training_gsd(trained, tmp_
     assert m["resampled_to"] == 16 and m["data_dir"] == str(tmp_path / "fd")
     info = json.loads((tmp_path / "fd" / "satseg_dataset.json").read_text())
     assert np.asarray(m["confusion_matrix"]).sum() <= info["num_examples"]["test"] * 16 * 16
+
+
+def test_evaluate_draws_overlays_of_real_patches(trained, monkeypatch):
+    """--overlays N: N patches spread over the split, truth read back from the mask files,
+    prediction identical to the saved prediction GeoTIFF, one figure row per patch."""
+    from satseg_jax import plots
+
+    root, s, scene, run = trained
+    drawn = {}
+    real = plots.patch_overlays_png
+
+    def capture(samples, *args, **kwargs):
+        drawn["samples"] = samples
+        return real(samples, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "patch_overlays_png", capture)
+    assert main(["evaluate", "--workdir", str(run), "--checkpoint", "latest", "--split",
+                 "test", "--save_predictions", "--overlays", "3"]) == 0
+    png = run / "overlays_test.png"
+    samples = drawn["samples"]
+    n_test = json.loads((root / "data" / "satseg_dataset.json").read_text())[
+        "num_examples"]["test"]
+    assert len(samples) == min(3, n_test) and len({x["patch_id"] for x in samples}) == 3
+    for x in samples:
+        with rasterio.open(root / "patches" / "masks" / f"{x['patch_id']}.tif") as mk:
+            np.testing.assert_array_equal(x["truth"], mk.read(1))
+        with rasterio.open(run / "predictions_test" / f"{x['patch_id']}.tif") as pr:
+            np.testing.assert_array_equal(x["pred"], pr.read(1))
+        assert x["image"].shape == (32, 32, 4)
+    from PIL import Image
+
+    with Image.open(png) as im:  # 3 rows of 2.6 in + legend, 100 dpi
+        assert im.size == (1000, 860)
+
+
+def test_overlays_need_samples_and_leave_nothing_behind(tmp_path):
+    with pytest.raises(ValueError, match="no samples"):
+        from satseg_jax.plots import patch_overlays_png
+
+        patch_overlays_png([], ["a"], [(0, 0, 0)], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
