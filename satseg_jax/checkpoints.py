@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from satseg_jax import parallel
 from satseg_jax.errors import SatsegError
 
 BEST_METRIC = "mean_iou"
@@ -45,7 +46,10 @@ def make_manager(workdir: str | Path, keep: int = 2, read_only: bool = False,
         read_only=read_only,
         enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+    # Handlers named up front (not only item names): the manager can then read a
+    # checkpoint's array metadata before restoring it (restore_raw).
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, state: Any, meta: dict,
@@ -112,9 +116,19 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any
 
 
 def restore_raw(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
-    """(state dict, meta) as saved, without a target (for inspection and tests)."""
+    """(state dict, meta) as saved, without a model to build a target from (inspection,
+    tests), on whatever devices this process has.
+
+    The target is made from the checkpoint's own array metadata, every array replicated
+    over all current devices: restoring with no target at all makes Orbax reuse the
+    saved device layout, which fails on any other device count.
+    """
+    sharding = parallel.replicated(parallel.make_mesh())
+    saved = manager.item_metadata(step)["state"]
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                            saved)
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["meta"])
 
 

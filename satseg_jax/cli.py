@@ -89,14 +89,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
                               "(one sub-folder per class)")
         info = build_classification_dataset(
             Path(args.images), Path(args.out), split=args.split, seed=args.seed,
-            split_by=args.split_by, block_size=args.block_size, overwrite=args.overwrite)
+            split_by=args.split_by, block_size=args.block_size, overwrite=args.overwrite,
+            beam_runner=args.beam_runner, beam_options=args.beam_options)
     else:
         if not args.patches:
             raise SatsegError("satseg build needs --patches DIR (or --classification --images)")
         info = build_dataset(
             patches_dir=Path(args.patches), out_dir=Path(args.out), split=args.split,
             seed=args.seed, split_by=args.split_by, block_size=args.block_size,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, beam_runner=args.beam_runner,
+            beam_options=args.beam_options,
         )
     print(format_summary(info))
     return 0
@@ -331,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block side in patches for --split-by block (default: chosen so there "
                    "are about 20 blocks)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    b.add_argument("--beam-runner", default=None, metavar="RUNNER",
+                   help="generate the examples with an Apache Beam pipeline on this runner "
+                   "(DirectRunner on this machine; DataflowRunner, FlinkRunner, SparkRunner "
+                   "on a cluster whose workers see --patches and --out); needs "
+                   'pip install "satseg-jax[beam]". Same dataset as without it')
+    b.add_argument("--beam-options", default=None, metavar="FLAGS",
+                   help="with --beam-runner: Beam pipeline options as one quoted string, "
+                   'e.g. "--direct_num_workers=2 --direct_running_mode=multi_processing" '
+                   '(a single flag needs the = form: --beam-options="--direct_num_workers=2")')
     b.set_defaults(func=_cmd_build)
 
     pr = sub.add_parser("predict", help="predict a georeferenced class map for a whole scene",

@@ -131,6 +131,15 @@ def _augment(tf, image, mask, seed, crop_size: int, flip_rotate: bool):
     return both[..., :c], tf.cast(tf.round(both[..., c]), tf.int32)
 
 
+def _id_key(element_spec: dict) -> str:
+    """The feature naming each example: ``patch_id`` (segmentation) or ``example_id``."""
+    for k in ("patch_id", "example_id"):
+        if k in element_spec:
+            return k
+    raise SatsegError(f"the dataset's examples carry no patch_id/example_id (features: "
+                      f"{sorted(element_spec)}); rebuild it with `satseg build`")
+
+
 def _local_batch(global_batch: int, process_count: int) -> int:
     if global_batch % process_count:
         raise SatsegError(
@@ -150,11 +159,19 @@ def train_iterator(
     task: str = "segmentation",
     process_index: int = 0,
     process_count: int = 1,
+    keep_ids: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of this process's slice of each training batch, from ``start_step``.
 
     Yields dicts of numpy arrays: ``image`` float32 (b, H, W, C) and ``mask`` int32
     (b, H, W) for segmentation, or ``label`` int32 (b,) for classification.
+    ``keep_ids`` adds ``example_id`` (object array of bytes: the dataset's ``patch_id`` or
+    ``example_id``), so a caller can audit which examples each host consumed; the
+    parallel helpers drop object arrays before anything reaches a device.
+
+    The global batch at every step is the same set of examples for any process count
+    that divides the split size (host ``p`` takes every ``P``-th example of the shared
+    epoch order), so a run's loss curve does not depend on how many hosts feed it.
     """
     tf = import_tf()
     split = data_config.train_split
@@ -171,9 +188,13 @@ def train_iterator(
     if crop == meta.patch_size:
         crop = 0
     key = "mask" if task == "segmentation" else "label"
+    id_key = _id_key(base.element_spec) if keep_ids else None
 
     def strip(ex):
-        return {"image": ex["image"], key: ex[key]}
+        out = {"image": ex["image"], key: ex[key]}
+        if id_key:
+            out["example_id"] = ex[id_key]
+        return out
 
     base = base.map(strip, num_parallel_calls=tf.data.AUTOTUNE)
     if data_config.cache:
@@ -194,12 +215,13 @@ def train_iterator(
     def prepare(pos, ex):
         image = _normalise(tf, ex["image"], meta)
         seed_t = tf.stack([tf.constant(seed, tf.int64), pos * process_count + process_index])
+        ids = {"example_id": ex["example_id"]} if id_key else {}
         if task == "segmentation":
             image, mask = _augment(tf, image, ex["mask"], seed_t, crop, data_config.augment)
-            return {"image": image, "mask": mask}
+            return {"image": image, "mask": mask, **ids}
         dummy = tf.zeros(tf.shape(image)[:2], tf.uint8)
         image, _ = _augment(tf, image, dummy, seed_t, crop, data_config.augment)
-        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32), **ids}
 
     ds = ds.map(prepare, num_parallel_calls=int(data_config.num_parallel_calls) or None,
                 deterministic=True)

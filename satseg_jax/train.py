@@ -284,10 +284,17 @@ class Runner:
         return parallel.pmap_replicate(state)
 
     def host_state(self, state: TrainState) -> TrainState:
-        """The state as one replicated copy (what checkpoints store)."""
+        """The state as one replicated copy (what checkpoints store).
+
+        Under pmap with several processes the copy is made a global replicated array
+        (``parallel.host_local_to_global``): Orbax cannot save host-local arrays there.
+        """
         if self.mode == "jit":
             return state
-        return parallel.pmap_unreplicate(state)
+        host = parallel.pmap_unreplicate(state)
+        if jax.process_count() > 1:
+            host = parallel.host_local_to_global(host, self.mesh)
+        return host
 
     def shard(self, batch: dict[str, np.ndarray]) -> dict:
         if self.mode == "jit":
@@ -370,12 +377,28 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Train from ``config`` in ``workdir`` (resuming the latest checkpoint) and evaluate.
 
     Returns the final validation metrics (``metrics.metrics_from_confusion``).
+
+    Starts ``jax.distributed`` first when this is one of several processes
+    (``parallel.maybe_initialize_distributed``). Every process then runs this same
+    loop; only process 0 prints progress and writes summaries, but each process raises
+    its own errors, and with several processes their messages name the process, so a
+    failure on one host is not mistaken for (or hidden behind) another's.
     """
+    parallel.maybe_initialize_distributed(config)
+    try:
+        return _train_and_evaluate(config, workdir)
+    except SatsegError as e:
+        if jax.process_count() > 1:
+            raise SatsegError(f"process {jax.process_index()} of {jax.process_count()}: {e}") \
+                from e
+        raise
+
+
+def _train_and_evaluate(config, workdir: str | Path) -> dict:
     from clu import metric_writers, periodic_actions
 
     from satseg_jax import evaluate, input_pipeline
 
-    parallel.maybe_initialize_distributed(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     meta = input_pipeline.load_meta(config.data.data_dir)

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the team's real samples (skipped when absent)."""
+"""Shared test fixtures: the team's real samples (skipped when absent), a tiny dataset."""
 
 from __future__ import annotations
 
@@ -22,3 +22,26 @@ def shared_rasterio() -> Path:
     if not (d / "RGB.byte.tif").exists():
         pytest.skip(f"real sample data not found at {d} (set SATSEG_SHARED_DATA to its parent)")
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A tiny segmentation dataset built from the sample scene: 32-px patches.
+
+    22 train / 7 validation / 7 test examples: an even train split, so one and two
+    processes see the same global batches (see input_pipeline.train_iterator), and an
+    odd validation split, so evaluation pads.
+    """
+    from satseg_jax.datasets.build import build_dataset
+    from satseg_jax.raster.compose import compose_bands
+    from satseg_jax.raster.patches import make_patches
+    from satseg_jax.raster.sample import write_sample_scene
+
+    root = tmp_path_factory.mktemp("tiny")
+    s = write_sample_scene(root / "sample", size=192, seed=3)
+    scene = compose_bands([s["blue"], s["green"], s["red"], s["nir"]], root / "scene.tif")
+    make_patches(image=scene, out_dir=root / "patches", classes_path=s["classes"], size=32,
+                 stride=32, min_valid=0.5, edge="drop", labels=s["labels"])
+    build_dataset(patches_dir=root / "patches", out_dir=root / "data", split=(0.6, 0.2, 0.2),
+                  seed=0, split_by="random")
+    return root / "data"

@@ -1,47 +1,19 @@
-"""Training spine: end-to-end run, exact resume after SIGKILL, parallel modes, config checks."""
+"""Training spine: end-to-end run, exact resume after SIGKILL, config checks.
+
+Parallel modes, several processes and device counts: tests/test_parallel.py.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from satseg_jax.errors import SatsegError
-from tests.workers.tiny_config import REPO, tiny_config
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    """A tiny segmentation dataset built from the sample scene: 32-px patches."""
-    from satseg_jax.datasets.build import build_dataset
-    from satseg_jax.raster.compose import compose_bands
-    from satseg_jax.raster.patches import make_patches
-    from satseg_jax.raster.sample import write_sample_scene
-
-    root = tmp_path_factory.mktemp("tiny")
-    s = write_sample_scene(root / "sample", size=192, seed=3)
-    scene = compose_bands([s["blue"], s["green"], s["red"], s["nir"]], root / "scene.tif")
-    make_patches(image=scene, out_dir=root / "patches", classes_path=s["classes"], size=32,
-                 stride=32, min_valid=0.5, edge="drop", labels=s["labels"])
-    build_dataset(patches_dir=root / "patches", out_dir=root / "data", split=(0.6, 0.2, 0.2),
-                  seed=0, split_by="random")
-    return root / "data"
-
-
-def _run_worker(module: str, *args: str, devices: int | None = None, check: bool = True):
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+from tests.workers.spawn import run_worker
+from tests.workers.tiny_config import tiny_config
 
 
 def _final_params(workdir, step):
@@ -87,36 +59,17 @@ def test_end_to_end_train_checkpoint_evaluate(tiny_dataset, tmp_path):
 
 def test_resume_after_sigkill_matches_uninterrupted(tiny_dataset, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    _run_worker("tests.workers.train_worker", str(full), str(tiny_dataset))
-    proc = _run_worker("tests.workers.train_worker", str(killed), str(tiny_dataset),
+    run_worker("tests.workers.train_worker", str(full), str(tiny_dataset))
+    proc = run_worker("tests.workers.train_worker", str(killed), str(tiny_dataset),
                        "--kill-after-save", "4", check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
     steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [4]
-    proc = _run_worker("tests.workers.train_worker", str(killed), str(tiny_dataset))
+    proc = run_worker("tests.workers.train_worker", str(killed), str(tiny_dataset))
     assert "Resumed from" in proc.stdout and "step 4" in proc.stdout
     a, b = _final_params(full, 12), _final_params(killed, 12)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
-
-
-def test_jit_and_pmap_match_one_device(tiny_dataset):
-    def run(modes, devices):
-        out = _run_worker("tests.workers.parallel_worker", str(tiny_dataset), modes, "5",
-                          devices=devices).stdout
-        return [json.loads(line.split("RESULT ", 1)[1]) for line in out.splitlines()
-                if line.startswith("RESULT ")]
-
-    (one,) = run("jit", 1)
-    assert one["devices"] == 1
-    for many in run("jit,pmap", 4):
-        assert many["devices"] == 4
-        np.testing.assert_allclose(many["losses"], one["losses"], rtol=1e-4)
-        # Sums over BatchNorm statistics and parameters: reduction order differs across
-        # devices, so compare with an absolute floor for sums near zero.
-        np.testing.assert_allclose(many["batch_stats"], one["batch_stats"], rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(many["params"], one["params"], rtol=1e-4, atol=1e-3)
-        assert many["confusion"] == one["confusion"]
 
 
 def test_incompatible_config_is_refused(tiny_dataset, tmp_path):

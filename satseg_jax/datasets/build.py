@@ -17,6 +17,11 @@ OUT folder is built under a temporary name beside it and renamed at the end, so 
 failed build leaves no OUT behind (and ``--overwrite`` keeps the old one until the
 new one is complete). Why offline: tfds is told never to look for prepared data on
 GCS (``try_download_gcs=False``) and the builder reads only its manual dir.
+
+With ``beam_runner`` (``satseg build --beam-runner DirectRunner|DataflowRunner|...``) the
+examples are read and written by an Apache Beam pipeline instead (``beam_pipeline``),
+so a build can spread over a cluster; the statistics are then combined inside that
+pipeline. Without it nothing changes: not a byte of the records, not a number.
 """
 
 from __future__ import annotations
@@ -69,30 +74,75 @@ def _check_out_dir(patches_dir: Path, out_dir: Path) -> None:
                           "choose another output folder")
 
 
-def _prepare(builder, tfds, tmp: Path, manual_dir: Path) -> None:
-    """Run tfds's generation into ``tmp`` without network access, then tidy up."""
-    builder.download_and_prepare(
-        download_dir=str(tmp / ".downloads"),
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=str(manual_dir), try_download_gcs=False),
-        file_format="tfrecord",
-    )
+def _prepare(builder, tfds, tmp: Path, manual_dir: Path | None,
+             beam: dict | None = None) -> None:
+    """Run tfds's generation into ``tmp`` without network access, then tidy up.
+
+    ``beam``: DownloadConfig's ``beam_runner``/``beam_options`` (see :func:`_beam_config`);
+    a SatsegError raised on a Beam worker comes back as the same one-line SatsegError.
+    """
+    config = {"manual_dir": str(manual_dir)} if manual_dir is not None else {}
+    errors = contextlib.nullcontext()
+    if beam:
+        from satseg_jax.datasets.beam_pipeline import user_errors
+
+        errors = user_errors()
+    with errors:
+        builder.download_and_prepare(
+            download_dir=str(tmp / ".downloads"),
+            download_config=tfds.download.DownloadConfig(
+                **config, try_download_gcs=False, **(beam or {})),
+            file_format="tfrecord",
+        )
     shutil.rmtree(tmp / ".downloads", ignore_errors=True)  # tfds's (empty) download cache
+
+
+def _beam_config(runner: str | None, options: str | None) -> dict | None:
+    """Checked DownloadConfig settings for a Beam build, or None for a plain build.
+
+    Checked before anything is read or written, so a misspelt runner or a missing Beam
+    install is a one-line error that leaves no output behind.
+    """
+    if runner is None:
+        if options:
+            raise SatsegError("--beam-options needs --beam-runner (e.g. --beam-runner "
+                              "DirectRunner); without a runner the build does not use Beam")
+        return None
+    from satseg_jax.datasets.tfenv import import_beam
+
+    import_beam()  # a SatsegError naming the install command when Beam is missing
+    from satseg_jax.datasets.beam_pipeline import download_config_kwargs
+
+    return download_config_kwargs(runner, options)
+
+
+def _beam_work_dir(tmp: Path) -> Path:
+    """Where a Beam build's index rows and statistics files go: inside the temporary
+    output folder, so the workers see it when they see the output, and a failed build
+    removes it with the rest."""
+    work = tmp / ".beam"
+    work.mkdir()
+    return work
 
 
 def build_dataset(patches_dir: str | Path, out_dir: str | Path,
                   split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                   split_by: str = "block", block_size: int | None = None,
-                  overwrite: bool = False, progress: bool = True) -> dict:
+                  overwrite: bool = False, progress: bool = True,
+                  beam_runner: str | None = None, beam_options: str | None = None) -> dict:
     """Write the tfds dataset and ``satseg_dataset.json`` into ``out_dir``; return the info.
 
     ``split``: train/validation/test fractions (sum 1). ``split_by``: ``block`` (whole
     spatial blocks of ``block_size``×``block_size`` patches per split; default size gives
-    about 20 blocks) or ``random``. ``seed`` fixes the assignment. Raises SatsegError
-    (and leaves no ``out_dir``) for a missing/empty/incomplete patches folder, bad
-    fractions, an existing ``out_dir`` without ``overwrite``, or inconsistent patches.
+    about 20 blocks) or ``random``. ``seed`` fixes the assignment. ``beam_runner``
+    (e.g. ``DirectRunner``) generates the examples with Apache Beam, with
+    ``beam_options`` a string of Beam flags (``"--direct_num_workers=2"``); the dataset
+    holds the same examples and numbers. Raises SatsegError (and leaves no ``out_dir``)
+    for a missing/empty/incomplete patches folder, bad fractions, an existing ``out_dir``
+    without ``overwrite``, inconsistent patches, or an unusable Beam runner/options.
     """
     fractions = check_fractions(split)
+    beam = _beam_config(beam_runner, beam_options)
     patches_dir, out_dir = Path(patches_dir), Path(out_dir)
     folder = read_patches_folder(patches_dir)
     _check_out_dir(patches_dir, out_dir)
@@ -115,9 +165,19 @@ def build_dataset(patches_dir: str | Path, out_dir: str | Path,
     layout = PatchLayout(size=folder.size, bands=tuple(folder.bands), dtype=folder.dtype,
                          nodata=folder.nodata)
     with _tfds_progress(tfds, False), atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
-                                on_example=on_example, progress=progress)
-        _prepare(builder, tfds, tmp, patches_dir)
+        if beam is None:
+            builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
+                                    on_example=on_example, progress=progress)
+            _prepare(builder, tfds, tmp, patches_dir)
+        else:
+            from satseg_jax.datasets.beam_pipeline import read_stats
+
+            work = _beam_work_dir(tmp)
+            builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
+                                    beam_work_dir=work, progress=progress)
+            _prepare(builder, tfds, tmp, patches_dir, beam)
+            read_stats(work, into=stats)
+            shutil.rmtree(work)
         mean, std = stats.band_summary()
         written = {s: (builder.info.splits[s].num_examples if s in builder.info.splits else 0)
                    for s in SPLITS}
@@ -253,15 +313,20 @@ def format_summary(info: dict) -> str:
 def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
                                  split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                                  split_by: str = "random", block_size: int | None = None,
-                                 overwrite: bool = False, progress: bool = True) -> dict:
+                                 overwrite: bool = False, progress: bool = True,
+                                 beam_runner: str | None = None,
+                                 beam_options: str | None = None) -> dict:
     """Class-folder images -> tfds ``satseg_scenes`` dataset + satseg_dataset.json.
 
     ``split_by='block'`` needs example names holding ``r<row>_c<col>`` (as written by
     ``satseg patches --scene-label``); the block split then keeps neighbours together.
+    ``beam_runner``/``beam_options``: as for :func:`build_dataset` (the statistics pass
+    over the images, which also checks their shapes, stays in this process).
     """
     from tqdm import tqdm
 
     fractions = check_fractions(split)
+    beam = _beam_config(beam_runner, beam_options)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise SatsegError(f"{images_dir}: folder not found; expected DIR/<class>/<image>")
@@ -304,14 +369,14 @@ def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
     by_split = {s: [it for it in items if assignment[it[0]] == s] for s in SPLITS}
     bands = scenes.band_names(items[0][2], shape[-1])
     with _tfds_progress(tfds, progress), atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        work = _beam_work_dir(tmp) if beam is not None else None
         builder = scenes.SatsegScenes(
             data_dir=str(tmp), examples={s: v for s, v in by_split.items() if v},
-            layout={"size": shape[0], "bands": bands, "dtype": str(dtype), "classes": names})
-        builder.download_and_prepare(
-            download_dir=str(tmp / ".downloads"),
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-            file_format="tfrecord")
-        shutil.rmtree(tmp / ".downloads", ignore_errors=True)
+            layout={"size": shape[0], "bands": bands, "dtype": str(dtype), "classes": names},
+            beam_work_dir=work)
+        _prepare(builder, tfds, tmp, None, beam)
+        if work is not None:
+            shutil.rmtree(work)
         info = {
             "format_version": FORMAT_VERSION, "task": "classification",
             "tfds_name": scenes.NAME, "tfds_version": str(scenes.SatsegScenes.VERSION),

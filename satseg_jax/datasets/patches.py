@@ -26,6 +26,10 @@ training, for about a third less disk on noisy imagery.
 Why the reads are threaded: GeoTIFF decoding (deflate) dominates a build and rasterio
 releases the GIL while it decodes, so a few reader threads keep the (sequential) tfds
 writer busy; the order of examples is unchanged.
+
+Why a second way to generate (``beam_work_dir``): to spread a large build over a Beam
+runner's workers the split generators become Beam transforms (``beam_pipeline``); they
+call the same ``read_patch`` and ``check_example``, so both ways write the same examples.
 """
 
 from __future__ import annotations
@@ -102,10 +106,21 @@ class SatsegPatches(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, layout: PatchLayout | None = None,
                  assignment: Mapping[str, str] | None = None,
                  on_example: ExampleCallback | None = None,
-                 num_readers: int | None = None, progress: bool = True, **kwargs):
+                 num_readers: int | None = None, progress: bool = True,
+                 beam_work_dir: str | Path | None = None, **kwargs):
         """``layout`` and ``assignment`` (patch id -> split) are needed to *build*;
         reading an existing dataset needs only ``data_dir``. ``on_example`` sees each
-        example (after it is read, before tfds encodes it)."""
+        example (after it is read, before tfds encodes it).
+
+        ``beam_work_dir``: generate the examples with an Apache Beam pipeline (the runner
+        comes from ``download_and_prepare``'s DownloadConfig, see ``beam_pipeline``); the
+        folder (the workers must see it) receives each split's index rows and, from the
+        pipeline, its statistics (``<split>.stats.json``). It excludes ``on_example``:
+        under Beam the examples are read on the workers, never here.
+        """
+        if beam_work_dir is not None and (on_example is not None or layout is None):
+            raise ValueError("beam_work_dir needs a layout and excludes on_example (the "
+                             "statistics are computed in the pipeline)")
         self._layout = layout
         if layout is not None:
             self._features = features_for(layout)
@@ -122,6 +137,7 @@ class SatsegPatches(tfds.core.GeneratorBasedBuilder):
         self._on_example = on_example
         self._num_readers = num_readers or min(8, os.cpu_count() or 1)
         self._progress = progress
+        self._beam_work_dir = beam_work_dir
         super().__init__(**kwargs)
 
     # tfds prints "Downloading and preparing ... to <dir>" and "... prepared to <dir>" on
@@ -162,6 +178,13 @@ class SatsegPatches(tfds.core.GeneratorBasedBuilder):
         for pid in sorted(self._assignment):
             by_split[self._assignment[pid]].append(index[pid])
         # tfds cannot write an empty split; a zero fraction simply has no split.
+        if self._beam_work_dir is not None:
+            from satseg_jax.datasets.beam_pipeline import PatchExamples
+
+            return {s: PatchExamples(folder.root, ((r.patch_id, r.row, r.col) for r in recs),
+                                     self._layout, s, folder.classes.num_classes,
+                                     self._beam_work_dir)
+                    for s, recs in by_split.items() if recs}
         return {s: self._generate_examples(folder.root, recs, s)
                 for s, recs in by_split.items() if recs}
 

@@ -91,7 +91,12 @@ class SatsegScenes(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "image, label, example_id."}
 
-    def __init__(self, *, layout: dict | None = None, examples: dict | None = None, **kwargs):
+    def __init__(self, *, layout: dict | None = None, examples: dict | None = None,
+                 beam_work_dir: str | Path | None = None, **kwargs):
+        """``layout`` and ``examples`` ({split: [(example id, class id, path)]}) build the
+        dataset; ``beam_work_dir`` generates them with an Apache Beam pipeline (the runner
+        comes from ``download_and_prepare``'s DownloadConfig, see ``beam_pipeline``), the
+        folder (the workers must see it) receiving each split's index rows."""
         data_dir = kwargs.get("data_dir")
         if layout is None and data_dir is not None:
             import json
@@ -105,6 +110,7 @@ class SatsegScenes(tfds.core.GeneratorBasedBuilder):
             raise SatsegError("satseg_scenes: build it with `satseg build --classification`")
         self._layout = layout
         self._examples = examples or {}
+        self._beam_work_dir = beam_work_dir
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -121,9 +127,20 @@ class SatsegScenes(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
+        if self._beam_work_dir is not None:
+            from satseg_jax.datasets.beam_pipeline import SceneExamples
+
+            return {split: SceneExamples(((eid, cid, str(path)) for eid, cid, path in items),
+                                         split, self._beam_work_dir)
+                    for split, items in self._examples.items()}
         return {split: self._generate_examples(items)
                 for split, items in self._examples.items()}
 
     def _generate_examples(self, items):
         for eid, cid, path in items:
-            yield eid, {"image": read_image(Path(path)), "label": cid, "example_id": eid}
+            yield eid, example_for(eid, cid, Path(path))
+
+
+def example_for(example_id: str, class_id: int, path: Path) -> dict:
+    """One example as both the plain generator and the Beam pipeline write it."""
+    return {"image": read_image(path), "label": class_id, "example_id": example_id}

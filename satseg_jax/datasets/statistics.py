@@ -91,6 +91,20 @@ class BandStats:
         self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
         self.n = n
 
+    def merge(self, other: BandStats) -> None:
+        """Fold another partial result into this one (Chan et al.'s pairwise update).
+
+        Why: a distributed build (Beam) accumulates statistics per bundle of examples on
+        different workers and combines them; an empty side (n == 0) leaves the other
+        exactly unchanged, so only the order of non-empty merges affects the last bits.
+        """
+        n = self.n + other.n
+        safe = np.where(n > 0, n, 1.0)
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / safe)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / safe)
+        self.n = n
+
     @property
     def var(self) -> np.ndarray:
         """Population variance (ddof=0), 0 for a band without pixels."""
@@ -158,6 +172,44 @@ class DatasetStats:
             self.ignored[split] += ignored
         if split == self.stats_split:
             self.bands.update(image, valid_pixels(image, self.nodata))
+
+    def merge(self, other: DatasetStats) -> DatasetStats:
+        """Add another partial result (same bands, classes, nodata) into this one; return self.
+
+        Why: under Beam each worker counts the examples it generates, and the partial
+        results are merged (any order: counts add exactly, band statistics by Chan's
+        update, equal to a sequential pass up to float rounding).
+        """
+        self.bands.merge(other.bands)
+        for s in SPLITS:
+            self.class_counts[s] += other.class_counts[s]
+            self.ignored[s] += other.ignored[s]
+            self.examples[s] += other.examples[s]
+        return self
+
+    def to_json(self) -> dict:
+        """A JSON-able dict; floats keep every bit (``json`` writes them with ``repr``)."""
+        return {
+            "num_bands": len(self.bands.n), "num_classes": self.num_classes,
+            "nodata": self.nodata, "stats_split": self.stats_split,
+            "n": self.bands.n.tolist(), "mean": self.bands.mean.tolist(),
+            "m2": self.bands.m2.tolist(),
+            "class_counts": {s: self.class_counts[s].tolist() for s in SPLITS},
+            "ignored": dict(self.ignored), "examples": dict(self.examples),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> DatasetStats:
+        """The inverse of :meth:`to_json`."""
+        stats = cls(d["num_bands"], d["num_classes"], d["nodata"], d["stats_split"])
+        stats.bands.n = np.asarray(d["n"], np.float64)
+        stats.bands.mean = np.asarray(d["mean"], np.float64)
+        stats.bands.m2 = np.asarray(d["m2"], np.float64)
+        for s in SPLITS:
+            stats.class_counts[s] = np.asarray(d["class_counts"][s], np.int64)
+            stats.ignored[s] = int(d["ignored"][s])
+            stats.examples[s] = int(d["examples"][s])
+        return stats
 
     def band_summary(self) -> tuple[list[float], list[float]]:
         """(mean, std) per band; a SatsegError when some band has no valid pixel."""

@@ -1,4 +1,5 @@
-"""Import TensorFlow / tensorflow-datasets the way the datasets package needs them.
+"""Import TensorFlow / tensorflow-datasets (and the optional Apache Beam) the way the
+datasets package needs them.
 
 Why a helper: TensorFlow grabs every GPU it can see when first used, and JAX owns the
 accelerators in this project; tfds is only a file format and reader here. So every
@@ -30,3 +31,29 @@ def import_tfds():
     import tensorflow_datasets as tfds
 
     return tfds
+
+
+def import_beam():
+    """apache_beam, or a one-line SatsegError saying how to install it.
+
+    Why optional: Beam (and its pyarrow, protobuf pins) is only needed to prepare data on
+    a cluster (``satseg build --beam-runner``); a plain build or training never loads it.
+    Why the root logger is raised during the import: Beam's BigQuery module logs an
+    "apitools not found" warning on the *root* logger at import time, which would look
+    like a problem with the build although nothing here uses BigQuery.
+    """
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        import apache_beam
+    except ImportError as e:
+        from satseg_jax.errors import SatsegError
+
+        raise SatsegError(f"--beam-runner needs Apache Beam, which is not installed ({e}); "
+                          'install it with: pip install "satseg-jax[beam]"') from None
+    finally:
+        root.setLevel(level)
+    return apache_beam

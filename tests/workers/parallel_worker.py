@@ -1,9 +1,14 @@
-"""Run a few training steps in one parallel mode and print the losses as JSON.
+"""Train a few steps in one parallel mode on this process's devices; print what to compare.
 
-Usage: XLA_FLAGS=--xla_force_host_platform_device_count=N \
-       python -m tests.workers.parallel_worker DATA_DIR MODE[,MODE...] STEPS
+Usage: XLA_FLAGS=--xla_force_host_platform_device_count=N \\
+       python -m tests.workers.parallel_worker DATA_DIR MODE[,MODE...] STEPS BATCH
 
-Prints one ``RESULT {json}`` line per mode.
+Prints one ``RESULT {json}`` line per mode: the loss of every step, the final
+BatchNorm statistics and parameters (every value, flattened in tree order), and the
+confusion matrix of the whole validation split (padded last batch included) evaluated
+through ``evaluate.confusion_over_split``, the loop ``satseg evaluate`` uses; and how
+many XLA compilations happened after the first step (a state placed with other
+shardings than the step returns makes step 2 compile again).
 """
 
 from __future__ import annotations
@@ -12,15 +17,15 @@ import json
 import sys
 
 
-def main(data_dir: str, mode: str, steps: int) -> None:
+def main(data_dir: str, mode: str, steps: int, batch: int) -> None:
     import jax
     import numpy as np
 
-    from satseg_jax import input_pipeline
+    from satseg_jax import evaluate, input_pipeline
     from satseg_jax.train import Runner, build_model, create_optimizer, create_train_state
     from tests.workers.tiny_config import tiny_config
 
-    config = tiny_config(data_dir, parallelism=mode, **{"train.batch_size": 8})
+    config = tiny_config(data_dir, parallelism=mode, **{"train.batch_size": batch})
     meta = input_pipeline.load_meta(data_dir)
     tx, _ = create_optimizer(config)
     runner = Runner(config, lambda axis: build_model(config, meta.num_classes, axis),
@@ -28,21 +33,34 @@ def main(data_dir: str, mode: str, steps: int) -> None:
     state = create_train_state(0, build_model(config, meta.num_classes),
                                tx, (1, meta.patch_size, meta.patch_size, meta.num_bands))
     state = runner.place_state(state)
-    data = input_pipeline.train_iterator(meta, config.data, global_batch=8, seed=0)
+    data = input_pipeline.train_iterator(meta, config.data, global_batch=batch, seed=0)
     losses = []
+    compiles_after_first_step = 0
+
+    def count(event: str, _secs: float, **_kw) -> None:
+        nonlocal compiles_after_first_step
+        if event == "/jax/core/compile/backend_compile_duration" and losses:
+            compiles_after_first_step += 1
+
+    jax.monitoring.register_event_duration_secs_listener(count)
     for _ in range(steps):
         state, m = runner.train_step(state, runner.shard(next(data)))
         losses.append(float(runner.unreplicate_metric(m)["loss"]))
+    jax.monitoring.unregister_event_duration_listener(count)
     host = jax.device_get(runner.host_state(state))
-    bs = [float(np.sum(x)) for x in jax.tree.leaves(host.batch_stats)]
-    params = [float(np.sum(np.abs(x))) for x in jax.tree.leaves(host.params)]
-    cm = runner.unreplicate_metric(runner.eval_step(state, runner.shard(
-        next(input_pipeline.eval_batches(meta, "train", global_batch=8)))))
-    print("RESULT " + json.dumps({"devices": jax.device_count(), "losses": losses,
-                                  "batch_stats": bs, "params": params,
+
+    def flat(tree) -> list[float]:
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)]).tolist()
+
+    cm = evaluate.confusion_over_split(runner, state, meta, "validation",
+                                       int(config.eval.batch_size), config.task)
+    print("RESULT " + json.dumps({"mode": mode, "devices": jax.device_count(), "losses": losses,
+                                  "batch_stats": flat(host.batch_stats),
+                                  "params": flat(host.params),
+                                  "compiles_after_first_step": compiles_after_first_step,
                                   "confusion": np.asarray(cm).tolist()}))
 
 
 if __name__ == "__main__":
     for mode in sys.argv[2].split(","):
-        main(sys.argv[1], mode, int(sys.argv[3]))
+        main(sys.argv[1], mode, int(sys.argv[3]), int(sys.argv[4]))

@@ -34,3 +34,20 @@ def tiny_config(data_dir: str, **overrides):
             node = node[p]
         node[leaf] = v
     return c
+
+
+def apply_overrides(config, items: list[str]):
+    """Apply ``--config.a.b=VALUE`` strings (as ``satseg train`` takes them) in place.
+
+    Values are converted to the type of the field they replace, so ``--config.x=4``
+    stays an int where the config holds an int.
+    """
+    for item in items:
+        key, value = item.removeprefix("--config.").split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        old = node[leaf]
+        node[leaf] = value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value)
+    return config

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
         kill_after = int(rest[1])
         rest = rest[2:]
     from satseg_jax import checkpoints
-    from tests.workers.tiny_config import tiny_config
+    from tests.workers.tiny_config import apply_overrides, tiny_config
 
     if kill_after is not None:
         original = checkpoints.save
@@ -33,15 +33,7 @@ def main(argv: list[str]) -> None:
             return out
 
         checkpoints.save = save_then_die
-    config = tiny_config(data_dir)
-    for item in rest:
-        key, value = item.removeprefix("--config.").split("=", 1)
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else \
-            value.lower() in ("1", "true")
+    config = apply_overrides(tiny_config(data_dir), rest)
     from satseg_jax.train import train_and_evaluate
 
     train_and_evaluate(config, workdir)
