@@ -71,6 +71,7 @@ def _cmd_patches(args: argparse.Namespace) -> int:
         labels=Path(args.labels) if args.labels else None,
         vector=Path(args.vector) if args.vector else None, class_field=args.class_field,
         overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
+        threads=args.threads,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "patch's labelled pixels")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.add_argument("--threads", type=int, default=None,
+                   help="threads writing (DEFLATE-encoding) patch files (default: the cores, "
+                   "at most 4); the output is the same for any number")
     t.set_defaults(func=_cmd_patches)
 
     b = sub.add_parser("build", help="write patches as a tfds dataset (sharded TFRecords)",

@@ -287,3 +287,43 @@ def test_cli_patches(rgb, tmp_path, capsys):
                  str(classes), "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip()
     assert str(missing) in err and "\n" not in err and not (tmp_path / "q").exists()
+
+
+def test_threaded_writes_give_the_same_files_and_failures_leave_nothing(sample, tmp_path,
+                                                                        monkeypatch):
+    """Patch files are written on several threads (DEFLATE encoding releases the GIL):
+    the output is byte-identical to a one-thread run, and a write that fails on a worker
+    thread reaches the caller and leaves no output folder behind."""
+    from satseg_jax.raster import patches as patches_mod
+
+    s, scene = sample
+    kwargs = dict(image=scene, classes_path=s["classes"], size=32, stride=32, min_valid=0.5,
+                  labels=s["labels"], progress=False)
+    make_patches(out_dir=tmp_path / "one", threads=1, **kwargs)
+    make_patches(out_dir=tmp_path / "three", threads=3, **kwargs)
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.tif"))
+    three = sorted(p.relative_to(tmp_path / "three")
+                   for p in (tmp_path / "three").rglob("*.tif"))
+    assert one == three and len(one) > 20
+    for rel in one:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "three" / rel).read_bytes()
+    assert (tmp_path / "one" / "index.csv").read_text() == \
+        (tmp_path / "three" / "index.csv").read_text()
+
+    calls = []
+    real = patches_mod._write_patch
+
+    def failing(path, *args):
+        calls.append(path)
+        if len(calls) == 7:
+            raise OSError(f"{path}: No space left on device")
+        real(path, *args)
+
+    monkeypatch.setattr(patches_mod, "_write_patch", failing)
+    with pytest.raises(OSError, match="No space left"):
+        make_patches(out_dir=tmp_path / "failed", threads=3, **kwargs)
+    assert not (tmp_path / "failed").exists()
+    assert not list(tmp_path.glob("failed*"))
+    with pytest.raises(SatsegError, match="--threads 0"):
+        make_patches(out_dir=tmp_path / "zero", threads=0, **kwargs)
+    assert not (tmp_path / "zero").exists()

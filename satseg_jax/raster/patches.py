@@ -29,7 +29,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -313,12 +316,73 @@ def _patch_profile(ds, size: int, count: int, dtype: str, nodata) -> dict:
     return profile
 
 
+
+def default_write_threads() -> int:
+    """Threads that write patch files: every core, at most 4 (past that the main
+    thread's reads are the bottleneck)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _PatchWriter:
+    """Writes patch GeoTIFFs on a few threads while the main thread reads on.
+
+    Why: DEFLATE-encoding each patch is most of ``satseg patches``' time, and GDAL
+    releases the GIL while it encodes, so the writes of several patches overlap on
+    several cores. Reads stay on the main thread (a GDAL dataset handle must not be
+    shared between threads); every write opens its own file. At most ``2 × threads``
+    patches wait in memory, so memory stays bounded whatever the scene size. The first
+    failure of a write is raised in the main thread; on any error the writer waits for
+    the writes under way before the caller removes the half-written output folder.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.limit = 2 * threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="patch-write") \
+            if threads > 1 else None
+        self.pending: deque[Future] = deque()
+
+    def write(self, path: Path, array: np.ndarray, profile: dict, transform,
+              descriptions: tuple[str, ...] | None = None) -> None:
+        if self.pool is None:
+            _write_patch(path, array, profile, transform, descriptions)
+            return
+        self.pending.append(self.pool.submit(_write_patch, path, array, profile, transform,
+                                             descriptions))
+        while len(self.pending) >= self.limit:
+            self.pending.popleft().result()
+
+    def __enter__(self) -> _PatchWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pool is None:
+            return
+        try:
+            if exc_type is None:
+                while self.pending:
+                    self.pending.popleft().result()
+        finally:
+            for f in self.pending:
+                f.cancel()
+            self.pool.shutdown(wait=True)
+
+
+def _write_patch(path: Path, array: np.ndarray, profile: dict, transform,
+                 descriptions: tuple[str, ...] | None) -> None:
+    import rasterio
+
+    with rasterio.open(path, "w", transform=transform, **profile) as dst:
+        dst.write(array if array.ndim == 3 else array[None])
+        if descriptions:
+            dst.descriptions = descriptions
+
+
 def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256,
                  stride: int | None = None, min_valid: float = 0.5, edge: str = "drop",
                  labels: Path | None = None, vector: Path | None = None,
                  class_field: str = "class", overwrite: bool = False,
                  progress: bool = True, scene_label: bool = False,
-                 purity: float = 0.9) -> dict:
+                 purity: float = 0.9, threads: int | None = None) -> dict:
     """Write image/mask patch GeoTIFFs, index.csv, classes.json and patches.json.
 
     With ``scene_label`` the output is a classification set instead: each patch is
@@ -329,9 +393,10 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
     Give exactly one label source: ``labels`` (a raster on the scene's grid) or
     ``vector`` (polygons; GeoJSON read directly, other formats through fiona/pyogrio).
     Patches whose valid (non-nodata) fraction is below ``min_valid`` are skipped.
-    Returns a JSON-able summary (counts, per-class pixel totals, throughput).
+    ``threads`` write the patch files (default :func:`default_write_threads`); the files
+    are the same for any number. Returns a JSON-able summary (counts, per-class pixel
+    totals, throughput).
     """
-    import rasterio
     from rasterio.windows import bounds as window_bounds
     from tqdm import tqdm
 
@@ -393,7 +458,10 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
         names = classes.names
         rows: list[dict] = []
         totals = np.zeros(256, np.int64)
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        threads = default_write_threads() if threads is None else int(threads)
+        if threads < 1:
+            raise SatsegError(f"--threads {threads}: must be 1 or more")
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp, _PatchWriter(threads) as patch_writer:
             if scene_label:
                 for n in classes.names:
                     (tmp / n).mkdir()
@@ -439,13 +507,9 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
                     extra = {"class": classes.names[major], "purity": round(float(share), 6)}
                 else:
                     image_path = tmp / "images" / f"{pid}.tif"
-                with rasterio.open(image_path, "w", transform=t, **img_profile) as dst:
-                    dst.write(img)
-                    dst.descriptions = tuple(band_names)
+                patch_writer.write(image_path, img, img_profile, t, tuple(band_names))
                 if not scene_label:
-                    with rasterio.open(tmp / "masks" / f"{pid}.tif", "w", transform=t,
-                                       **mask_profile) as dst:
-                        dst.write(mask, 1)
+                    patch_writer.write(tmp / "masks" / f"{pid}.tif", mask, mask_profile, t)
                 totals += counts
                 left, bottom, right, top = window_bounds(to_rasterio(w, size), src.transform)
                 row = {"patch_id": pid, "row": w.row, "col": w.col, "height": size,
