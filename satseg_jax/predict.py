@@ -60,22 +60,52 @@ def _context(config, tile: int) -> tuple[int, int]:
     return tile, 0
 
 
-def batch_probabilities(runner, tile: int):
-    """``fn(state, x) -> (batch, classes, tile, tile)`` softmax probabilities, on device.
+def _argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """``np.argmax(probs, axis=0)`` as uint8, the same answer (first class wins ties),
+    1.5x faster (0.040 vs 0.059 s on a 6 x 192 x 4096 strip): numpy's argmax along the
+    leading axis of a (classes, rows, width) strip walks memory with the stride of a
+    whole class plane; this makes one contiguous pass per class instead."""
+    best = probs[0].copy()
+    cls = np.zeros(best.shape, np.uint8)
+    for c in range(1, len(probs)):
+        better = probs[c] > best
+        cls[better] = c
+        np.maximum(best, probs[c], out=best)
+    return cls
+
+
+def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
+                        std: np.ndarray | None = None):
+    """``fn(state, x[, valid]) -> (batch, classes, tile, tile)`` softmax probabilities.
+
+    With ``mean``/``std`` (per band), ``x`` is the raw tiles as read, (b, H, W, C) in the
+    scene's dtype, and ``valid`` their (b, H, W) data mask: normalisation (train
+    statistics, nodata pixels to 0, NaN/inf to 0) runs on the devices, fused by XLA into
+    one pass, and the host only stacks raw pixels (half the bytes of float32 for uint16
+    scenes). Without them, ``x`` is already normalised float32.
 
     The softmax, the crop of a valid-conv model's excess output and the channels-first
-    transpose run inside XLA, and the result is returned without waiting for it (JAX
-    dispatches asynchronously): the caller reads and normalises the next batch while
-    the devices compute this one, and only blocks when it needs the numbers.
+    transpose also run inside XLA, and the result is returned without waiting for it
+    (JAX dispatches asynchronously): the caller reads the next batch while the devices
+    compute this one, and only blocks when it needs the numbers.
     """
+
+    @jax.jit
+    def normalise(raw: jax.Array, valid: jax.Array) -> jax.Array:
+        x = (raw.astype(jax.numpy.float32) - mean) / std
+        x = jax.numpy.where(valid[..., None], x, 0.0)
+        return jax.numpy.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
     @jax.jit
     def post(logits: jax.Array) -> jax.Array:
         logits = logits.reshape(-1, *logits.shape[-3:])[:, :tile, :tile]
         return jax.nn.softmax(logits.astype(jax.numpy.float32), axis=-1).transpose(0, 3, 1, 2)
 
-    def fn(state, x: np.ndarray) -> jax.Array:
-        return post(runner.predict(state, runner.shard({"image": x})["image"]))
+    def fn(state, x: np.ndarray, valid: np.ndarray | None = None) -> jax.Array:
+        if mean is None:
+            return post(runner.predict(state, runner.shard({"image": x})["image"]))
+        placed = runner.shard({"image": x, "valid": valid})
+        return post(runner.predict(state, normalise(placed["image"], placed["valid"])))
 
     return fn
 
@@ -104,8 +134,8 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
     in_tile, margin = _context(config, tile)
     weights = blend_window(tile, blend)
     k = meta.num_classes
-    mean = np.asarray(meta.mean, np.float32)[:, None, None]
-    std = np.asarray([s if s > 0 else 1.0 for s in meta.std], np.float32)[:, None, None]
+    mean = np.asarray(meta.mean, np.float32)
+    std = np.asarray([s if s > 0 else 1.0 for s in meta.std], np.float32)
     n_dev = jax.device_count()
     batch = max(n_dev, batch - batch % n_dev)
     k_in = meta.num_bands
@@ -122,6 +152,7 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
             raise SatsegError(f"{image}: bands {names} differ from the run's {list(meta.bands)}"
                               "; compose the scene with the same bands in the same order")
         H, W = src.height, src.width
+        raw_dtype = np.dtype(src.dtypes[0])
         nodata = src.nodata if src.nodata is not None else meta.nodata
         wins = covering_windows(H, W, tile, overlap)
         rows_of = sorted({w.row for w in wins})
@@ -151,7 +182,7 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
                 if n <= 0:
                     return
                 probs = acc[:, :n] / np.maximum(wsum[:n], 1e-12)
-                cls = np.argmax(probs, axis=0).astype(np.uint8)
+                cls = _argmax_classes(probs)
                 cls[~valid_strip[:n]] = IGNORE_LABEL
                 counts[:] += np.bincount(cls[cls != IGNORE_LABEL], minlength=k)[:k]
                 win = Window(0, top, W, n)
@@ -170,20 +201,21 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
 
             pending: list = []  # tiles read and normalised, not yet sent to the model
             in_flight: list = []  # (tiles, device probabilities) dispatched, not yet blended
-            probabilities_of = batch_probabilities(runner, tile)
+            probabilities_of = batch_probabilities(runner, tile, mean, std)
             # Compile before the clock starts on the tile loop (one batch of zeros).
             np.asarray(probabilities_of(state, np.zeros((batch, in_tile, in_tile, k_in),
-                                                        np.float32)))
+                                                        raw_dtype),
+                                        np.zeros((batch, in_tile, in_tile), bool)))
 
             def dispatch() -> None:
                 """Send the pending tiles to the devices without waiting for the result."""
                 if not pending:
                     return
-                x = np.stack([p[1] for p in pending])
-                if len(x) < batch:
-                    x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]),
-                                                    x.dtype)])
-                in_flight.append((list(pending), probabilities_of(state, x)))
+                x = np.zeros((batch, in_tile, in_tile, k_in), raw_dtype)
+                v = np.zeros((batch, in_tile, in_tile), bool)
+                for i, p in enumerate(pending):
+                    x[i], v[i] = p[1], p[3]
+                in_flight.append((list(pending), probabilities_of(state, x, v)))
                 pending.clear()
 
             def blend_in(keep: int = 0) -> None:
@@ -200,7 +232,7 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
                 blend_in(keep=0)
 
             def add(tiles, probs) -> None:
-                for (w, _, valid), p in zip(tiles, probs):
+                for (w, _, valid, _), p in zip(tiles, probs):
                     r0, h, wd = w.row - top, w.height, w.width
                     ww = weights[:h, :wd]
                     if blend == "none":
@@ -231,24 +263,33 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
                     flush(boundary)
                     boundary = None
 
+            last_col: dict[int, int] = {}
+            for w in wins:
+                last_col[w.row] = max(last_col.get(w.row, 0), w.col)
+            strip_row: int | None = None
+            strip = strip_valid = None
             for w in wins:
                 if w.row > row:
                     if boundary is not None:  # a third tile row would overrun the strip
                         run_batch()
                         flush(boundary)
                     boundary, row = w.row, w.row
-                inside = (w.col >= margin and w.row >= margin and w.col - margin + in_tile <= W
-                          and w.row - margin + in_tile <= H)
-                rw = Window(w.col - margin, w.row - margin, in_tile, in_tile)
-                # Boundless reads go through a VRT (~10 ms a tile): only for edge tiles.
-                raw = (read_window(src, rw, image) if inside else
-                       read_window(src, rw, image, boundless=True, fill_value=fill))
-                valid_in = valid_pixels(raw, nodata)
-                x = (raw.astype(np.float32) - mean) / std
-                x[:, ~valid_in] = 0.0
-                x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+                if w.row != strip_row:
+                    # One read per tile row (its input context, all columns): each pixel
+                    # is decoded once per row instead of once per overlapping tile.
+                    strip_row = w.row
+                    x_end = last_col[w.row] - margin + in_tile
+                    sw = Window(-margin, w.row - margin, x_end + margin, in_tile)
+                    inside = margin == 0 and x_end <= W and w.row - margin + in_tile <= H \
+                        and w.row >= margin
+                    # Boundless reads go through a VRT: only for rows that need padding.
+                    strip = (read_window(src, sw, image) if inside else
+                             read_window(src, sw, image, boundless=True, fill_value=fill))
+                    strip_valid = valid_pixels(strip, nodata)
+                raw = strip[:, :, w.col:w.col + in_tile]
+                valid_in = strip_valid[:, w.col:w.col + in_tile]
                 valid = valid_in[margin:margin + tile, margin:margin + tile]
-                pending.append((w, x.transpose(1, 2, 0), valid))
+                pending.append((w, raw.transpose(1, 2, 0), valid, valid_in))
                 if len(pending) == batch:
                     # Keep one batch computing while the next one is read and normalised.
                     dispatch()

@@ -248,3 +248,29 @@ def test_overlays_need_samples_and_leave_nothing_behind(tmp_path):
 
         patch_overlays_png([], ["a"], [(0, 0, 0)], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_valid_conv_unet_maps_do_not_depend_on_the_tiling(trained, tmp_path):
+    """``unet_original`` (valid convolutions) predicts each output pixel from the input
+    context read around its tile (strip reads, padded past the scene edge with nodata).
+    A pixel's logits then depend only on its context, not on which tile computed it: with
+    tile starts aligned to the pooling grid, two different tilings give the same map."""
+    from satseg_jax.predict import predict_scene
+    from satseg_jax.train import train_and_evaluate
+
+    root, s, scene, _ = trained
+    cfg = tiny_config(root / "data", **{"model.name": "unet_original", "model.depth": 1,
+                                         "train.num_steps": 6, "train.eval_every": 6,
+                                         "train.checkpoint_every": 6})
+    del cfg.model["norm"], cfg.model["dropout"], cfg.model["upsample"]
+    train_and_evaluate(cfg, tmp_path / "run")
+    maps = []
+    for tile, overlap in ((32, 8), (48, 16)):
+        out = tmp_path / f"map_{tile}.tif"
+        predict_scene(tmp_path / "run", scene, out, checkpoint="latest", tile=tile,
+                      overlap=overlap, blend="none", batch=4, progress=False)
+        with rasterio.open(out) as m, rasterio.open(scene) as src:
+            assert (m.crs, m.transform, m.shape) == (src.crs, src.transform, src.shape)
+            maps.append(m.read(1))
+    assert np.array_equal(maps[0], maps[1])
+    assert (maps[0] != 255).mean() > 0.5
