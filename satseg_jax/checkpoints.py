@@ -8,6 +8,13 @@ Each checkpoint holds two items:
   input pipeline's position), the validation metrics that chose "best", and a
   fingerprint of the config parts that must not change across a resume.
 
+Atomicity: Orbax writes each step into ``STEP.orbax-checkpoint-tmp`` and renames it to
+``STEP`` only when every item is written (on object stores, which cannot rename, a
+``commit_success.txt`` marks the end instead). A process killed at any moment — SIGKILL
+included — therefore leaves either a complete checkpoint or a temporary directory that
+``latest_step`` ignores and the next writable manager deletes; resuming starts from the
+last *complete* step (tests/test_preemption.py kills runs in the middle of this rename).
+
 Restoring goes through an abstract target carrying the *current* shardings, so a
 checkpoint written on 4 devices restores on 1 or 8 (arrays are stored unsharded by
 Orbax and resharded on read).
@@ -25,6 +32,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from satseg_jax import parallel
 from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import DiskFullError, is_disk_full
 
 BEST_METRIC = "mean_iou"
 
@@ -44,6 +52,10 @@ def make_manager(workdir: str | Path, keep: int = 2, read_only: bool = False,
         best_mode="max",
         create=not read_only,
         read_only=read_only,
+        # A process killed while saving leaves STEP.orbax-checkpoint-tmp behind; the
+        # manager never lists it as a step (only the final rename makes a checkpoint), and
+        # a writer removes it on start instead of letting partial copies pile up.
+        cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=False,
     )
     # Handlers named up front (not only item names): the manager can then read a
@@ -58,16 +70,27 @@ def save(manager: ocp.CheckpointManager, state: Any, meta: dict,
     step = int(jax.device_get(state.step))
     if step in manager.all_steps():
         return False
-    saved = manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-            meta=ocp.args.JsonSave(meta),
-        ),
-        metrics=metrics,
-        force=force,
-    )
-    manager.wait_until_finished()
+    try:
+        saved = manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            metrics=metrics,
+            force=force,
+        )
+        manager.wait_until_finished()
+    except Exception as e:
+        # Orbax writes into STEP.orbax-checkpoint-tmp and renames it only when complete,
+        # so the last complete checkpoint is intact; the temporary one is removed on the
+        # next start (cleanup_tmp_directories).
+        if is_disk_full(e):
+            raise DiskFullError(
+                f"{manager.directory}: disk full while writing checkpoint {step} ({e}); free "
+                "space and run the same command again to resume from the last complete "
+                "checkpoint") from e
+        raise
     return saved
 
 

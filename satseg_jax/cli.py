@@ -198,6 +198,7 @@ def _config_command(name: str, argv: list[str], doc: str) -> tuple[object, objec
               f"\n\n{doc}\n")
         print(fv.get_help())
         raise SystemExit(0)
+    _check_config_argv(argv)
     try:
         fv(full_argv)
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
@@ -206,16 +207,56 @@ def _config_command(name: str, argv: list[str], doc: str) -> tuple[object, objec
                           "Valid fields are those in the config file's get_config().") from None
     if not fv.workdir:
         raise SatsegError(f"satseg {name}: --workdir is required")
-    return fv, fv.config
+    config = fv.config
+    if config is not None:
+        try:  # ml_collections defers a failed load to the first use of the config
+            config.keys()
+        except OSError as e:
+            msg = " ".join(str(e).split())[:500]
+            raise SatsegError(f"satseg {name}: cannot load --config ({msg})") from None
+    return fv, config
+
+
+def _check_config_argv(argv: list[str]) -> None:
+    """Check ``--config FILE`` and its ``--config.KEY=VALUE`` overrides before absl parses
+    them: a missing file, a field no code reads (config_files.CONFIG_FIELDS) or an
+    override naming no field is one SatsegError listing the valid fields."""
+    from satseg_jax.config_files import (
+        check_config_fields,
+        check_override_keys,
+        load_config_file,
+    )
+
+    path, keys = None, []
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a.startswith("--config."):
+            keys.append(a[len("--config."):].split("=", 1)[0])
+    if path is None:
+        return
+    if not Path(path).is_file() and ":" in path:  # FILE.py:ARG, passed to get_config(ARG)
+        file_part = path.split(":", 1)[0]
+        if not Path(file_part).is_file():
+            raise SatsegError(f"{file_part}: config file not found (e.g. configs/unet_sample.py)")
+        return  # get_config(ARG) may build another config: ml_collections checks overrides
+    config = load_config_file(path)
+    check_config_fields(config, path)
+    check_override_keys(config, keys, path)
 
 
 def _cmd_train(argv: list[str]) -> int:
     fv, config = _config_command("train", argv, TRAIN_DOC)
     if config is None:
         raise SatsegError("satseg train: --config is required (e.g. configs/unet_sample.py)")
-    from satseg_jax.train import train_and_evaluate
+    from satseg_jax.train import Preempted, train_and_evaluate
 
-    train_and_evaluate(config, fv.workdir)
+    try:
+        train_and_evaluate(config, fv.workdir)
+    except Preempted as e:  # saved and reported; the status says which signal
+        return int(e.code)
     return 0
 
 
@@ -235,7 +276,9 @@ def _cmd_evaluate(argv: list[str]) -> int:
 TRAIN_DOC = (
     "Train a model from a config file. Restores the latest checkpoint in WORKDIR/checkpoints "
     "automatically (refusing a workdir written by an incompatible config), evaluates every "
-    "config.eval_every steps and writes TensorBoard summaries to WORKDIR."
+    "config.eval_every steps and writes TensorBoard summaries to WORKDIR. On SIGTERM or "
+    "SIGINT (Ctrl-C) it finishes the current step, saves a checkpoint of it and exits with "
+    "status 143 (SIGTERM) or 130 (SIGINT); run the same command again to resume."
 )
 EVALUATE_DOC = (
     "Evaluate a trained run on a split: confusion matrix over the whole split (ignore label "

@@ -102,9 +102,10 @@ def _split_dataset(meta: DatasetMeta, split: str):
 
 
 def _normalise(tf, image, meta: DatasetMeta):
-    """uint/float bands -> float32 (x - mean) / std; nodata and NaN pixels -> 0."""
+    """uint/float bands -> float32 (x - mean) / std; nodata, NaN and ±inf pixels -> 0
+    (the pixels ``satseg patches`` and the build statistics treat as nodata)."""
     x = tf.cast(image, tf.float32)
-    invalid = tf.reduce_any(tf.math.is_nan(x), axis=-1)
+    invalid = tf.reduce_any(tf.logical_not(tf.math.is_finite(x)), axis=-1)
     if meta.nodata is not None and not (isinstance(meta.nodata, float) and math.isnan(meta.nodata)):
         invalid |= tf.reduce_all(tf.equal(x, float(meta.nodata)), axis=-1)
     mean = tf.constant(meta.mean, tf.float32)

@@ -3,11 +3,16 @@
 Everything a command writes goes to a temporary name in the target's folder (same
 filesystem, so the final ``os.replace``/rename is atomic) and is renamed at the end;
 on any exception the temporary is removed.
+
+A full disk (or quota) while writing is an error the user can fix, not a bug: it is
+re-raised as :class:`DiskFullError`, a SatsegError naming the output (so the CLI prints
+one line and exits 2) that is also an OSError (so code catching OSError still does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -15,6 +20,43 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from satseg_jax.errors import SatsegError
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# How the libraries that write for us word it when they do not keep the errno:
+# TensorFlow's file system (TFRecords), GDAL (GeoTIFFs), the C library.
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded",
+                   "free disk space available is")
+
+
+class DiskFullError(SatsegError, OSError):
+    """The disk (or quota) filled up while writing an output; nothing was left behind."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) reports a full disk/quota.
+
+    By errno when there is one (ENOSPC, EDQUOT), else by the wording of the message,
+    since TensorFlow and GDAL report it as their own exception types.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            return True
+        text = str(e).lower()
+        if any(t in text for t in _DISK_FULL_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _disk_full(target: Path, exc: BaseException) -> DiskFullError:
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return DiskFullError(
+        f"{target}: disk full while writing it ({detail}); nothing was left behind. Free "
+        f"space on the disk of {target.parent.absolute()} (or choose an output on another "
+        "disk) and run the command again")
 
 
 @contextlib.contextmanager
@@ -31,6 +73,10 @@ def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except Exception as e:
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise _disk_full(target, e) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -64,6 +110,10 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except Exception as e:
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise _disk_full(target, e) from e
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,13 +18,21 @@ batch-level *sums* (see ``losses.loss_statistics``); each device differentiates 
 linearisation of the global loss around the global sums, so per-device gradients add
 up exactly to the single-device gradient even when devices hold different numbers of
 valid (non-ignored) pixels.
+
+Preemption (SIGTERM from a scheduler, Ctrl-C): see ``StopRequest`` and ``Preempted``.
+The loop finishes the step it is in, saves it, and exits with 128 + the signal number;
+running the same command again resumes from that step and ends bit for bit where an
+uninterrupted run ends (on CPU; see README "Determinism and preemption").
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import signal
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,8 +336,14 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def check_resume_config(workdir: Path, config) -> None:
-    """Write WORKDIR/config.json on the first run; refuse an incompatible config later."""
+def check_resume_config(workdir: Path, config, write: bool = True) -> None:
+    """Refuse a workdir written by an incompatible config; with ``write``, (re)write
+    WORKDIR/config.json (atomically, from process 0).
+
+    Training calls it twice: first without writing, before anything is built, so a
+    refused run fails fast; then with ``write`` once everything else has been checked,
+    so a run refused for another reason leaves no workdir behind.
+    """
     path = workdir / "config.json"
     current = json.loads(config.to_json_best_effort())
     if path.exists():
@@ -341,10 +355,11 @@ def check_resume_config(workdir: Path, config) -> None:
                 f"{workdir}: written by an incompatible config ({detail}). Use a new --workdir, "
                 f"or the original settings to resume"
             )
-    if jax.process_index() == 0:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+    if write and jax.process_index() == 0:
+        from satseg_jax.io_utils import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
 
 
 def load_workdir_config(workdir: str | Path):
@@ -355,6 +370,91 @@ def load_workdir_config(workdir: str | Path):
     if not path.exists():
         raise SatsegError(f"{path}: not found; is {workdir} a training workdir?")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+# ----------------------------------------------------------------------------- preemption
+
+# With several processes the stop flags are combined by a collective every this many
+# steps (config.train.stop_check_every overrides it). The collective itself is cheap
+# (tests/workers/stop_check_cost.py measures it), but reading its result makes the host
+# wait for the step in flight, which on an accelerator costs the overlap of host work
+# with device work; every 10 steps bounds that and still stops within seconds.
+STOP_CHECK_EVERY = 10
+
+
+class Preempted(SystemExit):
+    """Training stopped on a signal after saving a checkpoint of the step it reached.
+
+    A ``SystemExit`` so that, uncaught, the process ends quietly with the shell's
+    "killed by signal N" status ``128 + N`` (143 for SIGTERM, 130 for SIGINT): a scheduler
+    or script sees an interrupted run, not a finished one, and no traceback is printed.
+    Callers that want to go on (a sweep, a test) catch it.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(128 + int(signum))
+        self.signum = int(signum)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class StopRequest:
+    """SIGTERM / SIGINT -> a flag that the training loop polls once per step.
+
+    Why only a flag: a Python signal handler runs between two bytecodes of whatever the
+    main thread is doing — inside an Orbax write, a tf.data call, an XLA dispatch — so
+    saving or raising there could leave half-done work behind. The loop checks the flag
+    after a step is complete (``agreed``), where the state is consistent, and saves there.
+    A second signal changes nothing; SIGKILL ends at once and loses only the steps since
+    the last completed checkpoint (Orbax writes to a temporary directory and renames it).
+
+    A context manager: the previous handlers are put back on exit, so a caller's own
+    handling of Ctrl-C (pytest's, a notebook's) is untouched after training. Handlers can
+    only be set from the main thread; elsewhere nothing is installed and the flag stays
+    clear.
+    """
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+                 check_every: int = 1, process_count: int = 1) -> None:
+        self.signals = tuple(signals)
+        self.check_every = max(1, int(check_every))
+        self.process_count = int(process_count)
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            # None: the previous handler was not set from Python; the default is closest.
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def agreed(self, step: int) -> int | None:
+        """The signal to stop on after ``step``, the same on every process, or None.
+
+        One process: the local flag, every step. Several: each process must save its part
+        of the *same* step, and none may be left waiting in a collective for one that
+        left, so the flags are combined (any process's signal stops all) every
+        ``check_every`` steps — at the same steps on every process, since all run the same
+        loop.
+        """
+        if self.process_count == 1:
+            return self.signum
+        if step % self.check_every:
+            return None
+        from jax.experimental import multihost_utils
+
+        flags = np.ravel(multihost_utils.process_allgather(np.int32(self.signum or 0)))
+        return next((int(f) for f in flags if f), None)
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -378,6 +478,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
     Returns the final validation metrics (``metrics.metrics_from_confusion``).
 
+    On SIGTERM or SIGINT during the loop it finishes the current step, saves it, and
+    raises ``Preempted`` (a ``SystemExit`` with status 143 / 130) after printing what it
+    saved; calling it again resumes from that step (``StopRequest`` says why it is done
+    this way). The previous signal handlers are restored either way.
+
     Starts ``jax.distributed`` first when this is one of several processes
     (``parallel.maybe_initialize_distributed``). Every process then runs this same
     loop; only process 0 prints progress and writes summaries, but each process raises
@@ -400,12 +505,11 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
     from satseg_jax import evaluate, input_pipeline
 
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     meta = input_pipeline.load_meta(config.data.data_dir)
     if meta.task != config.task:
         raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
                           f"{config.task!r}")
-    check_resume_config(workdir, config)
+    check_resume_config(workdir, config, write=False)
     global_batch = int(config.train.batch_size)
     parallel.check_batch(global_batch)
     num_steps = int(config.train.num_steps)
@@ -420,6 +524,9 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
                                tx, (1, hw, hw, meta.num_bands))
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
+    # Everything checkable is checked: only now does the workdir come into being.
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_resume_config(workdir, config)
     manager = checkpoints.make_manager(workdir, keep=int(config.train.keep_checkpoints))
     latest = manager.latest_step()
     is_main = jax.process_index() == 0
@@ -445,7 +552,7 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
                                              every_steps=int(config.train.log_every))
     hooks = [report]
 
-    def save(step_metrics=None):
+    def save(step_metrics=None) -> int:
         host = runner.host_state(state)
         step = int(jax.device_get(host.step))
         ck = {"step": step, "data_position": step * (global_batch // jax.process_count()),
@@ -453,6 +560,7 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
         checkpoints.save(manager, host, ck,
                          metrics={checkpoints.BEST_METRIC: step_metrics["mean_iou"]}
                          if step_metrics else None)
+        return step
 
     def run_eval() -> dict:
         cm = evaluate.confusion_over_split(runner, state, meta, config.data.eval_split,
@@ -469,7 +577,9 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
     train_metrics: list[dict] = []
     t0 = time.time()
     log_step, log_time = start, t0
-    with metric_writers.ensure_flushes(writer):
+    stop = StopRequest(check_every=int(config.train.get("stop_check_every", STOP_CHECK_EVERY)),
+                       process_count=jax.process_count())
+    with metric_writers.ensure_flushes(writer), stop:
         for step in range(start + 1, num_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 batch = runner.shard(next(data))
@@ -514,6 +624,20 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
                           f"{last_eval['pixel_accuracy']:.4f}", flush=True)
             if step % int(config.train.checkpoint_every) == 0 or step == num_steps:
                 save(last_eval if do_eval else None)
+            # The safe point: this step is complete (and saved if it was due).
+            signum = stop.agreed(step) if step < num_steps else None
+            if signum is not None:
+                saved = save(last_eval if do_eval else None)  # no-op when saved above
+                manager.wait_until_finished()
+                manager.close()
+                path = Path(manager.directory) / str(saved)
+                if is_main:
+                    print(f"Stopped by {signal.Signals(signum).name} after step {saved}/"
+                          f"{num_steps}: saved checkpoint {path} (data position "
+                          f"{saved * (global_batch // jax.process_count())} examples per "
+                          f"host); run the same command again to resume. Exit status "
+                          f"{128 + signum}.", flush=True)
+                raise Preempted(signum, saved, path)
     manager.wait_until_finished()
     manager.close()
     if is_main and num_steps > start:

@@ -260,3 +260,30 @@ def test_cerranet_matches_the_published_architecture():
     n += (2 * 2 * 256) * 256 + 256 + 256 * 128 + 128 + 128 * 4 + 4  # dense 256, 128, 4
     assert _count(variables["params"]) == n == 1_441_220
     assert out.shape == (1, 4)
+
+
+def test_matmul_transposed_conv_equals_flax_conv_transpose():
+    """blocks.ConvTranspose2x2 (one matmul + reshape, fast on XLA's CPU backend) is
+    nn.ConvTranspose(2x2, stride 2, VALID): same parameter tree from the same key, same
+    output, same gradients with respect to input and parameters."""
+    import flax.linen as nn
+
+    from satseg_jax.models.blocks import ConvTranspose2x2
+
+    ref = nn.ConvTranspose(5, (2, 2), strides=(2, 2), padding="VALID")
+    fast = ConvTranspose2x2(5, (2, 2), strides=(2, 2), padding="VALID")
+    x = jax.random.normal(jax.random.key(1), (2, 6, 7, 3))
+    params = ref.init(jax.random.key(0), x)
+    fast_params = fast.init(jax.random.key(0), x)
+    assert jax.tree.map(lambda a: a.shape, params) == jax.tree.map(lambda a: a.shape, fast_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fast_params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-6)
+
+    def loss(module):
+        return lambda p, x: (module.apply(p, x) ** 2).sum()
+
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -85,6 +85,7 @@ class VectorLabels:
 
         self.geoms = geoms
         self.ids = ids.astype(np.uint8)
+        self.repaired = 0  # geometries repaired while loading (open rings closed)
         b = np.array([features.bounds(g) for g in geoms], dtype=np.float64).reshape(-1, 4)
         self.x0, self.y0, self.x1, self.y1 = b.T
         self._strip_key: tuple | None = None
@@ -236,6 +237,90 @@ def _normalise_value(v):
     return v
 
 
+_POLYGONAL = ("Polygon", "MultiPolygon", "GeometryCollection")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _check_ring(ring, where: str) -> tuple[list, bool]:
+    """(the ring, closed if it was not; whether it was closed here) or SatsegError text.
+
+    GeoJSON rings must be closed (last position = first); an open ring is closed here
+    (an unambiguous repair); fewer than 3 distinct corners, non-numeric or non-finite
+    coordinates are reported, since GDAL would silently burn nothing or crash on them.
+    """
+    if not isinstance(ring, (list, tuple)):
+        raise ValueError(f"{where} is {type(ring).__name__}, expected a list of positions")
+    for i, pos in enumerate(ring):
+        if (not isinstance(pos, (list, tuple)) or len(pos) < 2
+                or not all(_is_number(c) for c in pos)):
+            raise ValueError(f"{where} position {i} is {pos!r}, expected [x, y] numbers")
+        if not all(math.isfinite(c) for c in pos):
+            raise ValueError(f"{where} position {i} {list(pos)} is not finite")
+    ring = [list(p) for p in ring]
+    repaired = bool(ring) and ring[0][:2] != ring[-1][:2]
+    if repaired:
+        ring.append(list(ring[0]))
+    if len({tuple(p[:2]) for p in ring}) < 3:
+        raise ValueError(f"{where} has {len(ring)} position(s) and fewer than 3 distinct "
+                         "corners; a polygon ring needs at least 4 positions, the last equal "
+                         "to the first")
+    return ring, repaired
+
+
+def check_geometry(geom) -> tuple[dict | None, bool]:
+    """(a rasterizable polygonal geometry or None when empty, whether it was repaired).
+
+    Raises ValueError saying what is wrong. Why checked here: GDAL's rasterizer crashes
+    the process on malformed coordinates, burns nothing for NaN ones and burns lines and
+    points as thin strokes, all without an error. Self-intersecting rings (a "bowtie")
+    are kept: they are rasterized by the even-odd rule, which gives the same pixels as
+    ``shapely.make_valid`` (the bowtie becomes its two triangles).
+    """
+    if not isinstance(geom, dict) or geom.get("type") not in _POLYGONAL:
+        kind = geom.get("type") if isinstance(geom, dict) else type(geom).__name__
+        raise ValueError(f"geometry type {kind!r}; label features must be "
+                         f"{', '.join(_POLYGONAL)}")
+    if geom["type"] == "GeometryCollection":
+        parts = geom.get("geometries")
+        if not isinstance(parts, list):
+            raise ValueError("GeometryCollection without a \"geometries\" list")
+        out, repaired = [], False
+        for i, g in enumerate(parts):
+            try:
+                g2, r = check_geometry(g)
+            except ValueError as e:
+                raise ValueError(f"member {i}: {e}") from None
+            repaired |= r
+            if g2 is not None:
+                out.append(g2)
+        return ({"type": "GeometryCollection", "geometries": out} if out else None), repaired
+    coords = geom.get("coordinates")
+    if not isinstance(coords, (list, tuple)):
+        raise ValueError(f"{geom['type']} coordinates are {type(coords).__name__}, "
+                         "expected nested lists of positions")
+    polys = [coords] if geom["type"] == "Polygon" else coords
+    out_polys, repaired = [], False
+    for j, poly in enumerate(polys):
+        if not isinstance(poly, (list, tuple)):
+            raise ValueError(f"polygon {j} is {type(poly).__name__}, expected a list of rings")
+        rings = []
+        for k, ring in enumerate(poly):
+            name = f"polygon {j} ring {k}" if geom["type"] == "MultiPolygon" else f"ring {k}"
+            ring, r = _check_ring(ring, name)
+            repaired |= r
+            rings.append(ring)
+        if rings:
+            out_polys.append(rings)
+    if not out_polys:
+        return None, repaired  # empty geometry: nothing to burn, like a null geometry
+    if geom["type"] == "Polygon":
+        return {"type": "Polygon", "coordinates": out_polys[0]}, repaired
+    return {"type": "MultiPolygon", "coordinates": out_polys}, repaired
+
+
 def load_vector_labels(path: Path, class_field: str, classes: ClassSet, scene_crs
                        ) -> VectorLabels:
     """Read label polygons, map ``class_field`` through ``classes``, reproject to the scene.
@@ -243,6 +328,8 @@ def load_vector_labels(path: Path, class_field: str, classes: ClassSet, scene_cr
     The attribute may hold the class ``value`` (as classes.json) or the class name.
     Features with a value not declared in classes.json are an error listing the values
     and how many features carry them: labels are never silently dropped or remapped.
+    Geometries are checked by :func:`check_geometry`: a malformed one is an error naming
+    the feature's index; open rings are closed (counted in ``.repaired``).
     """
     from rasterio.warp import transform_geom
 
@@ -256,6 +343,7 @@ def load_vector_labels(path: Path, class_field: str, classes: ClassSet, scene_cr
     geoms: list[dict] = []
     ids: list[int] = []
     bad: dict = {}
+    repaired = 0
     for n, f in enumerate(feats):
         props = (f.get("properties") or {}) if isinstance(f, dict) else {}
         if class_field not in props:
@@ -274,6 +362,16 @@ def load_vector_labels(path: Path, class_field: str, classes: ClassSet, scene_cr
         geom = f.get("geometry")
         if not geom:
             continue
+        try:
+            geom, was_repaired = check_geometry(geom)
+        except ValueError as e:
+            raise SatsegError(
+                f"{path}: feature {n} ({class_field}={props[class_field]!r}) has an invalid "
+                f"geometry: {e}. Fix or remove that feature (QGIS: Fix Geometries; "
+                "ogr2ogr -makevalid)") from None
+        if geom is None:
+            continue
+        repaired += was_repaired
         geoms.append(geom)
         ids.append(cid)
     if bad:
@@ -287,7 +385,9 @@ def load_vector_labels(path: Path, class_field: str, classes: ClassSet, scene_cr
         except Exception as e:  # noqa: BLE001 - PROJ errors come in several types
             raise SatsegError(f"{path}: cannot reproject from {src_crs} to the scene crs "
                               f"{scene_crs} ({e})") from None
-    return VectorLabels(geoms, np.array(ids, dtype=np.int64))
+    labels = VectorLabels(geoms, np.array(ids, dtype=np.int64))
+    labels.repaired = repaired
+    return labels
 
 
 # ----------------------------------------------------------------------------- main
@@ -571,6 +671,7 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
         "bands": band_names,
         "class_pixel_counts": {n: int(totals[i]) for i, n in enumerate(names)},
         "ignored_pixels": int(totals[IGNORE_LABEL]),
+        "repaired_geometries": vec.repaired if vec is not None else 0,
         "seconds": round(seconds, 3),
         "input_mb_per_s": round(scene_bytes / 1e6 / max(seconds, 1e-9), 1),
     }

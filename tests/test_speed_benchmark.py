@@ -1,0 +1,124 @@
+"""benchmarks/speed.py: runs end to end at a tiny size, without TensorFlow, with or
+without PyTorch, and writes the JSON the results table is built from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPEED = REPO / "benchmarks" / "speed.py"
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _load_speed():
+    """benchmarks/speed.py as a module (registered first: its dataclass needs that)."""
+    if "satseg_speed" in sys.modules:
+        return sys.modules["satseg_speed"]
+    spec = importlib.util.spec_from_file_location("satseg_speed", SPEED)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["satseg_speed"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(tmp_path: Path, *extra: str) -> dict:
+    """speed.py --quick in a subprocess where tensorflow/tfds/rasterio cannot be imported."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for name in ("tensorflow", "tensorflow_datasets", "rasterio"):
+        (blocked / f"{name}.py").write_text(
+            f"raise ImportError('{name} is blocked: speed.py must not need it')\n")
+    out = tmp_path / "speed.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(blocked), str(REPO)]))
+    cmd = [sys.executable, str(SPEED), "--quick", "--no-default", "--out", str(out), *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "train img/s" in proc.stdout  # the table was printed
+    return json.loads(out.read_text())
+
+
+def _check_common(report: dict) -> dict:
+    for key in ("benchmark", "machine", "config", "variants", "matmul_ceiling_gflops",
+                "flops_per_image_g", "flops_per_image_analytic_g", "flops_source", "sections"):
+        assert key in report, key
+    m = report["machine"]
+    for key in ("cpu", "cores", "jax", "jaxlib", "flax", "platform", "device_kind", "machine"):
+        assert key in m, key
+    assert m["machine"].startswith("cpu-")
+    assert report["config"]["base"] == 4 and report["config"]["batch"] == 2
+    tuned = report["variants"]["tuned"]
+    assert "error" not in tuned, tuned.get("error")
+    jax_res = tuned["jax"]
+    for key in ("train_img_s", "predict_img_s", "train_gflops", "params", "compile_s"):
+        assert key in jax_res, key
+    assert jax_res["train_img_s"]["reps"] == 2
+    assert jax_res["train_img_s"]["min"] <= jax_res["train_img_s"]["median"]
+    assert report["matmul_ceiling_gflops"] > 0
+    assert report["flops_per_image_g"] > 0
+    # Optional sections are registered and skipped unless asked for.
+    return tuned
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_without_torch(tmp_path):
+    report = _run(tmp_path, "--no-torch")
+    tuned = _check_common(report)
+    assert "torch" not in tuned and "ratio_train_jax_over_torch" not in tuned
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (pip install '.[bench]')")
+def test_quick_run_with_torch(tmp_path):
+    report = _run(tmp_path)
+    tuned = _check_common(report)
+    assert tuned["torch"]["params"] == tuned["jax"]["params"]
+    for key in ("train_img_s", "predict_img_s", "train_gflops"):
+        assert key in tuned["torch"], key
+    assert tuned["ratio_train_jax_over_torch"] > 0
+    assert report["machine"]["torch"]
+
+
+def test_machine_slug():
+    speed = _load_speed()
+    assert speed.machine_slug("cpu", "cpu", "AMD EPYC", 2) == "cpu-2core-amd-epyc"
+    assert (speed.machine_slug("cpu", "cpu", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
+                               2) == "cpu-2core-intel-xeon-platinum")
+    assert speed.machine_slug("gpu", "NVIDIA H100 80GB HBM3", "x", 16) == "gpu-h100"
+    assert speed.machine_slug("tpu", "TPU v5 lite", "x", 8) == "tpu-v5-lite"
+
+
+def test_analytic_flops_close_to_xla_count():
+    """XLA's cost analysis counts 17.2-17.4 GFLOP per trained image for base 32, depth 4,
+    128 px, 4 bands, 6 classes; 3x the forward pass is within 5 % of that."""
+    speed = _load_speed()
+    g = speed.analytic_train_flops(4, 6, 32, 4, 128) / 1e9
+    assert 17.0 < g < 18.3
+
+
+def test_sections_skip_cleanly_when_modules_are_missing():
+    speed = _load_speed()
+    calls = []
+
+    @speed.register_section("needs_missing", "test", requires=("no_such_module_xyz",))
+    def _sec(args):
+        calls.append(args)
+        return {"ran": True}
+
+    @speed.register_section("needs_nothing", "test")
+    def _sec2(args):
+        return {"ran": True}
+
+    args = speed.parse_args(["--quick", "--sections", "needs_missing,needs_nothing"])
+    out = speed.run_sections(args)
+    assert out["needs_missing"]["status"] == "skipped"
+    assert "no_such_module_xyz" in out["needs_missing"]["reason"]
+    assert out["needs_nothing"] == {"ran": True}
+    assert calls == []
