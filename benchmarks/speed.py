@@ -732,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         res = worker(args)
         print(RESULT_TAG + json.dumps(res))
         return 0
+    import satseg_jax  # noqa: F401  (its XLA defaults must precede jax's start here too)
+
     info = machine_info()
     fwd = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in WORKER_KEYS]
     if args.no_torch:
