@@ -25,7 +25,18 @@ def main(data_dir: str, mode: str, steps: int, batch: int) -> None:
     from satseg_jax.train import Runner, build_model, create_optimizer, create_train_state
     from tests.workers.tiny_config import tiny_config
 
-    config = tiny_config(data_dir, parallelism=mode, **{"train.batch_size": batch})
+    # SGD (lr 0.01, momentum 0.9), not the config's AdamW at its learning rate: this
+    # compares the data-parallel arithmetic (gradient all-reduce, synchronised
+    # BatchNorm). 1 and 8 devices reduce in different orders, so they differ in the last
+    # bits at every step, and training amplifies that: with AdamW (every update divided
+    # by the root of the second moment, so weights with ~0 gradient move by ~a learning
+    # rate in the direction of that noise) or a large SGD step the runs drift apart by
+    # ~1e-4 within 10 steps without any bug (measured). A real bug — a missing all-reduce,
+    # per-device BatchNorm statistics of 2 images instead of 16 — moves values by orders
+    # of magnitude more than rtol 1e-4. The two-process runs keep the config's AdamW.
+    config = tiny_config(data_dir, parallelism=mode, **{
+        "train.batch_size": batch, "optimizer.name": "sgd", "optimizer.momentum": 0.9,
+        "optimizer.learning_rate": 0.01})
     meta = input_pipeline.load_meta(data_dir)
     tx, _ = create_optimizer(config)
     runner = Runner(config, lambda axis: build_model(config, meta.num_classes, axis),
