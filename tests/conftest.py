@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -59,3 +60,16 @@ def tiny_dataset(tmp_path_factory) -> Path:
     build_dataset(patches_dir=root / "patches", out_dir=root / "data", split=(0.6, 0.2, 0.2),
                   seed=0, split_by="random")
     return root / "data"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test: dataset builds and loads
+    (tfds GCS lookups included) must work offline. Use with
+    ``pytestmark = pytest.mark.usefixtures("no_network")``."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -40,15 +39,8 @@ FOUR_CLASSES = [*DEFAULT_CLASSES, {"id": 3, "name": "cloud", "colour": "#ffffff"
                 {"name": "unlabelled", "value": 9, "ignore": True}]
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """A build and a load must never reach the network (tfds GCS lookups included)."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+# Builds and loads must never reach the network (tfds GCS lookups included).
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(scope="module")
