@@ -4,6 +4,10 @@ Projected CRS: every pixel has the same area |a·e − b·d| (the transform's de
 Geographic CRS (degrees): a pixel row between latitudes φ1 and φ2 spanning Δλ covers
 (a² Δλ / 2)·(q(φ2) − q(φ1)) on the ellipsoid (Snyder 1987, authalic q), so areas are
 true ellipsoidal areas, not degrees². Reads the map by row strips: any map size.
+
+No CRS (a map predicted from a plain JPEG/PNG): its pixels have no ground size, so the
+table holds pixel counts (``units`` "pixels") and says so, instead of reporting a pixel
+as 1 m² from the identity transform; region polygons cannot be placed on such a map.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from satseg_jax.errors import SatsegError
 
 WGS84_A = 6378137.0
 WGS84_F = 1 / 298.257223563
+NO_CRS_NOTE = "no CRS: areas in km² unavailable, pixel counts only"
 
 
 def _q(phi: np.ndarray, e: float) -> np.ndarray:
@@ -48,17 +53,32 @@ def row_pixel_areas_m2(transform, crs, rows: np.ndarray) -> np.ndarray:
 def area_table(map_path: str | Path, class_names: list[str] | None = None,
                regions: str | Path | None = None, region_field: str | None = None,
                strip: int = 512) -> dict:
-    """{'classes': names, 'rows': {region: [km² per class]}, 'pixels': {...}}."""
+    """{'classes': names, 'rows': {region: [value per class]}, 'pixels': {...}, 'units'}.
+
+    ``units`` is "km2" (rows in km²) for a map with a CRS and "pixels" (rows are the
+    pixel counts) for one without, whose pixels have no known ground size.
+    """
+    import warnings
+
     import rasterio
     from rasterio import features
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.windows import Window
 
     from satseg_jax.raster.compose import open_raster, read_window
 
     map_path = Path(map_path)
-    with open_raster(map_path) as src:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain map is expected
+        src = open_raster(map_path)
+    with src:
         if src.count != 1 or src.dtypes[0] not in ("uint8", "uint16", "int16", "int32"):
             raise SatsegError(f"{map_path}: expected a one-band integer class map")
+        georeferenced = src.crs is not None
+        if regions is not None and not georeferenced:
+            raise SatsegError(f"{map_path}: has no CRS, so the polygons of {regions} cannot "
+                              "be placed on it; drop --by for pixel counts per class, or "
+                              "predict on a georeferenced scene")
         k = len(class_names) if class_names else None
         shapes = None
         if regions is not None:
@@ -73,7 +93,8 @@ def area_table(map_path: str | Path, class_names: list[str] | None = None,
             valid = cls != (src.nodata if src.nodata is not None else IGNORE_LABEL)
             kk = int(cls[valid].max()) + 1 if valid.any() else 1
             k = max(k or 0, kk)
-            areas = row_pixel_areas_m2(src.transform, src.crs, np.arange(r0, r0 + h))
+            areas = (row_pixel_areas_m2(src.transform, src.crs, np.arange(r0, r0 + h))
+                     if georeferenced else np.full(h, 1e6))  # no CRS: rows count pixels
             if shapes is None:
                 zone = np.zeros(cls.shape, np.int64)
             else:
@@ -95,7 +116,8 @@ def area_table(map_path: str | Path, class_names: list[str] | None = None,
     names += [f"class_{i}" for i in range(len(names), k or 0)]
     rows = {z: _pad(km2.get(z), len(names)).tolist() for z in names_r}
     pixels = {z: _pad(px.get(z), len(names)).astype(int).tolist() for z in names_r}
-    return {"classes": names, "rows": rows, "pixels": pixels, "map": str(map_path)}
+    return {"classes": names, "rows": rows, "pixels": pixels, "map": str(map_path),
+            "units": "km2" if georeferenced else "pixels"}
 
 
 def load_region_shapes(path: Path, field: str | None, crs) -> list[tuple[str, dict]]:
@@ -139,31 +161,38 @@ def _pad(a, n: int) -> np.ndarray:
 
 
 def format_area_table(table: dict) -> str:
-    """Rows = regions, columns = classes, with totals (km²), like INPE's burned-area tables."""
+    """Rows = regions, columns = classes, with totals (km²), like INPE's burned-area tables.
+
+    A table of a map without a CRS holds pixel counts: printed as integers, headed by
+    the note that km² are unavailable."""
     names = table["classes"]
+    km2 = table.get("units", "km2") == "km2"
+    fmt = ".3f" if km2 else ".0f"
     w = max(8, *(len(r) for r in table["rows"]), 5)
     cw = max(10, *(len(n) for n in names))
     head = f"{'region':<{w}}" + "".join(f"{n:>{cw + 1}}" for n in names) + f"{'total':>{cw + 1}}"
-    lines = [head, "-" * len(head)]
+    lines = ([] if km2 else [NO_CRS_NOTE]) + [head, "-" * len(head)]
     col_tot = np.zeros(len(names))
     for region, vals in table["rows"].items():
         v = np.asarray(vals)
         col_tot += v
-        lines.append(f"{region:<{w}}" + "".join(f"{x:>{cw + 1}.3f}" for x in v)
-                     + f"{v.sum():>{cw + 1}.3f}")
+        lines.append(f"{region:<{w}}" + "".join(f"{x:>{cw + 1}{fmt}}" for x in v)
+                     + f"{v.sum():>{cw + 1}{fmt}}")
     if len(table["rows"]) > 1:
         lines.append("-" * len(head))
-        lines.append(f"{'total':<{w}}" + "".join(f"{x:>{cw + 1}.3f}" for x in col_tot)
-                     + f"{col_tot.sum():>{cw + 1}.3f}")
-    lines.append("(km²)")
+        lines.append(f"{'total':<{w}}" + "".join(f"{x:>{cw + 1}{fmt}}" for x in col_tot)
+                     + f"{col_tot.sum():>{cw + 1}{fmt}}")
+    lines.append("(km²)" if km2 else "(pixels)")
     return "\n".join(lines)
 
 
 def write_area_csv(table: dict, out: str | Path) -> None:
     from satseg_jax.io_utils import atomic_path
 
+    unit = "km2" if table.get("units", "km2") == "km2" else "pixels"
     with atomic_path(Path(out)) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["region", *[f"{n}_km2" for n in table["classes"]], "total_km2"])
+        w.writerow(["region", *[f"{n}_{unit}" for n in table["classes"]], f"total_{unit}"])
         for region, vals in table["rows"].items():
-            w.writerow([region, *[f"{x:.6f}" for x in vals], f"{sum(vals):.6f}"])
+            fmt = ".6f" if unit == "km2" else ".0f"
+            w.writerow([region, *[f"{x:{fmt}}" for x in vals], f"{sum(vals):{fmt}}"])

@@ -34,6 +34,7 @@ class ClassInfo:
     name: str
     colour: tuple[int, int, int]
     value: int
+    colour_declared: bool = True  # False: a default palette colour, not a mask colour
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class ClassSet:
     def colours(self) -> list[tuple[int, int, int]]:
         return [c.colour for c in self.classes]
 
+    @property
+    def colours_declared(self) -> bool:
+        """Every class names its colour: colour-coded masks can be decoded."""
+        return all(c.colour_declared for c in self.classes)
+
     def to_json(self) -> list[dict]:
         out: list[dict] = [
             {"id": c.id, "name": c.name, "colour": _hex(c.colour), "value": c.value}
@@ -72,29 +78,110 @@ class ClassSet:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
-    def value_to_id(self, values: np.ndarray, what: str = "label raster") -> np.ndarray:
+    def value_to_id(self, values: np.ndarray, what: str = "label raster",
+                    tolerance: int | None = None) -> np.ndarray:
         """Map source label values to class ids (uint8); ignore values -> 255.
 
         Raises SatsegError naming each undeclared value and its pixel count: labels are
-        never silently remapped.
+        never silently remapped. ``tolerance`` (for lossy JPEG masks only) maps a value to
+        the nearest declared value at most that far away.
         """
         values = np.asarray(values)
-        out = np.full(values.shape, IGNORE_LABEL, dtype=np.uint8)
-        known = np.zeros(values.shape, dtype=bool)
-        for c in self.classes:
-            m = values == c.value
-            out[m] = c.id
-            known |= m
-        for v in self.ignore_values:
-            known |= values == v
-        if not known.all():
-            bad, counts = np.unique(values[~known], return_counts=True)
-            listing = ", ".join(f"{b} ({n} px)" for b, n in zip(bad.tolist(), counts.tolist()))
+        uniq, inv = np.unique(values, return_inverse=True)
+        return self.lookup("values", uniq, inv.reshape(values.shape), what, tolerance)
+
+    def colour_to_id(self, rgb: np.ndarray, what: str = "mask",
+                     tolerance: int | None = None) -> np.ndarray:
+        """Map an (..., 3) uint8 colour array to class ids (uint8); ignore colours -> 255.
+
+        Colour-coded masks (DeepGlobe, LandCover.ai previews, palette PNGs) carry one RGB
+        colour per class. An undeclared colour raises SatsegError listing each one with
+        its pixel count. ``tolerance`` (lossy JPEG masks only) accepts the nearest
+        declared colour whose largest per-channel difference is at most that.
+        """
+        rgb = np.asarray(rgb)
+        uniq, inv = np.unique(pack_colours(rgb), return_inverse=True)
+        return self.lookup("colours", uniq, inv.reshape(rgb.shape[:-1]), what, tolerance)
+
+    def check_declared(self, kind: str, uniq: np.ndarray, counts: np.ndarray, what: str,
+                       tolerance: int | None = None) -> None:
+        """Raise the undeclared-values error for distinct ``uniq`` values (``kind``
+        "values") or packed colours ("colours") seen with ``counts`` pixels, e.g. totals
+        gathered over a whole file strip by strip."""
+        self.lookup(kind, np.asarray(uniq), np.arange(len(uniq)), what, tolerance,
+                     counts=np.asarray(counts))
+
+    def _table(self, kind: str, what: str) -> dict:
+        if kind == "values":
+            table = {c.value: c.id for c in self.classes}
+            table.update({v: IGNORE_LABEL for v in self.ignore_values})
+            return table
+        colours = [c.colour for c in self.classes] + list(self.ignore_colours)
+        if len(set(colours)) != len(colours):
+            dup = sorted({_hex(c) for c in colours if colours.count(c) > 1})
+            raise SatsegError(f"{self.source}: two entries share the colour {', '.join(dup)}; "
+                              f"colour-coded masks ({what}) cannot tell them apart")
+        table = {_pack(c.colour): c.id for c in self.classes}
+        table.update({_pack(c): IGNORE_LABEL for c in self.ignore_colours})
+        return table
+
+    def lookup(self, kind: str, uniq: np.ndarray, inv: np.ndarray, what: str,
+                tolerance: int | None, counts: np.ndarray | None = None) -> np.ndarray:
+        """Shared by value_to_id and colour_to_id: one table lookup per distinct value."""
+        table = self._table(kind, what)
+        fmt, dist = (str, _value_dist) if kind == "values" else (_colour_hex, _colour_dist)
+        ids = np.empty(len(uniq), np.uint8)
+        bad = []
+        for j, k in enumerate(uniq.tolist()):
+            if k in table:
+                ids[j] = table[k]
+                continue
+            if tolerance:
+                d, best = min((dist(k, t), t) for t in table)
+                if d <= tolerance:
+                    ids[j] = table[best]
+                    continue
+            bad.append(j)
+        if bad:
+            if counts is None:
+                counts = np.bincount(inv.ravel(), minlength=len(uniq))
+            order = sorted(bad, key=lambda j: -counts[j])
+            listing = ", ".join(f"{fmt(uniq[j].item())} ({counts[j]} px)" for j in order[:20])
+            more = f" and {len(order) - 20} more" if len(order) > 20 else ""
+            near = f" within --colour-tolerance {tolerance}" if tolerance else ""
             raise SatsegError(
-                f"{what}: values not declared in {self.source}: {listing}. "
+                f"{what}: {kind} not declared{near} in {self.source}: {listing}{more}. "
                 f"Add them to {self.source} (as a class or with \"ignore\": true)."
             )
-        return out
+        return ids[inv]
+
+
+def pack_colours(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) colours -> (...) uint32 keys 0xRRGGBB (one value per colour)."""
+    rgb = np.asarray(rgb)
+    return ((rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8)
+            | rgb[..., 2].astype(np.uint32))
+
+
+def _pack(c: tuple[int, int, int]) -> int:
+    return (c[0] << 16) | (c[1] << 8) | c[2]
+
+
+def _unpack(k: int) -> tuple[int, int, int]:
+    return ((k >> 16) & 255, (k >> 8) & 255, k & 255)
+
+
+def _colour_hex(k: int) -> str:
+    return _hex(_unpack(k))
+
+
+def _value_dist(a: int, b: int) -> int:
+    return abs(int(a) - int(b))
+
+
+def _colour_dist(a: int, b: int) -> int:
+    """Largest per-channel difference: JPEG noise moves each channel a few levels."""
+    return max(abs(x - y) for x, y in zip(_unpack(a), _unpack(b)))
 
 
 def _hex(c: tuple[int, int, int]) -> str:
@@ -147,10 +234,15 @@ def classes_from_list(entries: list, source: str = "<memory>") -> ClassSet:
         cid = e["id"]
         if not isinstance(cid, int) or not 0 <= cid < IGNORE_LABEL:
             raise SatsegError(f"{where}: id {cid!r} must be an integer in 0..254")
+        declared = colour is not None
         if colour is None:
             colour = _DEFAULT_PALETTE[cid % len(_DEFAULT_PALETTE)]
-        value = int(e.get("value", cid))
-        classes.append(ClassInfo(id=cid, name=str(e["name"]), colour=colour, value=value))
+        value = e.get("value", cid)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SatsegError(f"{where}: value {value!r} must be an integer (the class's value "
+                              "in source masks)")
+        classes.append(ClassInfo(id=cid, name=str(e["name"]), colour=colour, value=value,
+                                 colour_declared=declared))
     classes.sort(key=lambda c: c.id)
     ids = [c.id for c in classes]
     if ids != list(range(len(ids))):
@@ -160,6 +252,7 @@ def classes_from_list(entries: list, source: str = "<memory>") -> ClassSet:
     values = [c.value for c in classes] + ignore_values
     if len(set(values)) != len(values):
         raise SatsegError(f"{source}: two entries share the same source value: {values}")
+
     return ClassSet(tuple(classes), tuple(ignore_values), tuple(ignore_colours), source)
 
 

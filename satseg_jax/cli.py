@@ -49,6 +49,9 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     if args.pansharpen:
         from satseg_jax.raster.pansharpen import pansharpen
 
+        if args.dtype or args.nodata is not None:
+            raise SatsegError("--dtype/--nodata are not used with --pansharpen (its output "
+                              "dtype and nodata follow the bands); drop them")
         out = pansharpen([Path(b) for b in args.bands], Path(args.pansharpen), Path(args.out),
                          method=args.method, names=args.names)
         print(f"wrote {out}")
@@ -56,23 +59,41 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     out = compose_bands(
         [Path(b) for b in args.bands], Path(args.out), names=args.names,
         resample_to=Path(args.resample_to) if args.resample_to else None,
-        resampling=args.resampling,
+        resampling=args.resampling, dtype=args.dtype, nodata=args.nodata,
     )
     print(f"wrote {out}")
     return 0
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:
-    from satseg_jax.raster.patches import make_patches
+    common = dict(out_dir=Path(args.out), classes_path=Path(args.classes), size=args.size,
+                  stride=args.stride, min_valid=args.min_valid, edge=args.edge,
+                  overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
+                  threads=args.threads)
+    if args.images:
+        if not args.masks:
+            raise SatsegError("satseg patches --images DIR needs --masks DIR (the label masks; "
+                              "--labels/--vector go with --image SCENE)")
+        from satseg_jax.raster.folder_patches import make_folder_patches
 
-    summary = make_patches(
-        image=Path(args.image), out_dir=Path(args.out), classes_path=Path(args.classes),
-        size=args.size, stride=args.stride, min_valid=args.min_valid, edge=args.edge,
-        labels=Path(args.labels) if args.labels else None,
-        vector=Path(args.vector) if args.vector else None, class_field=args.class_field,
-        overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
-        threads=args.threads,
-    )
+        summary = make_folder_patches(
+            args.images, args.masks, pair=args.pair, skip_unpaired=args.skip_unpaired,
+            colour_tolerance=args.colour_tolerance, mask_mode=args.mask_mode, **common)
+        for line in summary["skipped_unpaired"]:
+            print(f"skipped {line}")
+    else:
+        if args.masks or args.pair or args.skip_unpaired:
+            raise SatsegError("--masks/--pair/--skip-unpaired go with --images DIR; a scene "
+                              "(--image) takes --labels RASTER or --vector FILE")
+        if not (args.labels or args.vector):
+            raise SatsegError("satseg patches --image SCENE needs --labels RASTER or "
+                              "--vector FILE")
+        from satseg_jax.raster.patches import make_patches
+
+        summary = make_patches(
+            image=Path(args.image), labels=Path(args.labels) if args.labels else None,
+            vector=Path(args.vector) if args.vector else None, class_field=args.class_field,
+            **common)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -88,18 +109,24 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if not args.images:
             raise SatsegError("satseg build --classification needs --images DIR "
                               "(one sub-folder per class)")
+        if args.split_file:
+            raise SatsegError("--split-file is for patches folders of several source images "
+                              "(satseg patches --images/--masks), not --classification")
         info = build_classification_dataset(
-            Path(args.images), Path(args.out), split=args.split, seed=args.seed,
-            split_by=args.split_by, block_size=args.block_size, overwrite=args.overwrite,
-            beam_runner=args.beam_runner, beam_options=args.beam_options)
+            Path(args.images), Path(args.out), split=args.split or (0.7, 0.15, 0.15),
+            seed=args.seed, split_by=args.split_by or "block", block_size=args.block_size,
+            overwrite=args.overwrite, beam_runner=args.beam_runner,
+            beam_options=args.beam_options)
     else:
         if not args.patches:
             raise SatsegError("satseg build needs --patches DIR (or --classification --images)")
+        # --split/--split-by default to None so that build_dataset can tell them given
+        # (refused with --split-file) from defaulted.
         info = build_dataset(
             patches_dir=Path(args.patches), out_dir=Path(args.out), split=args.split,
             seed=args.seed, split_by=args.split_by, block_size=args.block_size,
             overwrite=args.overwrite, beam_runner=args.beam_runner,
-            beam_options=args.beam_options,
+            beam_options=args.beam_options, split_file=args.split_file,
         )
     print(format_summary(info))
     return 0
@@ -111,8 +138,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     r = predict_scene(args.workdir, args.image, args.out, checkpoint=args.checkpoint,
                       tile=args.tile, overlap=args.overlap, blend=args.blend,
                       probabilities=args.probabilities, batch=args.batch)
-    print(f"wrote {r['map']} ({r['width']}x{r['height']} px, {r['tiles']} tiles, checkpoint "
-          f"{r['checkpoint_step']}) in {r['seconds']:.1f} s")
+    for note in r["notes"]:
+        print(f"satseg: note: {note}", file=sys.stderr)
+    print(f"wrote {r['map']} ({r['format']}, {r['width']}x{r['height']} px, {r['tiles']} "
+          f"tiles, checkpoint {r['checkpoint_step']}) in {r['seconds']:.1f} s")
+    pixels = r["class_pixels"]
+    if r["pixel_area_m2"]:
+        a = r["pixel_area_m2"] / 1e6
+        print("class areas (km²): " + ", ".join(f"{n} {c * a:.3f}" for n, c in pixels.items()))
+        return 0
+    if r["crs"] is None:
+        from satseg_jax.area import NO_CRS_NOTE
+
+        print(NO_CRS_NOTE)
+    else:  # geographic: the pixel area varies by row
+        print("geographic CRS: 'satseg area --map MAP' gives ellipsoidal km²")
+    print("class pixels: " + ", ".join(f"{n} {c}" for n, c in pixels.items()))
     return 0
 
 
@@ -154,6 +195,15 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     run_sweep(sweep, args.workdir, steps=args.steps, seeds=seeds)
     print((Path(args.workdir) / "benchmark.md").read_text())
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from satseg_jax.raster.inspect import format_inspection, inspect_path
+
+    report = inspect_path(args.path, masks=args.masks, pair=args.pair, classes=args.classes,
+                          max_files=args.max_files)
+    print(json.dumps(report, indent=2) if args.json else format_inspection(report))
     return 0
 
 
@@ -309,14 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     s.set_defaults(func=_cmd_sample)
 
-    c = sub.add_parser("compose", help="stack single-band rasters into one multi-band GeoTIFF",
-                       description="Stack band rasters into one tiled, compressed GeoTIFF, "
-                       "streaming by windows. Refuses bands whose CRS, transform, size or dtype "
-                       "differ unless --resample-to is given.")
-    c.add_argument("--bands", nargs="+", required=True, help="band files, in output order")
+    c = sub.add_parser("compose", help="stack band rasters into one multi-band GeoTIFF",
+                       description="Stack the bands of single- or multi-band rasters into one "
+                       "tiled, compressed GeoTIFF, streaming by windows. Refuses inputs whose "
+                       "CRS, transform or size differ unless --resample-to is given, and mixed "
+                       "dtypes unless --dtype is given. Each input's nodata becomes nodata of "
+                       "the stacked scene (in every band).")
+    c.add_argument("--bands", nargs="+", required=True,
+                   help="raster files, in output order; every band of each is kept")
     c.add_argument("--out", required=True, help="output GeoTIFF")
     c.add_argument("--names", type=_names, default=None,
-                   help="comma-separated band names (default: the file stems)")
+                   help="comma-separated band names, one per output band (default: each band's "
+                   "description, else the file stem, or STEM_b<i> for multi-band files)")
+    c.add_argument("--dtype", default=None,
+                   choices=["uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"],
+                   help="promote every band to this dtype (must hold all input values, e.g. "
+                   "int16 + float32 -> float32)")
+    c.add_argument("--nodata", type=float, default=None,
+                   help="nodata of the output (default: the inputs' common nodata; NaN for a "
+                   "float output when they differ)")
     c.add_argument("--resample-to", default=None,
                    help="reference raster: reproject every band onto its grid")
     c.add_argument("--resampling", default="bilinear",
@@ -330,13 +391,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_compose)
 
     t = sub.add_parser("patches", help="crop a scene into image + mask patch GeoTIFFs",
-                       description="Cut a scene into patches by windowed reads. Each image patch "
-                       "and mask patch is a GeoTIFF with its own georeferencing; nodata becomes "
-                       "the ignore label 255; index.csv lists every patch.")
-    t.add_argument("--image", required=True, help="multi-band scene GeoTIFF")
+                       description="Cut a scene (--image) or every image of a labelled dataset "
+                       "(--images/--masks) into patches by windowed reads. Each image patch "
+                       "and mask patch is a GeoTIFF with its own georeferencing (none for plain "
+                       "images); nodata becomes the ignore label 255; index.csv lists every "
+                       "patch (and its source image).")
+    inp = t.add_mutually_exclusive_group(required=True)
+    inp.add_argument("--image", help="multi-band scene GeoTIFF")
+    inp.add_argument("--images", metavar="DIR_OR_GLOB",
+                     help="a labelled dataset: folder (searched recursively) or quoted glob of "
+                     "folders ('LoveDA/Train/*/images_png') of image files GDAL reads "
+                     "(GeoTIFF, PNG, JPEG, JP2), georeferenced or not, any sizes")
     lab = t.add_mutually_exclusive_group(required=True)
-    lab.add_argument("--labels", help="label raster on the scene grid")
-    lab.add_argument("--vector", help="label polygons (GeoJSON, Shapefile, ...)")
+    lab.add_argument("--labels", help="label raster on the scene grid (with --image)")
+    lab.add_argument("--vector", help="label polygons (GeoJSON, Shapefile, ...) (with --image)")
+    lab.add_argument("--masks", metavar="DIR_OR_GLOB",
+                     help="with --images: the mask folder(s); index masks (class values), "
+                     "RGB or palette colour-coded masks, decoded through --classes")
+    t.add_argument("--pair", metavar="PATTERN", default=None,
+                   help="with --images: how image and mask names differ, e.g. "
+                   "'{stem}_sat.jpg:{stem}_mask.png' (default: same relative path / stem)")
+    t.add_argument("--skip-unpaired", action="store_true",
+                   help="with --images: leave out (and report) files without a partner "
+                   "instead of failing")
+    t.add_argument("--colour-tolerance", "--color-tolerance", type=int, default=None,
+                   metavar="N", dest="colour_tolerance",
+                   help="accept lossy (JPEG) masks: map each pixel to the nearest declared "
+                   "colour/value at most N levels away per channel (else the error stands)")
+    t.add_argument("--mask-mode", choices=["auto", "index", "colour"], default="auto",
+                   help="with --images: auto (RGB -> colours; palette -> colours when every "
+                   "class declares one; else values), or force index/colour decoding")
     t.add_argument("--class-field", default="class",
                    help="attribute of --vector holding the class value (default: class)")
     t.add_argument("--classes", required=True, help="classes.json")
@@ -370,12 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images", help="with --classification: DIR/<class>/<image> files "
                    "(GeoTIFF/PNG/JPEG), e.g. from 'satseg patches --scene-label'")
     b.add_argument("--out", required=True, help="dataset folder (tfds data_dir)")
-    b.add_argument("--split", type=_floats, default=(0.7, 0.15, 0.15),
+    b.add_argument("--split", type=_floats, default=None,
                    help="train,validation,test fractions (default 0.7,0.15,0.15)")
     b.add_argument("--seed", type=int, default=0, help="seed of the split")
-    b.add_argument("--split-by", choices=["random", "block"], default="block",
-                   help="block: spatial blocks of patches go to one split together (no "
-                   "neighbour leakage); random: patches independently")
+    b.add_argument("--split-by", choices=["block", "random", "source"], default=None,
+                   help="block (default): spatial blocks of patches go to one split together "
+                   "(no neighbour leakage; never spanning two source images); random: "
+                   "patches independently; source: all patches of a source image in one "
+                   "split (folders from satseg patches --images/--masks)")
+    b.add_argument("--split-file", default=None, metavar="JSON",
+                   help='explicit source images per split, e.g. a published list: {"train": '
+                   '[...], "validation": [...], "test": [...]} ("val" also accepted; missing '
+                   "splits are empty); entries are source keys (region/images/name), image "
+                   "file names or stems. Excludes --split/--split-by/--block-size")
     b.add_argument("--block-size", type=int, default=None,
                    help="block side in patches for --split-by block (default: chosen so there "
                    "are about 20 blocks)")
@@ -391,14 +482,20 @@ def build_parser() -> argparse.ArgumentParser:
                    '(a single flag needs the = form: --beam-options="--direct_num_workers=2")')
     b.set_defaults(func=_cmd_build)
 
-    pr = sub.add_parser("predict", help="predict a georeferenced class map for a whole scene",
+    pr = sub.add_parser("predict", help="predict a class map for a whole scene or plain image",
                         description="Sliding-window inference over a whole scene, read by "
                         "windows; overlapping tiles are blended; writes a Cloud-Optimised "
                         "GeoTIFF with the scene's CRS/transform, a colour table and nodata "
-                        "(255) where the scene is nodata.")
+                        "(255) where the scene is nodata. A plain image without a CRS "
+                        "(JPEG/PNG/TIFF) gives a map of the same size: --out *.png writes a "
+                        "palette PNG (value = class id, palette = class colours, 255 = "
+                        "nodata, white and transparent), any other name a GeoTIFF without a "
+                        "CRS; areas are then pixel counts only.")
     pr.add_argument("--workdir", required=True, help="training run")
-    pr.add_argument("--image", required=True, help="scene GeoTIFF (same bands as training)")
-    pr.add_argument("--out", required=True, help="output class map (GeoTIFF)")
+    pr.add_argument("--image", required=True, help="scene GeoTIFF, or a plain image without "
+                    "CRS (JPEG/PNG/TIFF); same bands as training")
+    pr.add_argument("--out", required=True, help="output class map: GeoTIFF, or .png for an "
+                    "image without CRS")
     pr.add_argument("--checkpoint", default="best", help="best | latest | a step")
     pr.add_argument("--tile", type=int, default=256, help="output tile size in pixels")
     pr.add_argument("--overlap", type=int, default=64, help="overlap between tiles")
@@ -412,8 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     ar = sub.add_parser("area", help="area per class (km²) of a class map, optionally per region",
                         description="Per-class area in km² from the pixel size (ellipsoidal "
                         "areas for geographic CRSs), optionally per region polygon; prints a "
-                        "table (rows = regions, columns = classes, totals).")
-    ar.add_argument("--map", required=True, help="class map GeoTIFF (from satseg predict)")
+                        "table (rows = regions, columns = classes, totals). A map without a "
+                        "CRS (from a plain image) gives pixel counts instead.")
+    ar.add_argument("--map", required=True, help="class map GeoTIFF or PNG (from satseg "
+                    "predict)")
     ar.add_argument("--classes", default=None, help="classes.json for the column names")
     ar.add_argument("--by", default=None, help="region polygons (GeoJSON/Shapefile)")
     ar.add_argument("--region-field", default=None, help="attribute naming each region")
@@ -446,6 +545,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "sweep config's)")
     m.add_argument("--data-dir", default=None, help="dataset to use instead of the config's")
     m.set_defaults(func=_cmd_benchmark)
+
+    ins = sub.add_parser("inspect", help="what a scene, image/mask folder, patches folder or "
+                         "dataset holds, before importing it",
+                         description="Report sizes, bands, dtypes, CRS (or none), nodata and, "
+                         "for masks, the distinct values or colours with pixel counts; with "
+                         "--masks the pairs and unpaired files. Fast: folders are read by "
+                         "headers only and pixels by bounded, decimated samples.")
+    ins.add_argument("path", metavar="PATH", help="a raster, a folder (or quoted glob of "
+                     "folders, e.g. 'LoveDA/Train/*/images_png') of images, a patches folder "
+                     "or a dataset folder written by satseg build")
+    ins.add_argument("--masks", default=None, metavar="DIR_OR_GLOB",
+                     help="mask folder (or glob) to pair with PATH's images, as satseg patches "
+                     "--images/--masks does; with a single raster PATH, its mask file")
+    ins.add_argument("--pair", default=None, metavar="PATTERN",
+                     help="file-name pattern pairing images and masks, e.g. "
+                     "'{stem}_sat.jpg:{stem}_mask.png' (without --masks: both in PATH)")
+    ins.add_argument("--classes", default=None, help="classes.json: flag mask values/colours "
+                     "it does not declare")
+    ins.add_argument("--max-files", type=int, default=2000, metavar="N",
+                     help="open at most N image and N mask headers (evenly spaced; default "
+                     "2000)")
+    ins.add_argument("--json", action="store_true", help="print the report as JSON")
+    ins.set_defaults(func=_cmd_inspect)
 
     sub.add_parser("train", help="train a model from a config file (see 'satseg train --help')",
                    add_help=False)

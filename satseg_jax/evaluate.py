@@ -79,7 +79,12 @@ def load_trained(workdir: str | Path, checkpoint: str | int = "best"):
 
 
 def pixel_size(meta) -> float:
-    """Ground pixel size of a dataset, from the transform of its first example."""
+    """Ground pixel size of a dataset, from the transform of its first example.
+
+    Patches without a CRS (cut from plain JPEG/PNG images) carry an identity-based
+    transform whose "pixel size" of 1 means nothing on the ground: resampling by it
+    would silently rescale the patches, so such a dataset is refused.
+    """
     from satseg_jax.input_pipeline import _split_dataset
 
     split = next(s for s, n in meta.num_examples.items() if n)
@@ -87,6 +92,12 @@ def pixel_size(meta) -> float:
     if "transform" not in ex:
         raise SatsegError(f"{meta.data_dir}: examples carry no transform; cannot resample "
                           "to the training pixel size")
+    if not ex.get("crs"):
+        raise SatsegError(f"{meta.data_dir}: its patches have no CRS, so their ground pixel "
+                          "size is unknown; --resample-to-train-gsd needs georeferenced "
+                          "datasets (the run's and --data's). Evaluate without it, or "
+                          "resample the images to the training pixel size before 'satseg "
+                          "patches'")
     return float(abs(ex["transform"][0]))
 
 
@@ -179,7 +190,8 @@ class _PatchCollector:
     deterministic and spread over the split) for the overlay figure.
 
     Predictions are saved with their patch's georeference; a cropped or valid-conv
-    prediction covers the patch centre, so its transform is shifted accordingly.
+    prediction covers the patch centre, so its transform is shifted accordingly. A
+    patch without a CRS (a dataset of plain images) gives a GeoTIFF without one.
     """
 
     def __init__(self, runner, pred_dir: Path | None, task: str, patch_size: int,
@@ -215,8 +227,11 @@ class _PatchCollector:
             self.seen += 1
 
     def _save(self, batch, i: int, pred: np.ndarray) -> None:
+        import warnings
+
         import rasterio
         from affine import Affine
+        from rasterio.errors import NotGeoreferencedWarning
 
         pid = batch["patch_id"][i].decode()
         crs = batch["crs"][i].decode() or None
@@ -232,6 +247,8 @@ class _PatchCollector:
                    "dtype": "uint8", "crs": crs, "transform": t, "nodata": 255,
                    "compress": "deflate"}
         tmp = self.pred_dir / f".{pid}.tif.tmp"
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(pred, 1)
+        with warnings.catch_warnings():  # no CRS (plain images) is expected, not a problem
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(pred, 1)
         tmp.replace(self.pred_dir / f"{pid}.tif")

@@ -52,11 +52,21 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def _decimated(path: str | Path, max_size: int, indexes=None, resampling: str = "average"):
-    """Read a raster shrunk to at most ``max_size`` px (GDAL overview/decimated read)."""
+    """Read a raster shrunk to at most ``max_size`` px (GDAL overview/decimated read).
+
+    Only pixels are drawn, never coordinates: a plain image or map without a CRS is as
+    good as a GeoTIFF here (rasterio's NotGeoreferencedWarning is silenced for it).
+    """
+    import warnings
+
     import rasterio
     from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
 
-    with rasterio.open(path) as src:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(path)
+    with src:
         scale = max(src.width, src.height) / max_size
         h, w = max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1)))
         idx = indexes or list(range(1, src.count + 1))

@@ -14,11 +14,19 @@ Why this shape:
 - **Valid-convolution models** (unet_original) predict a smaller centre: each tile's
   input is the output tile plus the model's context margin on every side, read
   boundless (filled with nodata), so every output pixel is predicted.
+- **Plain images work too.** A JPEG/PNG/TIFF without a CRS (published tile sets are
+  rarely georeferenced) gives a map of the same size: ``--out map.png`` writes a palette
+  PNG (pixel value = class id, palette = the run's class colours, nodata = 255 drawn
+  white and transparent), any other name a GeoTIFF without a CRS. A PNG cannot hold a
+  CRS, so a georeferenced scene with ``--out *.png`` is refused rather than silently
+  losing its georeference. Without a CRS the summary has pixel counts, never km².
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import jax
@@ -27,6 +35,43 @@ import numpy as np
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_path
+
+# Colour-table entry of the nodata value 255 in predicted maps: white, as ``satseg plot``
+# draws nodata, and fully transparent in a PNG (its tRNS chunk), so no class colour
+# (white is a class in some published sets) is mistaken for it.
+NODATA_RGBA = (255, 255, 255, 0)
+
+
+def class_colours(meta) -> list[tuple[int, int, int]]:
+    """RGB colour of each class id of a run, from its dataset's classes (the project's
+    default palette for a class that declares none, so every map gets a colour table)."""
+    from satseg_jax.classes import classes_from_list
+
+    entries = meta.info.get("classes") or [
+        {"id": i, "name": n} for i, n in enumerate(meta.class_names)]
+    classes = classes_from_list(entries, f"{meta.data_dir}/satseg_dataset.json")
+    return classes.colours[:meta.num_classes]
+
+
+def _representable(value, dtype: np.dtype) -> bool:
+    """``value`` can occur in an array of ``dtype`` (a uint16 run's nodata 65535 cannot
+    occur in an 8-bit JPEG: no pixel of it is nodata, and it is no boundless fill)."""
+    if value is None or not np.issubdtype(dtype, np.integer):
+        return value is not None
+    info = np.iinfo(dtype)
+    v = float(value)
+    return v.is_integer() and info.min <= v <= info.max
+
+
+@contextlib.contextmanager
+def no_georeference_warnings():
+    """Silence rasterio's NotGeoreferencedWarning while reading and writing a plain
+    image: having no CRS is an expected input here, not something to warn about."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
 
 
 def blend_window(size: int, mode: str) -> np.ndarray:
@@ -114,7 +159,16 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
                   checkpoint: str = "best", tile: int = 256, overlap: int = 64,
                   blend: str = "gaussian", probabilities: str | Path | None = None,
                   batch: int = 8, progress: bool = True) -> dict:
-    """Predict a class map for a whole scene; return a summary (sizes, time, tiles)."""
+    """Predict a class map for a whole scene or plain image; return a summary.
+
+    The summary holds sizes, time, tiles, ``crs`` (WKT, or None for a plain image),
+    ``format`` (COG or PNG), ``class_pixels``, ``pixel_area_m2`` (None without a
+    projected CRS: then there are pixel counts only) and ``notes`` for the user (e.g.
+    an input dtype other than the training data's). ``out`` ending in ``.png`` writes a
+    palette PNG and needs an input without a CRS; any other name writes a GeoTIFF.
+    Everything is checked before the first byte is written, so a refused input leaves
+    nothing behind.
+    """
     import time
 
     import rasterio
@@ -126,6 +180,20 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
     from satseg_jax.raster.patches import valid_pixels
     from satseg_jax.raster.windows import covering_windows
 
+    image, out = Path(image), Path(out)
+    as_png = out.suffix.lower() == ".png"
+    if out.suffix.lower() in (".jpg", ".jpeg"):
+        raise SatsegError(f"{out}: JPEG compression would blur class ids into other values; "
+                          "name the map .png (plain images) or .tif")
+    if probabilities and Path(probabilities).suffix.lower() in (".png", ".jpg", ".jpeg"):
+        raise SatsegError(f"{probabilities}: --probabilities holds one band per class, which "
+                          "only a GeoTIFF can; name it .tif")
+    if as_png:  # checked from the header before the (slower) model restore
+        with no_georeference_warnings(), open_raster(image) as src:
+            if src.crs is not None:
+                raise SatsegError(f"{out}: {image} is georeferenced ({src.crs}) and a PNG "
+                                  "cannot keep its CRS; name the map .tif (a Cloud-Optimised "
+                                  "GeoTIFF), or draw a preview with 'satseg plot'")
     t0 = time.perf_counter()
     config, meta, runner, state, step, manager = load_trained(workdir, checkpoint)
     manager.close()
@@ -139,11 +207,11 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
     n_dev = jax.device_count()
     batch = max(n_dev, batch - batch % n_dev)
     k_in = meta.num_bands
-    colours = [c.get("colour") for c in meta.info.get("classes", [])][:k]
+    colours = class_colours(meta)
+    notes: list[str] = []
 
-    image, out = Path(image), Path(out)
     # A bounded GDAL block cache: by default it grows to 5 % of RAM with the scene.
-    with gdal_env(), open_raster(image) as src:
+    with gdal_env(), no_georeference_warnings(), open_raster(image) as src:
         if src.count != meta.num_bands:
             raise SatsegError(f"{image}: has {src.count} bands; the run was trained on "
                               f"{meta.num_bands} ({', '.join(meta.bands)})")
@@ -154,6 +222,17 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
         H, W = src.height, src.width
         raw_dtype = np.dtype(src.dtypes[0])
         nodata = src.nodata if src.nodata is not None else meta.nodata
+        if not _representable(nodata, raw_dtype):
+            nodata = None  # e.g. a uint16 run's 65535 in an 8-bit JPEG: nothing is nodata
+        trained_dtype = meta.info.get("image_dtype")
+        if trained_dtype and np.dtype(trained_dtype) != raw_dtype:
+            # Not an error: the run's train mean/std are applied whatever the dtype (the
+            # arithmetic is float32 on the devices); only the user knows whether the values
+            # are on the same scale (8-bit RGB tiles vs uint16 reflectance are not).
+            notes.append(f"{image.name} is {raw_dtype} but the run was trained on "
+                         f"{trained_dtype} patches; it is normalised with the run's train "
+                         "mean/std, so the map is only meaningful if the pixel values are "
+                         "on the same scale")
         wins = covering_windows(H, W, tile, overlap)
         rows_of = sorted({w.row for w in wins})
         profile = {"driver": "GTiff", "height": H, "width": W, "count": 1, "dtype": "uint8",
@@ -171,8 +250,8 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
                 atomic_path(Path(probabilities)) if probabilities else _null()) as tmp_prob:
             dst = rasterio.open(tmp_map, "w", **profile)
             pdst = rasterio.open(tmp_prob, "w", **prob_profile) if tmp_prob else None
-            if colours and all(colours):
-                dst.write_colormap(1, {i: _rgb(c) for i, c in enumerate(colours)})
+            cmap = {i: (*c, 255) for i, c in enumerate(colours)}
+            dst.write_colormap(1, {**cmap, IGNORE_LABEL: NODATA_RGBA})
             dst.set_band_description(1, "class")
 
             def flush(upto: int) -> None:
@@ -303,23 +382,29 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
             if pdst is not None:
                 pdst.close()
             t_loop = time.perf_counter()
-            _to_cog(tmp_map)
+            (_to_png if as_png else _to_cog)(tmp_map)
             if tmp_prob:
                 _to_cog(tmp_prob)
             t_cog = time.perf_counter() - t_loop
-    res = abs(profile["transform"].a * profile["transform"].e)
-    return {"map": str(out), "height": H, "width": W, "tiles": tiles_done,
+    crs = profile["crs"]
+    return {"map": str(out), "format": "PNG" if as_png else "COG",
+            "crs": crs.to_wkt() if crs is not None else None,
+            "height": H, "width": W, "tiles": tiles_done,
             "checkpoint_step": int(step), "seconds": time.perf_counter() - t0,
             "seconds_loop": t_loop - t_start, "seconds_cog": t_cog, "batch": batch,
             "class_pixels": dict(zip(meta.class_names, counts.tolist())),
-            "pixel_area_m2": res}
+            "pixel_area_m2": _pixel_area_m2(crs, profile["transform"]), "notes": notes}
 
 
-def _rgb(colour) -> tuple[int, int, int, int]:
-    from satseg_jax.classes import parse_colour
+def _pixel_area_m2(crs, transform) -> float | None:
+    """Area of one pixel in m² on a projected grid; None without a CRS (a plain image's
+    pixels have no ground size) or on a geographic one (it varies by row: ``satseg
+    area`` computes those ellipsoidal areas)."""
+    if crs is None or crs.is_geographic:
+        return None
+    from satseg_jax.area import row_pixel_areas_m2
 
-    r, g, b = parse_colour(colour, "classes")
-    return (r, g, b, 255)
+    return float(row_pixel_areas_m2(transform, crs, np.zeros(1))[0])
 
 
 def _to_cog(path: Path) -> None:
@@ -333,6 +418,27 @@ def _to_cog(path: Path) -> None:
     finally:
         if cog.exists():
             cog.unlink()
+
+
+def _to_png(path: Path) -> None:
+    """Rewrite the tiled GeoTIFF at ``path`` in place as a palette ('P' mode) PNG.
+
+    GDAL's PNG driver cannot write by windows, so the map is written as a tiled GeoTIFF
+    first (memory bounded by a strip, as for any scene) and then copied line by line;
+    the colour table becomes the PNG palette and nodata 255 its transparent entry.
+    GDAL_PAM_ENABLED=NO: no ``.aux.xml`` sidecar (band description) is left beside it.
+    """
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
+
+    png = path.with_name(path.name + ".png")
+    try:
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+            rio_copy(path, png, driver="PNG")
+        png.replace(path)
+    finally:
+        if png.exists():
+            png.unlink()
 
 
 class _null:

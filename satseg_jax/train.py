@@ -510,6 +510,16 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
         raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
                           f"{config.task!r}")
     check_resume_config(workdir, config, write=False)
+    eval_split = str(config.data.eval_split)
+    if not meta.num_examples.get(eval_split, 0):
+        # Published sets often come with train/test lists only (satseg build
+        # --split-file): say so now, not after the first eval_every steps of training.
+        have = ", ".join(f"{k} {v}" for k, v in meta.num_examples.items() if v)
+        raise SatsegError(
+            f"{config.data.data_dir}: config.data.eval_split={eval_split!r} has no examples "
+            f"(the dataset has {have}); evaluate on another split with "
+            "--config.data.eval_split=test (checkpoints are then chosen on it), or rebuild "
+            "with a validation split (a 'validation' list in --split-file, or --split)")
     global_batch = int(config.train.batch_size)
     parallel.check_batch(global_batch)
     num_steps = int(config.train.num_steps)
@@ -619,7 +629,7 @@ def _train_and_evaluate(config, workdir: str | Path) -> dict:
                     "eval/pixel_accuracy": last_eval["pixel_accuracy"],
                 })
                 if is_main:
-                    print(f"step {step}: validation mIoU {last_eval['mean_iou']:.4f}, macro F1 "
+                    print(f"step {step}: {eval_split} mIoU {last_eval['mean_iou']:.4f}, macro F1 "
                           f"{last_eval['macro_f1']:.4f}, accuracy "
                           f"{last_eval['pixel_accuracy']:.4f}", flush=True)
             if step % int(config.train.checkpoint_every) == 0 or step == num_steps:

@@ -37,7 +37,13 @@ import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.datasets.folder import read_patches_folder
-from satseg_jax.datasets.splits import SPLITS, assign_splits, check_fractions, split_counts
+from satseg_jax.datasets.splits import (
+    SPLITS,
+    assign_from_split_file,
+    assign_splits,
+    check_fractions,
+    split_counts,
+)
 from satseg_jax.datasets.statistics import (
     BandStats,
     DatasetStats,
@@ -125,30 +131,55 @@ def _beam_work_dir(tmp: Path) -> Path:
     return work
 
 
+DEFAULT_SPLIT = (0.7, 0.15, 0.15)
+
+
+def _check_split_file_alone(split_file, split, split_by, block_size) -> None:
+    """A split file fixes every patch's split, so fractions/method/block size given with
+    it would be silently ignored: refuse them instead."""
+    given = [flag for flag, v in (("--split", split), ("--split-by", split_by),
+                                  ("--block-size", block_size)) if v is not None]
+    if split_file is not None and given:
+        raise SatsegError(f"--split-file {split_file}: the file fixes the splits; drop "
+                          f"{', '.join(given)} (they apply only without --split-file)")
+
+
 def build_dataset(patches_dir: str | Path, out_dir: str | Path,
-                  split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-                  split_by: str = "block", block_size: int | None = None,
+                  split: Sequence[float] | None = None, seed: int = 0,
+                  split_by: str | None = None, block_size: int | None = None,
                   overwrite: bool = False, progress: bool = True,
-                  beam_runner: str | None = None, beam_options: str | None = None) -> dict:
+                  beam_runner: str | None = None, beam_options: str | None = None,
+                  split_file: str | Path | None = None) -> dict:
     """Write the tfds dataset and ``satseg_dataset.json`` into ``out_dir``; return the info.
 
-    ``split``: train/validation/test fractions (sum 1). ``split_by``: ``block`` (whole
-    spatial blocks of ``block_size``×``block_size`` patches per split; default size gives
-    about 20 blocks) or ``random``. ``seed`` fixes the assignment. ``beam_runner``
+    ``split``: train/validation/test fractions (sum 1; default 0.7, 0.15, 0.15).
+    ``split_by``: ``block`` (default; whole spatial blocks of ``block_size``×``block_size``
+    patches per split, default size gives about 20 blocks; blocks never span two source
+    images), ``random``, or ``source`` (whole source images per split; folders from
+    ``satseg patches --images/--masks``). ``split_file``: a JSON file listing the source
+    images of each split (``{"train": [...], "validation": [...], "test": [...]}``),
+    exclusive with ``split``/``split_by``/``block_size``; its validation (or test) split
+    may be empty. ``seed`` fixes the assignment. ``beam_runner``
     (e.g. ``DirectRunner``) generates the examples with Apache Beam, with
     ``beam_options`` a string of Beam flags (``"--direct_num_workers=2"``); the dataset
     holds the same examples and numbers. Raises SatsegError (and leaves no ``out_dir``)
     for a missing/empty/incomplete patches folder, bad fractions, an existing ``out_dir``
     without ``overwrite``, inconsistent patches, or an unusable Beam runner/options.
     """
-    fractions = check_fractions(split)
+    _check_split_file_alone(split_file, split, split_by, block_size)
+    fractions = check_fractions(DEFAULT_SPLIT if split is None else split)
     beam = _beam_config(beam_runner, beam_options)
     patches_dir, out_dir = Path(patches_dir), Path(out_dir)
     folder = read_patches_folder(patches_dir)
     _check_out_dir(patches_dir, out_dir)
-    assignment, split_info = assign_splits(folder.index_rows(), fractions, seed=seed,
-                                           method=split_by, block_size=block_size,
-                                           stride=folder.stride)
+    index_path = str(patches_dir / "index.csv")
+    if split_file is not None:
+        assignment, split_info = assign_from_split_file(
+            folder.index_rows(), split_file, folder.sources, index_path=index_path)
+    else:
+        assignment, split_info = assign_splits(
+            folder.index_rows(), fractions, seed=seed, method=split_by or "block",
+            block_size=block_size, stride=folder.stride, index_path=index_path)
 
     from satseg_jax.datasets.tfenv import import_tfds
 
@@ -269,18 +300,33 @@ def format_summary(info: dict) -> str:
     how = sp["method"]
     if how == "block":
         how += f", blocks of {sp['block_size']}x{sp['block_size']} patches ({sp['num_blocks']})"
-    fr = "/".join(f"{f:g}" for f in sp["fractions"])
+        if sp.get("num_sources"):
+            how += f" within {sp['num_sources']} source images"
+    if sp["method"] == "file":
+        split_line = (f"split: file {sp['split_file']} (sha256 "
+                      f"{sp['split_file_sha256'][:12]})")
+    else:
+        fr = "/".join(f"{f:g}" for f in sp["fractions"])
+        split_line = f"split: {how}; fractions {fr}; seed {sp['seed']}"
+    if sp.get("sources"):
+        split_line += "; source images: " + ", ".join(f"{s} {len(sp['sources'][s])}"
+                                                      for s in SPLITS)
     n = info["num_examples"]
     lines = [
         f"dataset: {info['tfds_name']} {info['tfds_version']} ({info.get('task', 'segmentation')}"
         f"), records in {info['builder_dir']}",
         f"bands: {', '.join(info['bands'])} ({info['image_dtype']}, {info['patch_size']} px, "
         f"nodata {info.get('nodata')})",
-        f"split: {how}; fractions {fr}; seed {sp['seed']}",
+        split_line,
         "examples: " + ", ".join(f"{s} {n.get(s, 0)}" for s in SPLITS)
         + f" (total {sum(n.values())})",
-        f"band statistics ({info.get('stats_split', 'train')} split, valid pixels):",
     ]
+    if not n.get("validation"):
+        # Training evaluates config.data.eval_split ("validation" in the shipped configs).
+        lines.append("note: the validation split is empty, and training evaluates it by "
+                     "default: rebuild with validation images, or train with "
+                     "--config.data.eval_split=test (checkpoints are then chosen on test)")
+    lines.append(f"band statistics ({info.get('stats_split', 'train')} split, valid pixels):")
     bw = max(len(b) for b in info["bands"] + ["band"])
     lines.append(f"  {'band':<{bw}}  {'mean':>10}  {'std':>10}")
     for b, m, s in zip(info["bands"], info["mean"], info["std"]):
@@ -325,6 +371,10 @@ def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
     """
     from tqdm import tqdm
 
+    if split_by == "source":
+        raise SatsegError("--split-by source needs a patches folder of several source images "
+                          "(satseg patches --images/--masks); with --classification use "
+                          "--split-by random or block")
     fractions = check_fractions(split)
     beam = _beam_config(beam_runner, beam_options)
     images_dir, out_dir = Path(images_dir), Path(out_dir)

@@ -6,8 +6,11 @@ The folder is a contract between ``satseg patches`` and ``satseg build``::
     PATCHES/masks/<patch_id>.tif    1 band uint8 class ids, 255 = ignore, same grid
     PATCHES/index.csv               patch_id,row,col,height,width,left,bottom,right,top,
                                     valid_fraction,count_<class>...,count_ignore
+                                    [,source,source_image: folder input, one key per
+                                    source image; row/col are offsets inside it]
     PATCHES/classes.json            the classes (satseg_jax.classes format)
-    PATCHES/patches.json            format_version, bands, dtype, nodata, crs, size, stride...
+    PATCHES/patches.json            format_version, bands, dtype, nodata, crs (null when
+                                    not georeferenced), size, stride... [, sources]
 
 Everything is checked before a single TFRecord is written, so a broken or half-written
 folder is reported with the file to look at and the command that fixes it, instead of
@@ -35,11 +38,19 @@ _RERUN = "re-run satseg patches"
 
 @dataclass(frozen=True)
 class PatchRecord:
-    """One row of index.csv: the patch id and its window's pixel offset in the scene."""
+    """One row of index.csv: the patch id and its window's pixel offset in the scene.
+
+    ``source``/``source_image``: the source image's key and path, for folders of several
+    source images (``satseg patches --images/--masks``); None for patches of one scene.
+    Kept because splits must not separate patches of one image (``--split-by source``,
+    ``--split-file``) and offsets repeat across images.
+    """
 
     patch_id: str
     row: int
     col: int
+    source: str | None = None
+    source_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,9 +92,21 @@ class PatchesFolder:
     def mask_path(self, patch_id: str) -> Path:
         return self.root / "masks" / f"{patch_id}.tif"
 
+    @property
+    def sources(self) -> list[dict]:
+        """patches.json's ``sources`` (key, image, mask, width, height, crs); [] for a scene."""
+        return list(self.meta.get("sources") or [])
+
     def index_rows(self) -> list[dict]:
-        """The patches as plain dicts (``patch_id``, ``row``, ``col``) for assign_splits."""
-        return [{"patch_id": p.patch_id, "row": p.row, "col": p.col} for p in self.patches]
+        """The patches as plain dicts (``patch_id``, ``row``, ``col``, and ``source``,
+        ``source_image`` when the folder has several source images) for assign_splits."""
+        rows = []
+        for p in self.patches:
+            row = {"patch_id": p.patch_id, "row": p.row, "col": p.col}
+            if p.source is not None:
+                row.update(source=p.source, source_image=p.source_image)
+            rows.append(row)
+        return rows
 
 
 def _no_patches(root: Path, detail: str) -> SatsegError:
@@ -139,6 +162,7 @@ def _read_index(root: Path) -> tuple[PatchRecord, ...]:
         if missing:
             raise SatsegError(f"{path}: missing column(s) {', '.join(missing)} (header: "
                               f"{','.join(reader.fieldnames or [])}); {_RERUN}")
+        has_source = "source" in (reader.fieldnames or [])
         records: list[PatchRecord] = []
         seen: set[str] = set()
         for line, r in enumerate(reader, start=2):
@@ -152,7 +176,14 @@ def _read_index(root: Path) -> tuple[PatchRecord, ...]:
                 what = "an empty patch_id" if not pid else f"patch_id {pid} twice"
                 raise SatsegError(f"{path} line {line}: {what}; {_RERUN}")
             seen.add(pid)
-            records.append(PatchRecord(pid, row, col))
+            source = None
+            if has_source:
+                source = (r.get("source") or "").strip()
+                if not source:
+                    raise SatsegError(f"{path} line {line}: empty 'source' (the source image "
+                                      f"of patch {pid}); {_RERUN}")
+            records.append(PatchRecord(pid, row, col, source,
+                                       (r.get("source_image") or "").strip() or None))
     return tuple(records)
 
 

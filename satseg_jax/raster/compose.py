@@ -1,10 +1,14 @@
-"""Band composition: single-band rasters -> one tiled, compressed multi-band GeoTIFF.
+"""Band composition: band rasters (single- or multi-band) -> one tiled, compressed
+multi-band GeoTIFF.
 
 Why strict: bands delivered as separate files (CBERS-4A WPM B1..B4, Landsat B2..B5)
-are only stackable pixel for pixel when they share CRS, transform, size and dtype. A
-silent mismatch shifts one band against the others and poisons every label; so a
-mismatch is an error naming the file and the field, unless the user asks to reproject
-every band onto a reference grid (``resample_to``, through a windowed WarpedVRT).
+or as co-registered products of two sensors (Sentinel-2 int16 + Sentinel-1 float32)
+are only stackable pixel for pixel when they share CRS, transform and size. A silent
+mismatch shifts one band against the others and poisons every label; so a mismatch is
+an error naming the file and the field, unless the user asks to reproject every band
+onto a reference grid (``resample_to``, through a windowed WarpedVRT). Mixed dtypes
+are refused too unless the user names an output dtype (``dtype``) that holds every
+input exactly; each input's nodata then becomes nodata of the stacked scene.
 
 Memory: the output is written by windows one row of 256-px tiles high and at most
 ``CHUNK_COLS`` wide, reading the same window from each input, so memory does not grow
@@ -35,6 +39,11 @@ RESAMPLING = ("nearest", "bilinear", "cubic", "average")
 # peak memory would grow with the scene (up to gigabytes on a big machine). A fixed cache
 # keeps it flat at no cost in speed; set GDAL_CACHEMAX in the environment to override.
 CACHE_MB = 256
+# Two grids are the same when their transforms differ by less than this, in pixels (see
+# grid_mismatch): far above float64 round-off, far below any real misalignment.
+GRID_TOL_PX = 1e-6
+# --dtype choices: the GeoTIFF sample types the rest of the project reads.
+DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
 def gdal_env():
@@ -78,16 +87,55 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def transform_offset(ref_t, ds_t, width: int, height: int) -> tuple[float, float]:
+    """How far ``ds_t`` is from ``ref_t``, in pixels of ``ref_t``: ``(coef, worst)``.
+
+    Both transforms are compared in ``ref_t``'s pixel frame: ``~ref_t * ds_t`` would be
+    the identity for aligned grids; it is computed as ``inv(L_ref) @ (ds - ref)`` (the
+    difference first, so large map coordinates cost no precision). ``coef`` is its
+    largest coefficient away from the identity: the origin shift in pixels and the
+    difference of the pixel size / rotation terms in pixels per pixel. ``worst`` is the
+    largest displacement of any pixel of a ``width`` x ``height`` raster (the affine
+    difference is linear, so it peaks at a corner), used to tell the user how far off a
+    refused grid is. A singular ``ref_t`` has no pixel frame: exact equality only.
+    """
+    ref = np.array([[ref_t.a, ref_t.b, ref_t.c], [ref_t.d, ref_t.e, ref_t.f]], np.float64)
+    oth = np.array([[ds_t.a, ds_t.b, ds_t.c], [ds_t.d, ds_t.e, ds_t.f]], np.float64)
+    lin = ref[:, :2]
+    if not np.isfinite(ref).all() or np.linalg.det(lin) == 0:
+        same = bool(np.array_equal(ref, oth))
+        return (0.0, 0.0) if same else (math.inf, math.inf)
+    diff = np.linalg.inv(lin) @ (oth - ref)  # 2x3, in reference pixels
+    coef = float(np.abs(diff).max())
+    corners = np.array([[0, 0, 1], [width, 0, 1], [0, height, 1], [width, height, 1]],
+                       np.float64)
+    worst = float(np.hypot(*(diff @ corners.T)).max())
+    return coef, worst
+
+
 def grid_mismatch(ref, ds) -> str | None:
     """The first grid field of ``ds`` that differs from ``ref`` ("crs ...", "size ...",
-    "transform ..."), or None when the two rasters are pixel-aligned."""
+    "transform ... differs from ... by up to N pixels"), or None when the two rasters
+    are pixel-aligned.
+
+    CRS and size must be equal. Transforms are equal up to ``GRID_TOL_PX``: every
+    coefficient of ``~ref.transform * ds.transform`` is within 1e-6 of the identity,
+    i.e. the origins differ by less than 1e-6 of a pixel and the pixel size / rotation
+    terms by less than 1e-6 of a pixel per pixel (see ``transform_offset``). Why: real
+    datasets (tiles exported by different tools, label rasters written from another
+    library) carry transforms that differ in their last digits, which is no
+    misalignment; a shift by a fraction of a pixel (half a pixel is a common
+    pixel-is-area vs pixel-is-point confusion) is one, and must be refused.
+    Takes any two open datasets (``.crs``, ``.width``, ``.height``, ``.transform``).
+    """
     if ref.crs != ds.crs:
         return f"crs {ds.crs} differs from {ref.crs}"
     if (ref.width, ref.height) != (ds.width, ds.height):
         return f"size {ds.width}x{ds.height} differs from {ref.width}x{ref.height}"
-    tol = 1e-9 * max(abs(ref.transform.a), abs(ref.transform.e), 1e-12)
-    if not ref.transform.almost_equals(ds.transform, precision=tol):
-        return f"transform {tuple(ds.transform)[:6]} differs from {tuple(ref.transform)[:6]}"
+    coef, worst = transform_offset(ref.transform, ds.transform, ref.width, ref.height)
+    if not coef < GRID_TOL_PX:
+        return (f"transform {tuple(ds.transform)[:6]} differs from "
+                f"{tuple(ref.transform)[:6]} by up to {worst:.3g} pixels")
     return None
 
 
@@ -106,33 +154,164 @@ def _nodata_key(v: float | None):
     return "nan" if math.isnan(v) else float(v)
 
 
+def _fits(value: float, dtype: np.dtype) -> bool:
+    """True when ``value`` is exactly a value of ``dtype`` (NaN only for floats)."""
+    if math.isnan(value):
+        return dtype.kind == "f"
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    with np.errstate(over="ignore"):
+        return float(dtype.type(value)) == value
+
+
+def _band_dtype(path: Path, name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise SatsegError(f"{path}: sample type {name} is not supported by compose; convert "
+                          f"it to one of {', '.join(DTYPES)}") from None
+
+
+def _default_names(bands: list[Path], srcs: list) -> list[str]:
+    """The input band's description, else the file stem (1-band input) or
+    ``<stem>_b<i>`` (multi-band input); a repeated name is an error (configs select bands
+    by name, so two bands called "B1" would make one of them unreachable)."""
+    names, origin = [], {}
+    for path, ds in zip(bands, srcs):
+        for i, desc in enumerate(ds.descriptions, start=1):
+            name = desc or (path.stem if ds.count == 1 else f"{path.stem}_b{i}")
+            if name in origin:
+                raise SatsegError(f"{path}: band name {name!r} (its description or file "
+                                  f"stem) is already used by {origin[name]}; give unique "
+                                  "names with --names")
+            origin[name] = path
+            names.append(name)
+    return names
+
+
+def _output_dtype(bands: list[Path], srcs: list, dtype: str | None) -> np.dtype:
+    """The stacked scene's dtype: the inputs' common dtype, or ``dtype`` when every input
+    band converts to it exactly (numpy's 'safe' casting: int16 -> float32 yes, float32 ->
+    int16 or int32 -> float32 no), so promotion never rounds or clips a value."""
+    in_dtypes = [(path, _band_dtype(path, d)) for path, ds in zip(bands, srcs)
+                 for d in ds.dtypes]
+    widest = np.result_type(*(d for _, d in in_dtypes)).name
+    suggest = widest if widest in DTYPES else "float64"
+    if dtype is None:
+        first_path, first = in_dtypes[0]
+        for path, dt in in_dtypes:
+            if dt != first:
+                raise SatsegError(f"{path}: dtype {dt.name} differs from {first.name} of "
+                                  f"{first_path}; convert the bands to one dtype or pass "
+                                  f"--dtype {suggest} to promote them")
+        return first
+    out = np.dtype(dtype)
+    for path, dt in in_dtypes:
+        if not np.can_cast(dt, out, "safe"):
+            raise SatsegError(f"{path}: dtype {dt.name} cannot be stored as --dtype {out.name} "
+                              f"without rounding or clipping values; pass --dtype {suggest} "
+                              "(or another dtype that holds every input)")
+    return out
+
+
+def _output_nodata(bands: list[Path], nodatas: list[float | None], dtype: np.dtype,
+                   nodata: float | None) -> float | None:
+    """Nodata of the stacked scene.
+
+    ``nodata`` (the user's --nodata) wins; it must be a value of ``dtype``. Else the
+    inputs' common nodata is kept when ``dtype`` can hold it: it cannot collide with data,
+    because after compose writes it into every band of each nodata pixel, a pixel whose
+    bands are all that value has all bands of some input equal to it, i.e. that input
+    was nodata there already (inputs without nodata never force a pixel to nodata).
+    Inputs with different nodata values (or a common one that ``dtype`` cannot hold):
+    NaN for float output, which no integer input can produce and which float inputs
+    only hold where they are nodata; for integer output there is no value that is safe
+    for every input, so the user must pick one (--nodata) or choose a float --dtype.
+    None when no input declares nodata (as before: nothing to carry).
+    """
+    if nodata is not None:
+        if not _fits(nodata, dtype):
+            raise SatsegError(f"--nodata {nodata}: not a value of the output dtype "
+                              f"{dtype.name}; choose one it can hold")
+        return nodata
+    declared = [(p, v) for p, v in zip(bands, nodatas) if v is not None]
+    if not declared:
+        return None
+    keys = {_nodata_key(v) for _, v in declared}
+    common = declared[0][1]
+    if len(keys) == 1 and _fits(common, dtype):
+        return common
+    if dtype.kind == "f":
+        return math.nan
+    if len(keys) == 1:
+        raise SatsegError(f"{declared[0][0]}: nodata {common} is not a value of the output "
+                          f"dtype {dtype.name}; pass --nodata VALUE")
+    odd, odd_value = next((p, v) for p, v in declared if _nodata_key(v) != _nodata_key(common))
+    raise SatsegError(f"{odd}: nodata {odd_value} differs from {common} of "
+                      f"{declared[0][0]}; set one nodata value on every input (gdal_edit.py "
+                      "-a_nodata VALUE), pass --nodata VALUE (a value no valid pixel has in "
+                      "every band) or a float --dtype (nodata NaN)")
+
+
+def _nodata_groups(srcs: list, nodatas: list[float | None]) -> list[tuple[list[int], float | None]]:
+    """(output band indices, nodata) of the units whose nodata is judged together.
+
+    A multi-band input is one product (one sensor, one acquisition): it is nodata where
+    ``valid_pixels`` says so on its own bands (all equal its nodata, or any NaN).
+    Single-band inputs sharing a nodata value are usually the bands of one product
+    delivered as separate files (Landsat B2..B5, CBERS B1..B4): they are judged together,
+    as the stacked scene always was, so a dark-water pixel that is 0 in one band only
+    stays data.
+    """
+    groups, single, pos = [], {}, 0
+    for ds, nd in zip(srcs, nodatas):
+        idx = list(range(pos, pos + ds.count))
+        pos += ds.count
+        if ds.count == 1:
+            single.setdefault(_nodata_key(nd), ([], nd))[0].extend(idx)
+        else:
+            groups.append((idx, nd))
+    return groups + list(single.values())
+
+
 def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                   resample_to: Path | None = None, resampling: str = "bilinear",
-                  progress: bool = True) -> Path:
-    """Stack single-band rasters into ``out``; return ``out``.
+                  progress: bool = True, dtype: str | None = None,
+                  nodata: float | None = None) -> Path:
+    """Stack the bands of every input raster, in order, into ``out``; return ``out``.
 
-    Band descriptions are ``names`` or the file stems; nodata is carried over. Without
-    ``resample_to`` every band must match the first one's CRS, transform, size and
-    dtype (else SatsegError naming the file and the field); with it, every band whose
-    grid differs from the reference raster's is reprojected onto it (``resampling``).
+    Inputs may have one band or many (every band is kept, in order). Band descriptions
+    are ``names`` (one per output band) or the defaults of ``_default_names``. Without
+    ``resample_to`` every input must match the first one's CRS, transform (up to
+    ``grid_mismatch``'s tolerance) and size, else SatsegError naming the file and the
+    field; with it, every input whose grid differs from the reference raster's is
+    reprojected onto it (``resampling``). All bands must share one dtype unless
+    ``dtype`` names one that holds every input exactly (``_output_dtype``).
+
+    Nodata: where an input is nodata (``_nodata_groups``), the stacked pixel is written
+    as the output nodata (``_output_nodata``) in every band, so ``valid_pixels`` on the
+    stacked scene finds exactly the union of the inputs' nodata pixels and ``patches``
+    turns them into the ignore label 255. When all inputs are judged as one unit with
+    the output's nodata value (the classic same-dtype band stack) the pixels are copied
+    unchanged.
     """
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
     from tqdm import tqdm
 
+    # Lazy: patches imports this module (open_raster, grid_mismatch) at import time.
+    from satseg_jax.raster.patches import valid_pixels
+
     bands = [Path(b) for b in bands]
     out = Path(out)
     if not bands:
         raise SatsegError("compose: give at least one band file with --bands")
-    names = list(names) if names else [b.stem for b in bands]
-    if len(names) != len(bands):
-        raise SatsegError(f"--names has {len(names)} names for {len(bands)} band files; "
-                          "give one name per band")
-    if len(set(names)) != len(names):
-        raise SatsegError(f"--names: band names must be unique, got {names}")
     if resampling not in RESAMPLING:
         raise SatsegError(f"--resampling {resampling!r}: expected one of {', '.join(RESAMPLING)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise SatsegError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     method = Resampling[resampling]
     if any(out.resolve() == b.resolve() for b in bands):
         raise SatsegError(f"{out}: the output is one of the input bands; choose another --out")
@@ -140,10 +319,22 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
     with ExitStack() as stack:
         stack.enter_context(gdal_env())
         srcs = [stack.enter_context(open_raster(b)) for b in bands]
+        total = sum(ds.count for ds in srcs)
+        if names:
+            names = list(names)
+            if len(names) != total:
+                raise SatsegError(f"--names has {len(names)} names for {total} bands "
+                                  f"({len(bands)} files); give one name per band")
+            if len(set(names)) != len(names):
+                raise SatsegError(f"--names: band names must be unique, got {names}")
+        else:
+            names = _default_names(bands, srcs)
+        nodatas = []
         for path, ds in zip(bands, srcs):
-            if ds.count != 1:
-                raise SatsegError(f"{path}: band count is {ds.count}; compose takes single-band "
-                                  "files (pass each band as its own file)")
+            if len({_nodata_key(v) for v in ds.nodatavals}) > 1:
+                raise SatsegError(f"{path}: its bands have different nodata values "
+                                  f"{ds.nodatavals}; set one (gdal_edit.py -a_nodata VALUE)")
+            nodatas.append(ds.nodata)
         first = srcs[0]
         if resample_to is not None:
             ref = stack.enter_context(open_raster(Path(resample_to)))
@@ -156,6 +347,7 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                 if grid_mismatch(ref, ds) and ds.crs is None:
                     raise SatsegError(f"{path}: has no crs, so it cannot be reprojected onto "
                                       f"{resample_to}; georeference it first")
+            out_dtype = _output_dtype(bands, srcs, dtype)
             srcs = [stack.enter_context(WarpedVRT(ds, resampling=method, **grid))
                     if grid_mismatch(ref, ds) else ds for ds in srcs]
             height, width, crs, transform = ref.height, ref.width, ref.crs, ref.transform
@@ -165,30 +357,21 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                 if problem:
                     raise SatsegError(f"{path}: {problem} of {bands[0]}; align the bands "
                                       "or pass --resample-to REFERENCE.tif")
+            out_dtype = _output_dtype(bands, srcs, dtype)
             height, width = first.height, first.width
             crs, transform = first.crs, first.transform
-        for path, ds in zip(bands[1:], srcs[1:]):
-            if ds.dtypes[0] != first.dtypes[0]:
-                raise SatsegError(f"{path}: dtype {ds.dtypes[0]} differs from {first.dtypes[0]} "
-                                  f"of {bands[0]}; convert the bands to one dtype")
 
-        nodatas = {_nodata_key(ds.nodata) for ds in srcs} - {None}
-        if len(nodatas) > 1:
-            ref_key = next(k for k in map(_nodata_key, (ds.nodata for ds in srcs))
-                           if k is not None)
-            odd, odd_nodata = next((p, ds.nodata) for p, ds in zip(bands, srcs)
-                                   if _nodata_key(ds.nodata) not in (None, ref_key))
-            raise SatsegError(f"{odd}: nodata {odd_nodata} differs from "
-                              f"{ref_key} of the other bands; set one nodata value on every "
-                              "band (gdal_edit.py -a_nodata VALUE)")
-        nodata = next((ds.nodata for ds in srcs if ds.nodata is not None), None)
-        dtype = np.dtype(first.dtypes[0])
+        out_nodata = _output_nodata(bands, nodatas, out_dtype, nodata)
+        groups = _nodata_groups(srcs, nodatas)
+        # One unit already marked with the output's value: rewriting would be a no-op.
+        rewrite = out_nodata is not None and not (
+            len(groups) == 1 and _nodata_key(groups[0][1]) == _nodata_key(out_nodata))
         profile = {
-            "driver": "GTiff", "height": height, "width": width, "count": len(srcs),
-            "dtype": dtype.name, "crs": crs, "transform": transform, "nodata": nodata,
-            "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
-            "predictor": 3 if dtype.kind == "f" else 2, "interleave": "pixel",
-            "BIGTIFF": "IF_SAFER",
+            "driver": "GTiff", "height": height, "width": width, "count": total,
+            "dtype": out_dtype.name, "crs": crs, "transform": transform,
+            "nodata": out_nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+            "compress": "deflate", "predictor": 3 if out_dtype.kind == "f" else 2,
+            "interleave": "pixel", "BIGTIFF": "IF_SAFER",
         }
         windows = block_windows(height, width)
         with atomic_path(out) as tmp:
@@ -197,8 +380,17 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                     dst.set_band_description(i, n)
                 for w in tqdm(windows, desc=f"compose {out.name}", unit="win",
                               disable=not progress, leave=False):
-                    chunk = np.empty((len(srcs), int(w.height), int(w.width)), dtype)
-                    for i, (path, ds) in enumerate(zip(bands, srcs)):
-                        chunk[i] = read_window(ds, w, path, 1)
+                    chunk = np.empty((total, int(w.height), int(w.width)), out_dtype)
+                    pos = 0
+                    for path, ds in zip(bands, srcs):
+                        # out_dtype: exact, since _output_dtype only allows safe casts.
+                        chunk[pos:pos + ds.count] = read_window(ds, w, path,
+                                                                out_dtype=out_dtype.name)
+                        pos += ds.count
+                    if rewrite:
+                        invalid = np.zeros(chunk.shape[1:], bool)
+                        for idx, nd in groups:
+                            invalid |= ~valid_pixels(chunk[idx], nd)
+                        chunk[:, invalid] = out_nodata
                     dst.write(chunk, window=w)
     return out

@@ -403,7 +403,7 @@ def _read_padded(ds, win: Win, size: int, path: Path, fill, indexes=None) -> np.
     return out
 
 
-def _patch_profile(ds, size: int, count: int, dtype: str, nodata) -> dict:
+def patch_profile(ds, size: int, count: int, dtype: str, nodata) -> dict:
     """A lean GeoTIFF profile for one patch: GDAL's default strips and plain deflate.
 
     Measured on 256-px uint16 patches: strips write faster than one 256-px tile, and a
@@ -423,7 +423,7 @@ def default_write_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-class _PatchWriter:
+class PatchWriter:
     """Writes patch GeoTIFFs on a few threads while the main thread reads on.
 
     Why: DEFLATE-encoding each patch is most of ``satseg patches``' time, and GDAL
@@ -451,7 +451,7 @@ class _PatchWriter:
         while len(self.pending) >= self.limit:
             self.pending.popleft().result()
 
-    def __enter__(self) -> _PatchWriter:
+    def __enter__(self) -> PatchWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -477,6 +477,124 @@ def _write_patch(path: Path, array: np.ndarray, profile: dict, transform,
             dst.descriptions = descriptions
 
 
+def check_tiling(size: int, stride: int | None, min_valid: float, edge: str) -> int:
+    """Validate the tiling options shared by scene and folder input; return the stride."""
+    if not isinstance(min_valid, (int, float)) or not 0.0 <= min_valid <= 1.0:
+        raise SatsegError(f"--min-valid {min_valid}: must be between 0 and 1")
+    if edge not in EDGES:
+        raise SatsegError(f"--edge {edge!r}: expected one of {', '.join(EDGES)}")
+    stride = size if stride is None else stride
+    if not isinstance(size, int) or size <= 0 or not isinstance(stride, int) or stride <= 0:
+        raise SatsegError(f"--size {size} and --stride {stride}: must be positive integers")
+    return stride
+
+
+def fill_value(nodata, dtype: str):
+    """What pads a partial edge window: nodata when the dtype can hold it, else 0."""
+    if nodata is not None and not (_is_nan(nodata) and np.dtype(dtype).kind != "f"):
+        return nodata
+    return 0
+
+
+class Tiler:
+    """The window loop shared by scene and folder input: read, filter, label, write.
+
+    Why one loop: a folder of source images must be tiled exactly like a scene (same
+    size, stride, edge policy, nodata filter, mask rules), so both paths feed their
+    windows through this class; it accumulates the index.csv rows and class pixel
+    totals over every source it tiles.
+    """
+
+    def __init__(self, tmp: Path, writer: PatchWriter, classes: ClassSet, size: int,
+                 min_valid: float, scene_label: bool, purity: float) -> None:
+        self.tmp, self.writer, self.classes = tmp, writer, classes
+        self.size, self.min_valid = size, min_valid
+        self.scene_label, self.purity = scene_label, purity
+        self.rows: list[dict] = []
+        self.totals = np.zeros(256, np.int64)
+        if scene_label:
+            for n in classes.names:
+                (tmp / n).mkdir(exist_ok=True)
+        else:
+            (tmp / "images").mkdir(exist_ok=True)
+            (tmp / "masks").mkdir(exist_ok=True)
+
+    def tile(self, src, image: Path, wins: list[Win], label_mask, img_profile: dict,
+             img_fill, band_names: list[str], progress: bool = True, id_prefix: str = "",
+             extra_fields: dict | None = None) -> int:
+        """Tile one source; ``label_mask(win, valid) -> (size, size) uint8``. Returns the
+        number of patches kept."""
+        from rasterio.windows import bounds as window_bounds
+        from tqdm import tqdm
+
+        from satseg_jax.raster.windows import window_transform
+
+        size, classes = self.size, self.classes
+        mask_profile = {**img_profile, "count": 1, "dtype": "uint8", "nodata": IGNORE_LABEL}
+        mask_profile.pop("interleave", None)
+        nodata = img_profile["nodata"]
+        kept = 0
+        for w in tqdm(wins, desc=f"patches {image.name}", unit="win",
+                      disable=not progress, leave=False):
+            img = _read_padded(src, w, size, image, img_fill)
+            valid = valid_pixels(img, nodata)
+            if (w.height, w.width) != (size, size):
+                valid[w.height:, :] = False
+                valid[:, w.width:] = False
+            frac = float(valid.mean())
+            if frac == 0.0 or frac < self.min_valid:
+                continue
+            t = window_transform(w, src.transform)
+            mask = label_mask(w, valid)
+            pid = id_prefix + patch_id(w.row, w.col)
+            counts = np.bincount(mask.ravel(), minlength=256)
+            extra = dict(extra_fields or {})
+            if self.scene_label:
+                k = classes.num_classes
+                labelled = int(counts[:k].sum())
+                if labelled == 0:
+                    continue
+                major = int(np.argmax(counts[:k]))
+                share = counts[major] / labelled
+                if share < self.purity:
+                    continue
+                image_path = self.tmp / classes.names[major] / f"{pid}.tif"
+                extra.update({"class": classes.names[major], "purity": round(float(share), 6)})
+            else:
+                image_path = self.tmp / "images" / f"{pid}.tif"
+            self.writer.write(image_path, img, img_profile, t, tuple(band_names))
+            if not self.scene_label:
+                self.writer.write(self.tmp / "masks" / f"{pid}.tif", mask, mask_profile, t)
+            self.totals += counts
+            left, bottom, right, top = window_bounds(to_rasterio(w, size), src.transform)
+            row = {"patch_id": pid, "row": w.row, "col": w.col, "height": size,
+                   "width": size, "left": left, "bottom": bottom, "right": right,
+                   "top": top, "valid_fraction": round(frac, 6)}
+            row.update({f"count_{n}": int(counts[i]) for i, n in enumerate(classes.names)})
+            row["count_ignore"] = int(counts[IGNORE_LABEL])
+            row.update(extra)
+            self.rows.append(row)
+            kept += 1
+        return kept
+
+    def index_fields(self, extra: tuple[str, ...] = ()) -> list[str]:
+        return ["patch_id", "row", "col", "height", "width", "left", "bottom", "right",
+                "top", "valid_fraction", *(f"count_{n}" for n in self.classes.names),
+                "count_ignore", *extra,
+                *(("class", "purity") if self.scene_label else ())]
+
+    def write_index(self, extra: tuple[str, ...] = ()) -> None:
+        with open(self.tmp / "index.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.index_fields(extra))
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def check_ids(self, label_source) -> None:
+        n_bad = int(self.totals[self.classes.num_classes:IGNORE_LABEL].sum())
+        if n_bad:  # cannot happen through value_to_id; guards the contract
+            raise SatsegError(f"{label_source}: produced class ids outside 0..K-1")
+
+
 def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256,
                  stride: int | None = None, min_valid: float = 0.5, edge: str = "drop",
                  labels: Path | None = None, vector: Path | None = None,
@@ -497,22 +615,11 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
     are the same for any number. Returns a JSON-able summary (counts, per-class pixel
     totals, throughput).
     """
-    from rasterio.windows import bounds as window_bounds
-    from tqdm import tqdm
-
-    from satseg_jax.raster.windows import window_transform
-
     t_start = time.perf_counter()
     image, out_dir = Path(image), Path(out_dir)
     if (labels is None) == (vector is None):
         raise SatsegError("patches: give exactly one of --labels RASTER or --vector FILE")
-    if not isinstance(min_valid, (int, float)) or not 0.0 <= min_valid <= 1.0:
-        raise SatsegError(f"--min-valid {min_valid}: must be between 0 and 1")
-    if edge not in EDGES:
-        raise SatsegError(f"--edge {edge!r}: expected one of {', '.join(EDGES)}")
-    stride = size if stride is None else stride
-    if not isinstance(size, int) or size <= 0 or not isinstance(stride, int) or stride <= 0:
-        raise SatsegError(f"--size {size} and --stride {stride}: must be positive integers")
+    stride = check_tiling(size, stride, min_valid, edge)
     classes = load_classes(classes_path)
     label_source = Path(labels if labels is not None else vector)
 
@@ -551,74 +658,30 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
         if not wins:
             raise SatsegError(f"{image}: scene {src.width}x{src.height} is smaller than one "
                               f"{size}-px patch; use a smaller --size or --edge pad")
-        img_profile = _patch_profile(src, size, src.count, dtype, nodata)
-        mask_profile = _patch_profile(src, size, 1, "uint8", IGNORE_LABEL)
-        img_fill = nodata if nodata is not None and not (
-            _is_nan(nodata) and np.dtype(dtype).kind != "f") else 0
+        img_profile = patch_profile(src, size, src.count, dtype, nodata)
+
+        def label_mask(w: Win, valid: np.ndarray) -> np.ndarray:
+            if lab is not None:
+                raw = _read_padded(lab, w, size, label_source, 0, 1)
+                valid_lab = valid & (raw != label_nodata) if label_nodata is not None else valid
+                mask = np.full((size, size), IGNORE_LABEL, np.uint8)
+                mask[valid_lab] = classes.value_to_id(
+                    raw[valid_lab], what=f"{label_source} (window row {w.row}, col {w.col})")
+                return mask
+            mask = vec.window_mask(w, size, src.transform, src.width)
+            mask[~valid] = IGNORE_LABEL
+            return mask
+
+        img_fill = fill_value(nodata, dtype)
         names = classes.names
-        rows: list[dict] = []
-        totals = np.zeros(256, np.int64)
         threads = default_write_threads() if threads is None else int(threads)
         if threads < 1:
             raise SatsegError(f"--threads {threads}: must be 1 or more")
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp, _PatchWriter(threads) as patch_writer:
-            if scene_label:
-                for n in classes.names:
-                    (tmp / n).mkdir()
-            else:
-                (tmp / "images").mkdir()
-                (tmp / "masks").mkdir()
-            for w in tqdm(wins, desc=f"patches {image.name}", unit="win",
-                          disable=not progress, leave=False):
-                img = _read_padded(src, w, size, image, img_fill)
-                valid = valid_pixels(img, nodata)
-                if (w.height, w.width) != (size, size):
-                    valid[w.height:, :] = False
-                    valid[:, w.width:] = False
-                frac = float(valid.mean())
-                if frac == 0.0 or frac < min_valid:
-                    continue
-                t = window_transform(w, src.transform)
-                if lab is not None:
-                    raw = _read_padded(lab, w, size, label_source, 0, 1)
-                    if label_nodata is not None:
-                        valid_lab = valid & (raw != label_nodata)
-                    else:
-                        valid_lab = valid
-                    mask = np.full((size, size), IGNORE_LABEL, np.uint8)
-                    mask[valid_lab] = classes.value_to_id(
-                        raw[valid_lab], what=f"{label_source} (window row {w.row}, col {w.col})")
-                else:
-                    mask = vec.window_mask(w, size, src.transform, src.width)
-                    mask[~valid] = IGNORE_LABEL
-                pid = patch_id(w.row, w.col)
-                counts = np.bincount(mask.ravel(), minlength=256)
-                extra = {}
-                if scene_label:
-                    k = classes.num_classes
-                    labelled = int(counts[:k].sum())
-                    if labelled == 0:
-                        continue
-                    major = int(np.argmax(counts[:k]))
-                    share = counts[major] / labelled
-                    if share < purity:
-                        continue
-                    image_path = tmp / classes.names[major] / f"{pid}.tif"
-                    extra = {"class": classes.names[major], "purity": round(float(share), 6)}
-                else:
-                    image_path = tmp / "images" / f"{pid}.tif"
-                patch_writer.write(image_path, img, img_profile, t, tuple(band_names))
-                if not scene_label:
-                    patch_writer.write(tmp / "masks" / f"{pid}.tif", mask, mask_profile, t)
-                totals += counts
-                left, bottom, right, top = window_bounds(to_rasterio(w, size), src.transform)
-                row = {"patch_id": pid, "row": w.row, "col": w.col, "height": size,
-                       "width": size, "left": left, "bottom": bottom, "right": right,
-                       "top": top, "valid_fraction": round(frac, 6)}
-                row.update({f"count_{n}": int(counts[i]) for i, n in enumerate(names)})
-                row["count_ignore"] = int(counts[IGNORE_LABEL])
-                row.update(extra)
-                rows.append(row)
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp, PatchWriter(threads) as patch_writer:
+            tiler = Tiler(tmp, patch_writer, classes, size, min_valid, scene_label, purity)
+            tiler.tile(src, image, wins, label_mask, img_profile, img_fill, band_names,
+                       progress=progress)
+            rows, totals = tiler.rows, tiler.totals
             if not rows and scene_label:
                 raise SatsegError(f"{image}: no patch reaches --purity {purity} with valid "
                                   f"fraction >= {min_valid}; lower --purity or --size")
@@ -627,23 +690,15 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
                     f"{image}: no patch has valid fraction >= min_valid {min_valid} "
                     f"({len(wins)} windows checked, nodata={nodata}); is the scene all "
                     "nodata? Check the file's nodata value or lower --min-valid")
-            n_bad = int(totals[classes.num_classes:IGNORE_LABEL].sum())
-            if n_bad:  # cannot happen through value_to_id; guards the contract
-                raise SatsegError(f"{label_source}: produced class ids outside 0..K-1")
-            fields = ["patch_id", "row", "col", "height", "width", "left", "bottom", "right",
-                      "top", "valid_fraction", *(f"count_{n}" for n in names), "count_ignore",
-                      *(("class", "purity") if scene_label else ())]
-            with open(tmp / "index.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(rows)
+            tiler.check_ids(label_source)
+            tiler.write_index()
             classes.save(tmp / "classes.json")
             info = {
                 "format_version": FORMAT_VERSION,
                 "image": str(image.absolute()),
                 "bands": band_names,
                 "dtype": dtype,
-                "nodata": _json_nodata(nodata, dtype),
+                "nodata": json_nodata(nodata, dtype),
                 "crs": src.crs.to_wkt() if src.crs else None,
                 "scene_transform": list(src.transform)[:6],
                 "scene_height": src.height,
@@ -677,7 +732,7 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
     }
 
 
-def _json_nodata(nodata, dtype: str):
+def json_nodata(nodata, dtype: str):
     """nodata as JSON: null for none/NaN, an int for integer dtypes."""
     if nodata is None or _is_nan(nodata):
         return None

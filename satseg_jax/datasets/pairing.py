@@ -1,0 +1,239 @@
+"""Pair the image and mask files of a labelled dataset delivered as folders.
+
+Published sets come as ``images/`` + ``masks/`` folders (DeepGlobe, LandCover.ai, the
+Kaggle sets), often split into region folders that reuse the same file names in every
+region (LoveDA: ``Train/Rural/images_png/1.png`` and ``Train/Urban/images_png/1.png``).
+Pairing rules, chosen so that a wrong pair is impossible rather than unlikely:
+
+- ``images`` / ``masks`` are folders or globs of folders (``'LoveDA/Train/*/images_png'``).
+  With globs, an image folder pairs only with the mask folder whose wildcards matched the
+  same text (``Rural`` with ``Rural``), so equal file names in two regions never cross.
+- Inside a folder pair, files are found recursively. An image pairs with the mask at the
+  same relative path (suffix aside); failing that, with the one mask of the same file
+  stem. A stem that could pair with more than one file is an error listing the
+  candidates, never a silent choice.
+- ``pattern`` (``'{stem}_sat.jpg:{stem}_mask.png'``) handles sets that name the two
+  differently; it also lets images and masks share one folder (DeepGlobe). Files that do
+  not match their side of the pattern are not part of the dataset.
+
+Each pair gets a ``key``: the image's path relative to the common parent of all image
+folders, without suffix, '/'-separated (``Rural/images_png/1``). Keys are unique, name
+the source image in index.csv and split files, and make patch ids unique.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from satseg_jax.errors import SatsegError
+
+# Raster formats GDAL reads that labelled sets are delivered in.
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".bmp", ".gif", ".img",
+                   ".webp")
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One source image and its mask; ``key`` is unique within the dataset."""
+
+    image: Path
+    mask: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class Pairing:
+    pairs: tuple[Pair, ...]
+    unpaired_images: tuple[Path, ...]
+    unpaired_masks: tuple[Path, ...]
+
+    def check_complete(self, skip_unpaired: bool = False) -> list[str]:
+        """Raise for unpaired files unless ``skip_unpaired``; return the skip report lines."""
+        lines = [f"image without mask: {p}" for p in self.unpaired_images]
+        lines += [f"mask without image: {p}" for p in self.unpaired_masks]
+        if lines and not skip_unpaired:
+            shown = "; ".join(lines[:10]) + (f"; ... and {len(lines) - 10} more"
+                                            if len(lines) > 10 else "")
+            raise SatsegError(
+                f"{len(lines)} unpaired file(s): {shown}. Fix the names (or give --pair "
+                "PATTERN, e.g. '{stem}_sat.jpg:{stem}_mask.png'), or pass --skip-unpaired to "
+                "leave them out")
+        if not self.pairs:
+            raise SatsegError("no image/mask pairs found; check --images/--masks (and --pair)")
+        return lines
+
+
+def parse_pattern(pattern: str) -> tuple[re.Pattern, re.Pattern]:
+    """``'{stem}_sat.jpg:{stem}_mask.png'`` -> two regexes capturing the stem."""
+    parts = pattern.split(":")
+    if len(parts) != 2 or any(p.count("{stem}") != 1 for p in parts):
+        raise SatsegError(f"--pair {pattern!r}: expected IMAGE_NAME:MASK_NAME with one {{stem}} "
+                          "in each, e.g. '{stem}_sat.jpg:{stem}_mask.png'")
+    out = []
+    for p in parts:
+        if "/" in p or "\\" in p:
+            raise SatsegError(f"--pair {pattern!r}: name file names only, not folders")
+        head, tail = p.split("{stem}")
+        out.append(re.compile(re.escape(head) + r"(?P<stem>.+)" + re.escape(tail) + r"\Z",
+                              re.IGNORECASE))
+    return out[0], out[1]
+
+
+def _component_regex(component: str) -> str:
+    return "(" + fnmatch.translate(component).removeprefix("(?s:").removesuffix(")\\Z") + ")"
+
+
+def expand_folders(spec: str, what: str) -> dict[tuple[str, ...], Path]:
+    """Folders matched by ``spec`` keyed by the text its wildcards matched (() if none)."""
+    if not _WILDCARD.search(spec):
+        path = Path(spec)
+        if not path.is_dir():
+            raise SatsegError(f"{what} {spec}: not a folder; give the folder holding the "
+                              "files (or a glob of folders in quotes)")
+        return {(): path}
+    norm = spec.replace("\\", "/").rstrip("/")
+    comps = norm.split("/")
+    regex = "/".join(_component_regex(c) if _WILDCARD.search(c) else re.escape(c)
+                     for c in comps)
+    wild_idx = [i for i, c in enumerate(comps) if _WILDCARD.search(c)]
+    found: dict[tuple[str, ...], Path] = {}
+    for m in sorted(glob.glob(norm)):
+        if not os.path.isdir(m):
+            continue
+        mm = re.fullmatch(regex, m.replace("\\", "/").rstrip("/"))
+        if mm is None:  # glob normalised the path differently; fall back to components
+            mcomps = m.replace("\\", "/").rstrip("/").split("/")
+            region = tuple(mcomps[i] for i in wild_idx if i < len(mcomps))
+        else:
+            region = tuple(mm.groups())
+        found[region] = Path(m)
+    if not found:
+        raise SatsegError(f"{what} {spec!r}: the glob matches no folder")
+    return found
+
+
+def _raster_files(root: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
+    out = []
+    excl = [e.resolve() for e in exclude if e.resolve() != root.resolve()]
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
+                             and (d / n).resolve() not in excl)
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(RASTER_SUFFIXES):
+                out.append(d / name)
+    return out
+
+
+def _strip_suffix(rel: Path) -> str:
+    return rel.with_suffix("").as_posix()
+
+
+def _pair_in(img_root: Path, mask_root: Path, pattern, prefix: str,
+             pairs: list[Pair], lone_images: list[Path], lone_masks: list[Path]) -> None:
+    same = img_root.resolve() == mask_root.resolve()
+    if same and pattern is None:
+        raise SatsegError(f"--images and --masks are the same folder {img_root}; give --pair "
+                          "PATTERN (e.g. '{stem}_sat.jpg:{stem}_mask.png') to tell them apart")
+    images = _raster_files(img_root, exclude=(mask_root,))
+    masks = _raster_files(mask_root, exclude=(img_root,))
+
+    def side(files: list[Path], root: Path, rx) -> dict[str, list[tuple[str, Path]]]:
+        """stem -> [(relative path key, file)]"""
+        by_stem: dict[str, list[tuple[str, Path]]] = {}
+        for f in files:
+            if rx is not None:
+                m = rx.match(f.name)
+                if m is None:
+                    continue
+                stem = m.group("stem")
+                rel = (f.parent.relative_to(root) / stem).as_posix()
+            else:
+                stem = f.stem
+                rel = _strip_suffix(f.relative_to(root))
+            by_stem.setdefault(stem, []).append((rel, f))
+        return by_stem
+
+    img_rx, mask_rx = pattern if pattern is not None else (None, None)
+    img_side = side(images, img_root, img_rx)
+    mask_side = side(masks, mask_root, mask_rx)
+    mask_by_rel = {rel: f for lst in mask_side.values() for rel, f in lst}
+    dup_rel = [rel for rel in mask_by_rel
+               if sum(r == rel for lst in mask_side.values() for r, _ in lst) > 1]
+    if dup_rel:
+        files = [str(f) for lst in mask_side.values() for r, f in lst if r == dup_rel[0]]
+        raise SatsegError(f"masks {', '.join(files)} differ only in suffix; keep one of them")
+    used_masks: set[Path] = set()
+    for stem in sorted(img_side):
+        entries = img_side[stem]
+        for rel, img in entries:
+            mask = mask_by_rel.get(rel)
+            if mask is None:
+                cands = [f for _, f in mask_side.get(stem, [])]
+                if len(cands) == 1 and len(entries) == 1:
+                    mask = cands[0]
+                elif len(cands) > 1 or (cands and len(entries) > 1):
+                    imgs = ", ".join(str(f) for _, f in entries)
+                    raise SatsegError(
+                        f"image(s) {imgs} could pair with more than one mask "
+                        f"({', '.join(str(c) for c in cands)}): the stem {stem!r} is ambiguous. "
+                        "Keep matching sub-folders under --images and --masks, or point them "
+                        "at one region each (a glob such as 'DATA/*/images' pairs per region)")
+            if mask is None:
+                lone_images.append(img)
+                continue
+            if mask in used_masks:
+                raise SatsegError(f"mask {mask} would pair with two images; rename one")
+            used_masks.add(mask)
+            key = (prefix + "/" + rel) if prefix else rel
+            pairs.append(Pair(image=img, mask=mask, key=key))
+    lone_masks.extend(f for lst in mask_side.values() for _, f in lst if f not in used_masks)
+
+
+def find_pairs(images: str | Path, masks: str | Path, pattern: str | None = None) -> Pairing:
+    """Pair the files under ``images`` with those under ``masks`` (see the module doc).
+
+    Returns every pair (sorted by key) plus the files left without a partner; raises
+    SatsegError for missing folders, mismatched glob regions or ambiguous stems.
+    """
+    rx = parse_pattern(pattern) if pattern else None
+    img_dirs = expand_folders(str(images), "--images")
+    mask_dirs = expand_folders(str(masks), "--masks")
+    if len(img_dirs) > 1 or len(mask_dirs) > 1:
+        n_img = {len(k) for k in img_dirs}
+        n_mask = {len(k) for k in mask_dirs}
+        if n_img != n_mask:
+            raise SatsegError(f"--images {images!r} and --masks {masks!r} have a different "
+                              "number of wildcards; use the same ones in both so each image "
+                              "folder pairs with its own mask folder")
+    pairs: list[Pair] = []
+    lone_images: list[Path] = []
+    lone_masks: list[Path] = []
+    parent = Path(os.path.commonpath([str(p.absolute()) for p in img_dirs.values()]))
+    for region in sorted(set(img_dirs) | set(mask_dirs)):
+        img_root, mask_root = img_dirs.get(region), mask_dirs.get(region)
+        if img_root is None or mask_root is None:
+            root = img_root or mask_root
+            (lone_images if img_root else lone_masks).extend(_raster_files(root))
+            continue
+        prefix = ""
+        if len(img_dirs) > 1:
+            prefix = img_root.absolute().relative_to(parent).as_posix()
+        _pair_in(img_root, mask_root, rx, prefix, pairs, lone_images, lone_masks)
+    keys = [p.key for p in pairs]
+    if len(set(keys)) != len(keys):  # cannot happen with distinct folders; guards the contract
+        raise SatsegError("two image files map to the same source key; rename one")
+    return Pairing(tuple(sorted(pairs, key=lambda p: p.key)), tuple(lone_images),
+                   tuple(lone_masks))
+
+
+def safe_id(key: str) -> str:
+    """A source key as a file-name-safe patch-id prefix ('/' -> '__')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", key.replace("/", "__"))

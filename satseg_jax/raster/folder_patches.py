@@ -1,0 +1,224 @@
+"""``satseg patches --images DIR --masks DIR``: tile a labelled dataset of image files.
+
+Each source image is tiled exactly like a scene (same ``size``/``stride``/``edge``/
+``min_valid`` rules, through :class:`satseg_jax.raster.patches.Tiler`), so the output is
+an ordinary patches folder that ``satseg build`` reads. Differences from scene input:
+
+- patch ids are ``<source key>__r{row}_c{col}`` (keys from
+  :mod:`satseg_jax.datasets.pairing`, '/' → '__'), and index.csv gains ``source`` (the
+  key) and ``source_image`` (the file) so splits can keep a source together;
+- ``row``/``col`` are offsets inside the source image;
+- sources may be plain PNG/JPEG without georeferencing: their patches are written
+  without a CRS, patches.json records ``"crs": null`` (or the CRS when every source
+  shares one) and each source's own CRS under ``"sources"``;
+- masks may be index, RGB or palette masks (:mod:`satseg_jax.raster.masks`).
+
+Every pair is checked (sizes, grids, band counts, dtypes, nodata, mask kind) before a
+patch is written, and the folder is written under a temporary name, so any error leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from satseg_jax.classes import load_classes
+from satseg_jax.datasets.pairing import Pair, find_pairs, safe_id
+from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import atomic_dir
+from satseg_jax.raster.compose import gdal_env, grid_mismatch, open_raster
+from satseg_jax.raster.masks import MaskReader, quiet_georeference
+from satseg_jax.raster.patches import (
+    FORMAT_VERSION,
+    PatchWriter,
+    Tiler,
+    check_tiling,
+    default_write_threads,
+    fill_value,
+    json_nodata,
+    patch_profile,
+)
+from satseg_jax.raster.windows import patch_windows
+
+_COLOUR_NAMES = {"red", "green", "blue", "alpha", "gray"}
+
+
+def band_names_of(ds) -> list[str]:
+    """Band descriptions, else the colour interpretation of RGB(A)/grey images, else
+    band1..N: JPEG/PNG tiles have no descriptions but do say which band is red."""
+    names = []
+    for i, d in enumerate(ds.descriptions):
+        ci = ds.colorinterp[i].name if i < len(ds.colorinterp) else ""
+        names.append(d or (ci if ci in _COLOUR_NAMES else f"band{i + 1}"))
+    if len(set(names)) != len(names):
+        names = [f"band{i + 1}" for i in range(ds.count)]
+    return names
+
+
+def _check_pair(pair: Pair, img, mask, ref: dict | None) -> dict:
+    """Header checks of one pair against the first image; returns its header summary."""
+    head = {"count": img.count, "dtypes": tuple(img.dtypes), "nodata": json_nodata(
+        img.nodata, img.dtypes[0]), "bands": band_names_of(img)}
+    if len(set(img.dtypes)) > 1:
+        raise SatsegError(f"{pair.image}: bands have different dtypes {img.dtypes}; convert "
+                          "the image to one dtype")
+    if (img.width, img.height) != (mask.width, mask.height):
+        raise SatsegError(f"{pair.image} is {img.width}x{img.height} px but its mask "
+                          f"{pair.mask} is {mask.width}x{mask.height} px; image and mask of a "
+                          "pair must have the same size")
+    if img.crs is not None and mask.crs is not None:
+        problem = grid_mismatch(img, mask)
+        if problem:
+            raise SatsegError(f"{pair.mask}: mask {problem} of its image {pair.image}; "
+                              "warp the mask onto the image grid")
+    if ref is not None:
+        for field, what in (("count", "band count"), ("dtypes", "dtype"),
+                            ("nodata", "nodata")):
+            if head[field] != ref[field]:
+                raise SatsegError(
+                    f"{pair.image}: {what} {head[field]} differs from {ref[field]} of "
+                    f"{ref['image']}; every image of a dataset needs the same {what} (convert "
+                    "the odd ones, or tile them separately)")
+    head["image"] = str(pair.image)
+    return head
+
+
+def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
+                        classes_path: Path, pair: str | None = None,
+                        skip_unpaired: bool = False, colour_tolerance: int | None = None,
+                        mask_mode: str = "auto", size: int = 256, stride: int | None = None,
+                        min_valid: float = 0.5, edge: str = "drop", overwrite: bool = False,
+                        progress: bool = True, scene_label: bool = False, purity: float = 0.9,
+                        threads: int | None = None) -> dict:
+    """Tile every image/mask pair under ``images``/``masks`` into one patches folder.
+
+    ``pair``: ``'{stem}_sat.jpg:{stem}_mask.png'`` when images and masks are named
+    differently. ``skip_unpaired``: leave files without a partner out (reported) instead
+    of failing. ``colour_tolerance``: accept lossy (JPEG) masks, mapping each pixel to
+    the nearest declared colour/value within that distance. ``mask_mode``: see
+    :class:`MaskReader`. The other options mean what they mean for a scene
+    (:func:`satseg_jax.raster.patches.make_patches`). Returns a JSON-able summary.
+    """
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    stride = check_tiling(size, stride, min_valid, edge)
+    if colour_tolerance is not None and not 0 <= int(colour_tolerance) <= 255:
+        raise SatsegError(f"--colour-tolerance {colour_tolerance}: must be 0..255")
+    classes = load_classes(classes_path)
+    pairing = find_pairs(images, masks, pair)
+    skipped = pairing.check_complete(skip_unpaired)
+    threads = default_write_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise SatsegError(f"--threads {threads}: must be 1 or more")
+
+    with gdal_env(), quiet_georeference():
+        ref = None
+        heads = []
+        kinds: Counter = Counter()
+        for p in tqdm(pairing.pairs, desc="checking pairs", unit="pair", disable=not progress,
+                      leave=False):
+            with open_raster(p.image) as img, open_raster(p.mask) as mask:
+                head = _check_pair(p, img, mask, ref)
+                kinds[MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance).kind] += 1
+                head.update(width=img.width, height=img.height,
+                            crs=img.crs.to_wkt() if img.crs else None)
+            ref = ref or head
+            heads.append(head)
+        dtype, nodata = ref["dtypes"][0], ref["nodata"]
+        band_names = ref["bands"]
+        img_fill = fill_value(nodata, dtype)
+        sources = []
+        n_windows = 0
+        in_bytes = 0
+        too_small = []
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp, PatchWriter(threads) as writer:
+            tiler = Tiler(tmp, writer, classes, size, min_valid, scene_label, purity)
+            bar = tqdm(list(zip(pairing.pairs, heads)), desc="patches", unit="image",
+                       disable=not progress)
+            for p, head in bar:
+                with open_raster(p.image) as src, open_raster(p.mask) as mask:
+                    reader = MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance)
+                    wins = patch_windows(src.height, src.width, size, stride, edge)
+                    n_windows += len(wins)
+                    in_bytes += src.width * src.height * src.count * np.dtype(dtype).itemsize
+                    if not wins:
+                        too_small.append(str(p.image))
+                    profile = patch_profile(src, size, src.count, dtype, src.nodata)
+                    kept = tiler.tile(
+                        src, p.image, wins,
+                        lambda w, valid, r=reader: r.read(w, size, valid),
+                        profile, img_fill, band_names, progress=False,
+                        id_prefix=safe_id(p.key) + "__",
+                        extra_fields={"source": p.key, "source_image": str(p.image)})
+                sources.append({"key": p.key, "image": str(p.image), "mask": str(p.mask),
+                                "width": head["width"], "height": head["height"],
+                                "crs": head["crs"], "mask_kind": reader.kind,
+                                "patches": kept})
+            if not tiler.rows:
+                raise SatsegError(
+                    f"{images}: no patch was kept from {len(pairing.pairs)} image(s) "
+                    f"({n_windows} windows; {len(too_small)} image(s) smaller than --size "
+                    f"{size}); use a smaller --size, --edge pad, or a lower --min-valid")
+            tiler.check_ids(masks)
+            tiler.write_index(extra=("source", "source_image"))
+            classes.save(tmp / "classes.json")
+            crss = {s["crs"] for s in sources}
+            info = {
+                "format_version": FORMAT_VERSION,
+                "input": "folders",
+                "image": None,
+                "images": str(images),
+                "masks": str(masks),
+                "pair": pair,
+                "bands": band_names,
+                "dtype": dtype,
+                "nodata": nodata,
+                "crs": crss.pop() if len(crss) == 1 else None,
+                "georeferenced": all(s["crs"] for s in sources),
+                "scene_transform": None,
+                "scene_height": None,
+                "scene_width": None,
+                "size": size,
+                "stride": stride,
+                "edge": edge,
+                "min_valid": min_valid,
+                "num_windows": n_windows,
+                "num_patches": len(tiler.rows),
+                "num_sources": len(sources),
+                "label_source": str(masks),
+                "label_type": "mask_folder",
+                "mask_kinds": dict(kinds),
+                "colour_tolerance": colour_tolerance,
+                "class_field": None,
+                "task": "classification" if scene_label else "segmentation",
+                "purity": purity if scene_label else None,
+                "skipped_unpaired": skipped,
+                "smaller_than_size": too_small,
+                "sources": sources,
+            }
+            (tmp / "patches.json").write_text(json.dumps(info, indent=2) + "\n")
+    totals = tiler.totals
+    seconds = time.perf_counter() - t_start
+    return {
+        "out": str(out_dir),
+        "num_sources": len(sources),
+        "num_windows": n_windows,
+        "num_patches": len(tiler.rows),
+        "skipped_low_valid": n_windows - len(tiler.rows),
+        "skipped_unpaired": skipped,
+        "smaller_than_size": too_small,
+        "bands": band_names,
+        "georeferenced": info["georeferenced"],
+        "mask_kinds": dict(kinds),
+        "class_pixel_counts": {n: int(totals[i]) for i, n in enumerate(classes.names)},
+        "ignored_pixels": int(totals[255]),
+        "seconds": round(seconds, 3),
+        "input_mb_per_s": round(in_bytes / 1e6 / max(seconds, 1e-9), 1),
+    }
