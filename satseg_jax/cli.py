@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,22 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--bbox -47.9,-15.9,-47.7,-15.7`` -> ``--bbox=-47.9,...``: argparse would read a
+    value starting with '-' as an option, and western/southern coordinates are negative."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--bbox" and i + 1 < len(argv) and re.match(r"^-\d", argv[i + 1]):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -46,6 +63,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_compose(args: argparse.Namespace) -> int:
     from satseg_jax.raster.compose import compose_bands
 
+    if args.item:
+        from satseg_jax.catalog.manifest import item_files
+
+        # --item: --bands are asset keys or eo:common_name values of the downloaded item
+        wanted = [n for b in args.bands for n in _names(b)]
+        args.bands = [str(f) for f in item_files(Path(args.item), wanted)]
     if args.pansharpen:
         from satseg_jax.raster.pansharpen import pansharpen
 
@@ -198,12 +221,86 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from satseg_jax.catalog.aoi import parse_bbox, read_aoi
+    from satseg_jax.catalog.auth import redact, request_headers
+    from satseg_jax.catalog.download import download_items
+
+    headers = request_headers(args.token_header, args.header)
+    aoi_bounds, aoi_geom = read_aoi(args.aoi) if args.aoi else (None, None)
+    catalog = args.catalog
+    if args.items:
+        if args.collection:
+            raise SatsegError("give --items FILE or search options (--collection ...), not both")
+        path = Path(args.items)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SatsegError(f"{path}: items file not found (write one with satseg search "
+                              "--out)") from None
+        except json.JSONDecodeError as e:
+            raise SatsegError(f"{path}: not valid JSON ({e})") from None
+        items = data.get("features", []) if isinstance(data, dict) else data
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise SatsegError(f"{path}: expected a STAC ItemCollection (satseg search --out)")
+    else:
+        if not args.collection:
+            raise SatsegError("satseg download needs --items items.json or --collection ID "
+                              "(with the search options of satseg search)")
+        from satseg_jax.catalog.search import search_items
+
+        res = search_items(catalog, args.collection,
+                           bbox=parse_bbox(args.bbox) if args.bbox else None,
+                           intersects=aoi_geom, datetime=args.datetime,
+                           max_cloud=args.max_cloud, limit=args.limit, headers=headers)
+        items, catalog = res.items, res.catalog
+        print(f"{len(items)} item(s) found in {args.collection}")
+    summary = download_items(items, _names(args.assets), Path(args.out),
+                             aoi_bounds=aoi_bounds, headers=headers, workers=args.workers,
+                             retries=args.retries, backoff=args.retry_backoff,
+                             catalog=catalog)
+    print(redact(json.dumps(summary, indent=2), headers))
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from satseg_jax.raster.inspect import format_inspection, inspect_path
 
     report = inspect_path(args.path, masks=args.masks, pair=args.pair, classes=args.classes,
                           max_files=args.max_files)
     print(json.dumps(report, indent=2) if args.json else format_inspection(report))
+    return 0
+
+
+# ----------------------------------------------------------------------------- STAC search
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from satseg_jax.catalog import search as stac
+    from satseg_jax.catalog.aoi import parse_bbox, read_aoi
+    from satseg_jax.catalog.auth import redact, request_headers
+
+    headers = request_headers(args.token_header, args.header)
+    if args.list_collections:
+        print(stac.format_collections(stac.list_collections(args.catalog, headers)))
+        return 0
+    if args.bbox and args.aoi:
+        raise SatsegError("give --bbox or --aoi, not both")
+    result = stac.search_items(
+        args.catalog, args.collection, bbox=parse_bbox(args.bbox) if args.bbox else None,
+        intersects=read_aoi(args.aoi)[1] if args.aoi else None, datetime=args.datetime,
+        max_cloud=args.max_cloud, limit=args.limit, page_size=args.page_size,
+        headers=headers)
+    if result.items:
+        print(stac.format_table(result.items))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(redact(f"{len(result.items)} item(s) in {result.collection} at {result.catalog}"
+                 + ("" if result.items else "; widen --bbox/--aoi, --datetime or "
+                    "--max-cloud"), headers))
+    if args.out:
+        out = stac.write_item_collection(result.items, args.out)
+        print(f"wrote {out} (STAC ItemCollection; satseg download --items {out})")
     return 0
 
 
@@ -366,7 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "dtypes unless --dtype is given. Each input's nodata becomes nodata of "
                        "the stacked scene (in every band).")
     c.add_argument("--bands", nargs="+", required=True,
-                   help="raster files, in output order; every band of each is kept")
+                   help="raster files, in output order; every band of each is kept (with "
+                   "--item: asset keys or common names, e.g. red,green,blue,nir)")
+    c.add_argument("--item", default=None, metavar="DIR/ITEM_ID",
+                   help="a folder written by 'satseg download': --bands then name its assets "
+                   "(keys or eo:common_name), looked up in DIR/manifest.json")
     c.add_argument("--out", required=True, help="output GeoTIFF")
     c.add_argument("--names", type=_names, default=None,
                    help="comma-separated band names, one per output band (default: each band's "
@@ -546,6 +647,40 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data-dir", default=None, help="dataset to use instead of the config's")
     m.set_defaults(func=_cmd_benchmark)
 
+    dl = sub.add_parser(
+        "download", help="fetch assets of STAC items (whole files, or only an --aoi window)",
+        description="Fetch the chosen assets of STAC items into OUT/<item id>/<asset>.tif "
+        "and write OUT/manifest.json. Items come from 'satseg search --out items.json' or "
+        "from the same search options given here. With --aoi only the window covering the "
+        "area is read (HTTP range requests on Cloud-Optimised GeoTIFFs). Resumable (a rerun "
+        "skips complete files and continues partial ones), verified (size, file:checksum), "
+        "retried with backoff. Credentials: SATSEG_STAC_TOKEN (sent as 'Authorization: "
+        "Bearer ...' or as --token-header NAME) and --header; never printed or written.")
+    dl.add_argument("--items", default=None, help="STAC ItemCollection from satseg search --out")
+    dl.add_argument("--catalog", default=None,
+                    help="inpe-dgi (default), inpe-bdc, a STAC API URL or a catalog.json path")
+    dl.add_argument("--collection", default=None, help="collection id (instead of --items)")
+    dl.add_argument("--bbox", default=None, help="W,S,E,N in degrees (search filter)")
+    dl.add_argument("--datetime", default=None, help="e.g. 2023-01-01/2023-12-31")
+    dl.add_argument("--max-cloud", type=float, default=None, help="max eo:cloud_cover (%%)")
+    dl.add_argument("--limit", type=int, default=None, help="at most N items")
+    dl.add_argument("--assets", required=True,
+                    help="comma-separated asset keys or eo:common_name values, e.g. "
+                    "red,green,blue,nir or BAND13,BAND14")
+    dl.add_argument("--out", required=True, help="download folder")
+    dl.add_argument("--aoi", default=None,
+                    help="GeoJSON (WGS84) area of interest: search filter and window to read")
+    dl.add_argument("--workers", type=int, default=4, help="files fetched in parallel")
+    dl.add_argument("--retries", type=int, default=5,
+                    help="retries per file on network errors, 5xx and 429 (backoff doubles)")
+    dl.add_argument("--retry-backoff", type=float, default=0.5,
+                    help="seconds before the first retry")
+    dl.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="extra HTTP header for catalogue and file requests (repeatable)")
+    dl.add_argument("--token-header", default=None, metavar="NAME",
+                    help="send SATSEG_STAC_TOKEN as this header instead of Authorization")
+    dl.set_defaults(func=_cmd_download)
+
     ins = sub.add_parser("inspect", help="what a scene, image/mask folder, patches folder or "
                          "dataset holds, before importing it",
                          description="Report sizes, bands, dtypes, CRS (or none), nodata and, "
@@ -569,6 +704,42 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print the report as JSON")
     ins.set_defaults(func=_cmd_inspect)
 
+    se = sub.add_parser(
+        "search", help="find scenes in a STAC catalogue (INPE's DGI by default)",
+        description="Search a STAC API (or a static STAC catalog on disk) for the items of a "
+        "collection over an area and dates; print id, date, cloud cover and assets (with "
+        "eo:common_name), and with --out write them as a STAC ItemCollection for 'satseg "
+        "download --items'. Credentials: SATSEG_STAC_TOKEN (sent as 'Authorization: Bearer "
+        "...' or as --token-header NAME) and --header; never printed. Needs network access "
+        "(except for a catalog on disk).")
+    se.add_argument("--catalog", default="inpe-dgi", metavar="inpe-dgi|inpe-bdc|URL|PATH",
+                    help="inpe-dgi (default: https://www.dgi.inpe.br/lgi-stac), inpe-bdc "
+                    "(https://data.inpe.br/bdc/stac/v1/), any STAC API URL, or a static "
+                    "catalog.json")
+    se.add_argument("--collection", default=None, metavar="ID",
+                    help="collection id, e.g. CBERS4A_WPM_L4_DN (see --list-collections)")
+    se.add_argument("--bbox", default=None, metavar="W,S,E,N",
+                    help="area in WGS84 degrees, e.g. -47.9,-15.9,-47.7,-15.7")
+    se.add_argument("--aoi", default=None, metavar="AOI.geojson",
+                    help="area of interest as GeoJSON (WGS84), instead of --bbox")
+    se.add_argument("--datetime", default=None, metavar="START/END",
+                    help="date or interval, e.g. 2023-01-01/2023-12-31, 2023-06, 2023-01-01/..")
+    se.add_argument("--max-cloud", type=float, default=None, metavar="PCT",
+                    help="keep items with eo:cloud_cover <= PCT; items reporting no cloud "
+                    "cover are then left out (and counted)")
+    se.add_argument("--limit", type=int, default=None, metavar="N", help="at most N items")
+    se.add_argument("--page-size", type=int, default=100, metavar="N",
+                    help="items per request to the API (default 100)")
+    se.add_argument("--out", default=None, metavar="items.json",
+                    help="write the matches as a STAC ItemCollection")
+    se.add_argument("--list-collections", action="store_true",
+                    help="list the catalogue's collections (id, title) and exit")
+    se.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="extra HTTP header for catalogue requests (repeatable)")
+    se.add_argument("--token-header", default=None, metavar="NAME",
+                    help="send SATSEG_STAC_TOKEN as this header instead of Authorization")
+    se.set_defaults(func=_cmd_search)
+
     sub.add_parser("train", help="train a model from a config file (see 'satseg train --help')",
                    add_help=False)
     sub.add_parser("evaluate", help="evaluate a run on a split (see 'satseg evaluate --help')",
@@ -584,6 +755,9 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # urllib3's retry warnings print request paths with their query strings (signed URLs,
+    # API keys); our own errors say what failed, redacted.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -594,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler = _cmd_train if argv[0] == "train" else _cmd_evaluate
             return handler(argv[1:])
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_values(argv))
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

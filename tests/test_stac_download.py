@@ -1,0 +1,208 @@
+"""``satseg download`` and ``satseg compose --item`` against a local STAC API (issue 12).
+
+The server (tests/helpers/stac_server.py) serves two items whose assets are
+Cloud-Optimised GeoTIFFs generated on the fly, answers HTTP Range requests, counts the
+bytes it sends, and can fail, throttle or demand a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from satseg_jax.cli import main
+from tests.helpers.stac_data import make_items
+from tests.helpers.stac_server import StacServer
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "s3cr3t-t0ken-for-tests"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stac")
+    items = make_items(root, n=2)
+    return root, items
+
+
+def _start(root, items, token=None):
+    srv = StacServer(root, token=token)
+    srv.__enter__()
+    for cid in sorted({it["collection"] for it in items}):
+        srv.add_collection(cid, "test collection")
+    for it in items:
+        srv.add_item(it)
+    return srv
+
+
+def _items_file(srv: StacServer, tmp_path: Path, capsys) -> Path:
+    """items.json as ``satseg search --out`` writes it (searched with the token if set)."""
+    from satseg_jax.catalog.auth import request_headers
+    from satseg_jax.catalog.search import search_items, write_item_collection
+
+    items = []
+    for cid in sorted(srv._collections):
+        items += search_items(srv.url, cid, headers=request_headers(None, [])).items
+    return write_item_collection(items, tmp_path / "items.json")
+
+
+def _served_file(root: Path, item: dict, key: str) -> Path:
+    href = item["assets"][key]["href"]
+    return root / href.split("/files/", 1)[-1] if "/files/" in href else root / href
+
+
+def test_download_whole_files_bit_identical_with_token(served, tmp_path, capsys, monkeypatch):
+    root, items = served
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    with _start(root, items, token=TOKEN) as srv:
+        items_json = _items_file(srv, tmp_path, capsys)
+        out = tmp_path / "dl"
+        assert main(["download", "--items", str(items_json), "--assets", "blue,B16",
+                     "--out", str(out), "--workers", "2"]) == 0
+    cap = capsys.readouterr()
+    manifest_text = (out / "manifest.json").read_text()
+    for text in (cap.out, cap.err, manifest_text):
+        assert TOKEN not in text
+    manifest = json.loads(manifest_text)
+    assert len(manifest["files"]) == 4
+    for it in items:
+        for key in ("B13", "B16"):
+            got = out / it["id"] / f"{key}.tif"
+            assert _sha(got) == _sha(_served_file(root, it, key))
+            e = next(e for e in manifest["files"] if (e["item"], e["asset"]) == (it["id"], key))
+            assert e["checksum"] == it["assets"][key]["file:checksum"]
+            assert e["bytes"] == got.stat().st_size and e["window"] is None
+            assert e["url"].startswith("http://127.0.0.1") and "?" not in e["url"]
+            assert e["crs"] and e["datetime"] == it["properties"]["datetime"]
+    assert {e["common_name"] for e in manifest["files"]} == {"blue", "nir"}
+    assert not list(out.rglob(".*.part"))
+
+
+def test_aoi_reads_only_the_covering_window(served, tmp_path, capsys):
+    root, items = served
+    it = items[0]
+    w, s, e, n = it["bbox"]
+    aoi = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [[
+        [w + 0.40 * (e - w), s + 0.40 * (n - s)], [w + 0.55 * (e - w), s + 0.40 * (n - s)],
+        [w + 0.55 * (e - w), s + 0.55 * (n - s)], [w + 0.40 * (e - w), s + 0.55 * (n - s)],
+        [w + 0.40 * (e - w), s + 0.40 * (n - s)]]]}}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    with _start(root, [it]) as srv:
+        items_json = _items_file(srv, tmp_path, capsys)
+        before = srv.bytes_sent()
+        out = tmp_path / "dl"
+        assert main(["download", "--items", str(items_json), "--assets", "red",
+                     "--aoi", str(tmp_path / "aoi.geojson"), "--out", str(out)]) == 0
+        sent = srv.bytes_sent() - before
+    src_path = _served_file(root, it, "B15")
+    assert sent < 0.3 * src_path.stat().st_size, (sent, src_path.stat().st_size)
+    entry = json.loads((out / "manifest.json").read_text())["files"][0]
+    col, row, width, height = entry["window"]
+    assert 0 < width < 400 and 0 < height < 400
+    from rasterio.windows import Window
+
+    with rasterio.open(src_path) as src, rasterio.open(out / it["id"] / "B15.tif") as got:
+        want = src.read(window=Window(col, row, width, height))
+        np.testing.assert_array_equal(got.read(), want)
+        assert got.crs == src.crs
+        assert got.transform == src.window_transform(Window(col, row, width, height))
+
+
+def test_retry_then_success_and_404_leaves_nothing(served, tmp_path, capsys):
+    root, items = served
+    it = items[1]
+    with _start(root, [it]) as srv:
+        items_json = _items_file(srv, tmp_path, capsys)
+        path = "/files/" + _served_file(root, it, "B14").relative_to(root / "files").as_posix()
+        srv.fail_plan[path] = [500, 500]
+        out = tmp_path / "dl"
+        assert main(["download", "--items", str(items_json), "--assets", "green",
+                     "--out", str(out), "--retry-backoff", "0.01"]) == 0
+        assert [r["status"] for r in srv.requests if r["path"] == path][:3] == [500, 500, 200]
+        assert _sha(out / it["id"] / "B14.tif") == _sha(_served_file(root, it, "B14"))
+        missing = "/files/" + _served_file(root, it, "B13").relative_to(
+            root / "files").as_posix()
+        srv.missing.add(missing)
+        capsys.readouterr()
+        rc = main(["download", "--items", str(items_json), "--assets", "blue",
+                   "--out", str(out), "--retry-backoff", "0.01"])
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert rc == 2 and err.startswith("satseg: error:")
+    assert it["id"] in err and "B13" in err and "404" in err
+    assert not (out / it["id"] / "B13.tif").exists()
+    assert not list(out.rglob(".*.part"))
+    # the complete file from before is kept and still recorded
+    assert [e["asset"] for e in json.loads((out / "manifest.json").read_text())["files"]] == \
+        ["B14"]
+
+
+def test_killed_download_resumes_without_refetching(served, tmp_path, capsys):
+    root, items = served
+    it = items[0]
+    with _start(root, [it]) as srv:
+        items_json = _items_file(srv, tmp_path, capsys)
+        first = "/files/" + _served_file(root, it, "B13").relative_to(root / "files").as_posix()
+        second = "/files/" + _served_file(root, it, "B16").relative_to(
+            root / "files").as_posix()
+        srv.throttle[second] = 0.05
+        out = tmp_path / "dl"
+        cmd = [sys.executable, "-m", "satseg_jax.cli", "download", "--items", str(items_json),
+               "--assets", "B13,B16", "--out", str(out), "--workers", "1"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        part = out / it["id"] / ".B16.tif.part"
+        deadline = time.time() + 60
+        while time.time() < deadline and not (part.exists() and part.stat().st_size > 65536 * 2):
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        assert (out / it["id"] / "B13.tif").exists(), "first file should be complete"
+        assert part.exists() and 0 < part.stat().st_size < _served_file(
+            root, it, "B16").stat().st_size
+        have = part.stat().st_size
+        del srv.throttle[second]
+        n_first = sum(r["method"] == "GET" and r["path"] == first for r in srv.requests)
+        assert main(["download", "--items", str(items_json), "--assets", "B13,B16",
+                     "--out", str(out)]) == 0
+        assert sum(r["method"] == "GET" and r["path"] == first for r in srv.requests) == n_first
+        resumed = [r for r in srv.requests if r["path"] == second and r["method"] == "GET"]
+        assert resumed[-1]["range"] == f"bytes={have}-"
+    for key in ("B13", "B16"):
+        assert _sha(out / it["id"] / f"{key}.tif") == _sha(_served_file(root, it, key))
+    assert not part.exists()
+
+
+def test_compose_item_equals_compose_by_file_names(served, tmp_path, capsys):
+    root, items = served
+    it = items[0]
+    with _start(root, [it]) as srv:
+        items_json = _items_file(srv, tmp_path, capsys)
+        out = tmp_path / "dl"
+        assert main(["download", "--items", str(items_json), "--assets", "B13,B14,B15,B16",
+                     "--out", str(out)]) == 0
+    d = out / it["id"]
+    assert main(["compose", "--item", str(d), "--bands", "red,green,blue,nir",
+                 "--out", str(tmp_path / "a.tif")]) == 0
+    assert main(["compose", "--bands", str(d / "B15.tif"), str(d / "B14.tif"),
+                 str(d / "B13.tif"), str(d / "B16.tif"), "--out", str(tmp_path / "b.tif")]) == 0
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.profile == b.profile and a.descriptions == b.descriptions
+    capsys.readouterr()
+    assert main(["compose", "--item", str(d), "--bands", "swir16",
+                 "--out", str(tmp_path / "c.tif")]) == 2
+    assert "swir16" in capsys.readouterr().err
