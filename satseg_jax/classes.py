@@ -136,7 +136,7 @@ class ClassSet:
             if k in table:
                 ids[j] = table[k]
                 continue
-            if tolerance:
+            if tolerance and k < 1 << 24:
                 d, best = min((dist(k, t), t) for t in table)
                 if d <= tolerance:
                     ids[j] = table[best]
@@ -172,6 +172,8 @@ def _unpack(k: int) -> tuple[int, int, int]:
 
 
 def _colour_hex(k: int) -> str:
+    if k >= 1 << 24:  # see raster.masks.palette_lut
+        return f"palette index {k - (1 << 24)} (not in the colour table)"
     return _hex(_unpack(k))
 
 

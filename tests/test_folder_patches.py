@@ -25,6 +25,7 @@ from tests.helpers.labelled_folders import (
     truth_labels,
     write_classes,
     write_image,
+    write_raw_palette_png,
     write_rgb_mask,
 )
 
@@ -219,3 +220,51 @@ def test_georeferenced_pair_grid_tolerance(tmp_path, capsys):
     _georef_pair(shifted, from_origin(500005.0, 7500000.0, 10.0, 10.0))  # half a pixel
     rc = _patches(shifted)
     _fails(capsys, rc, shifted / "patches", "a.tif", "transform")
+
+
+def test_mask_edge_cases_are_never_decoded_by_guesswork(tmp_path, capsys):
+    """Review findings: palette indices outside the colour table, transparent RGBA
+    pixels, a tolerance on a lossless mask, and pairing across sub-folder trees."""
+    lab = np.zeros((32, 32), np.uint8)
+    img = image_for(np.random.default_rng(4), lab)
+    # (a) a palette defining indices 0..3 only; 20 px use index 10
+    d = tmp_path / "pal"
+    write_image(d / "images" / "a.jpg", img)
+    idx = np.zeros((32, 32), np.uint8)
+    idx[:2, :10] = 10
+    write_raw_palette_png(d / "masks" / "a.png", idx,
+                          [(255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0)])
+    write_classes(d / "classes.json")
+    rc = _patches(d)
+    _fails(capsys, rc, d / "patches", "palette index 10 (not in the colour table) (20 px)")
+    # (b) RGBA: fully transparent pixels are unlabelled, whatever their RGB
+    d = tmp_path / "rgba"
+    write_image(d / "images" / "a.jpg", img)
+    rgba = np.zeros((4, 32, 32), np.uint8)
+    rgba[0], rgba[3] = 255, 255  # opaque red = road
+    rgba[:, :4, :] = 0  # transparent black rows
+    rgba[1, 4:6, :] = 200  # transparent? no: opaque (200 green + red) -> undeclared
+    rgba[3, 4:6, :] = 0  # ... made transparent, so never decoded
+    write_image(d / "masks" / "a.png", rgba, "PNG")
+    write_classes(d / "classes.json")
+    assert _patches(d) == 0
+    capsys.readouterr()
+    mask = _read(next((d / "patches" / "masks").iterdir()))[0]
+    assert (mask[:6] == 255).all() and (mask[6:] == 0).all()
+    # (c) --colour-tolerance does not snap colours of a lossless (PNG) mask
+    d = tmp_path / "tol"
+    write_image(d / "images" / "a.jpg", img)
+    rgb = np.zeros((3, 32, 32), np.uint8)
+    rgb[0] = 255
+    rgb[0, 0, 0] = 250
+    write_image(d / "masks" / "a.png", rgb, "PNG")
+    write_classes(d / "classes.json")
+    rc = _patches(d, "--colour-tolerance", "10")
+    _fails(capsys, rc, d / "patches", "#fa0000 (1 px)")
+    # (d) same stems in two different sub-folder trees never pair by name alone
+    d = tmp_path / "cross"
+    for f in ("images/a/1.jpg", "images/b/2.jpg", "masks/b/1.png", "masks/a/2.png"):
+        (d / f).parent.mkdir(parents=True, exist_ok=True)
+        (d / f).touch()
+    p = find_pairs(d / "images", d / "masks")
+    assert not p.pairs and len(p.unpaired_images) == 2 and len(p.unpaired_masks) == 2

@@ -22,6 +22,7 @@ Why this shape:
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -114,35 +115,91 @@ def _part(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.part")
 
 
+def _aoi_part(dest: Path) -> Path:
+    """AOI reads get their own temporary name: a killed AOI run's small GeoTIFF must
+    never be taken for the first bytes of the whole remote file."""
+    return dest.with_name(f".{dest.name}.aoi.part")
+
+
+def _validator(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def is_local(href: str) -> bool:
+    return "://" not in href or href.startswith("file://")
+
+
+def _local_path(href: str) -> Path:
+    from urllib.parse import unquote
+
+    return Path(unquote(urlparse(href).path)) if href.startswith("file://") else Path(href)
+
+
 # ----------------------------------------------------------------------------- whole files
 
 
+def _copy_local(job: Job, bar) -> None:
+    """A static catalogue on disk: copy the asset file (then verified like a download)."""
+    import shutil
+
+    src = _local_path(job.href)
+    if not src.is_file():
+        raise PermanentError(f"file {src} not found")
+    if bar is not None:
+        bar.reset(total=src.stat().st_size)
+    shutil.copyfile(src, _part(job.dest))
+    if bar is not None:
+        bar.update(src.stat().st_size)
+
+
 def _fetch_whole(job: Job, headers: dict, bar) -> None:
-    """GET ``job.href`` into the .part file, resuming from its length with Range."""
+    """GET ``job.href`` into the .part file, resuming from its length with Range.
+
+    A resume is only trusted when the server answers 206 from exactly the bytes on disk
+    and (through ``If-Range`` with the ETag / Last-Modified saved when the part was
+    started) for the same version of the file; anything else restarts from zero.
+    """
+    import json
+
     import requests
 
-    part = _part(job.dest)
+    part, meta = _part(job.dest), _validator(_part(job.dest))
     have = part.stat().st_size if part.exists() else 0
+    saved = {}
+    if have and meta.exists():
+        try:
+            saved = json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            saved = {}
     h = dict(headers)
     if have:
         h["Range"] = f"bytes={have}-"
+        if saved.get("etag") or saved.get("last_modified"):
+            h["If-Range"] = saved.get("etag") or saved.get("last_modified")
     try:
         with requests.get(job.href, headers=h, stream=True, timeout=60) as r:
-            if r.status_code == 416 and have and job.size == have:
-                return  # the .part already holds the whole file
+            if r.status_code == 416 and have:
+                total = r.headers.get("Content-Range", "").rpartition("/")[2]
+                if total.isdigit() and int(total) == have:
+                    return  # the .part already holds the whole file
+                part.unlink(missing_ok=True)
+                raise RetryableError("HTTP 416 for a partial file; starting over")
             if r.status_code in RETRY_STATUS:
                 raise RetryableError(f"HTTP {r.status_code}")
             if r.status_code >= 400:
                 raise PermanentError(f"HTTP {r.status_code}")
-            mode = "ab" if (have and r.status_code == 206) else "wb"
-            if mode == "wb":
+            start = r.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+            resume = bool(have) and r.status_code == 206 and start == str(have)
+            if not resume:
                 have = 0
-            total = int(r.headers.get("Content-Length", 0)) + have if \
-                r.headers.get("Content-Length") else job.size
+                meta.write_text(json.dumps({"etag": r.headers.get("ETag"),
+                                            "last_modified": r.headers.get("Last-Modified")}))
+            length = r.headers.get("Content-Length")
+            total = int(length) + have if length else job.size
             if bar is not None:
                 bar.reset(total=total)
                 bar.update(have)
-            with open(part, mode) as fh:
+            with open(part, "ab" if resume else "wb") as fh:
                 for block in r.iter_content(CHUNK):
                     fh.write(block)
                     if bar is not None:
@@ -150,7 +207,10 @@ def _fetch_whole(job: Job, headers: dict, bar) -> None:
             got = part.stat().st_size
             if total is not None and got != total:
                 raise RetryableError(f"connection closed after {got} of {total} bytes")
-    except (requests.ConnectionError, requests.Timeout) as e:
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema) as e:
+        raise PermanentError(f"unusable URL ({type(e).__name__})") from None
+    except requests.RequestException as e:  # dropped connections, timeouts, cut bodies
         raise RetryableError(type(e).__name__) from None
 
 
@@ -226,8 +286,8 @@ def _fetch_window(job: Job, aoi_bounds, headers: dict) -> tuple[str, list[int]]:
     from rasterio.errors import RasterioIOError
     from rasterio.windows import transform as win_transform
 
-    part = _part(job.dest)
-    href = job.href if "://" not in job.href else "/vsicurl/" + job.href
+    part = _aoi_part(job.dest)
+    href = str(_local_path(job.href)) if is_local(job.href) else "/vsicurl/" + job.href
     try:
         with gdal_http_env(headers), rasterio.open(href) as src:
             win = aoi_window(src, aoi_bounds)
@@ -247,7 +307,10 @@ def _fetch_window(job: Job, aoi_bounds, headers: dict) -> tuple[str, list[int]]:
                 dst.descriptions = descriptions
     except RasterioIOError as e:
         text = str(e)
-        if any(f"{c}" in text for c in (400, 401, 403, 404, 410)):
+        code = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
+        if code and code.group(1) in ("400", "401", "403", "404", "410"):
+            raise PermanentError(f"HTTP {code.group(1)}") from None
+        if code is None and is_local(job.href):
             raise PermanentError(text) from None
         raise RetryableError(text) from None
     return crs, [int(win.col_off), int(win.row_off), int(win.width), int(win.height)]
@@ -270,10 +333,15 @@ def _run_job(job: Job, manifest: Manifest, headers: dict, aoi_bounds, retries: i
              backoff: float, bars) -> dict:
     """Fetch one job with retries; record it in the manifest; return its entry."""
     job.dest.parent.mkdir(parents=True, exist_ok=True)
-    part = _part(job.dest)
+    part = _part(job.dest) if aoi_bounds is None else _aoi_part(job.dest)
     where = f"item {job.item} asset {job.asset} ({public_url(job.href)})"
     attempt = 0
     restarted = False
+
+    def clean() -> None:
+        part.unlink(missing_ok=True)
+        _validator(part).unlink(missing_ok=True)
+
     while True:
         try:
             window = None
@@ -282,35 +350,40 @@ def _run_job(job: Job, manifest: Manifest, headers: dict, aoi_bounds, retries: i
                 digest = file_sha256(part)
             else:
                 with bars.file(job) as bar:
-                    _fetch_whole(job, headers, bar)
+                    if is_local(job.href):
+                        _copy_local(job, bar)
+                    else:
+                        _fetch_whole(job, headers, bar)
                 try:
                     digest = _verify(job, part)
                 except RetryableError:
                     if restarted:
                         raise PermanentError("verification failed twice") from None
-                    part.unlink(missing_ok=True)  # a corrupt resume: start over, once
+                    clean()  # a corrupt resume: start over, once
                     restarted = True
                     raise
                 crs = _file_crs(part)
-            part.replace(job.dest)
+            part.replace(job.dest)  # replaces an older version only now, when complete
+            _validator(part).unlink(missing_ok=True)
             break
         except RetryableError as e:
             attempt += 1
             if attempt > retries:
-                part.unlink(missing_ok=True)
+                clean()
                 raise SatsegError(redact(f"{where}: failed after {retries} retries "
                                          f"({e}); check the network and rerun (complete "
                                          "files are kept)", headers)) from None
             time.sleep(backoff * 2 ** (attempt - 1))
         except PermanentError as e:
-            part.unlink(missing_ok=True)
+            clean()
             raise SatsegError(redact(f"{where}: {e}; check the item/asset (or credentials: "
                                      "SATSEG_STAC_TOKEN, --header)", headers)) from None
     entry = {"item": job.item, "asset": job.asset, "common_name": job.common_name,
              "path": job.dest.relative_to(manifest.root).as_posix(),
              "url": public_url(job.href), "bytes": job.dest.stat().st_size,
              "checksum": multihash_sha256(digest), "source_checksum": job.checksum,
-             "datetime": job.datetime, "crs": crs, "window": window}
+             "datetime": job.datetime, "crs": crs, "window": window,
+             "aoi": list(aoi_bounds) if aoi_bounds is not None else None}
     manifest.record(entry)
     return entry
 
@@ -360,12 +433,12 @@ def download_items(items: list[dict], assets: list[str], out_dir: str | Path,
     todo, skipped = [], []
     for j in jobs:
         e = manifest.entry(j.item, j.asset)
-        want_window = aoi_bounds is not None
-        if j.dest.exists() and e is not None and (e.get("window") is not None) == want_window:
+        want = list(aoi_bounds) if aoi_bounds is not None else None
+        # complete = on disk under its final name, recorded, and read for the same AOI
+        # (or whole); otherwise fetched again, replacing the old file only on success
+        if j.dest.exists() and e is not None and e.get("aoi") == want:
             skipped.append(j)
         else:
-            if j.dest.exists():  # complete on disk but not recorded, or other AOI mode
-                j.dest.unlink()
             todo.append(j)
     bars = _Bars(len(jobs), progress)
     bars.overall.update(len(skipped))

@@ -10,8 +10,9 @@ Pairing rules, chosen so that a wrong pair is impossible rather than unlikely:
   same text (``Rural`` with ``Rural``), so equal file names in two regions never cross.
 - Inside a folder pair, files are found recursively. An image pairs with the mask at the
   same relative path (suffix aside); failing that, with the one mask of the same file
-  stem. A stem that could pair with more than one file is an error listing the
-  candidates, never a silent choice.
+  stem, but only when one side is flat (no sub-folders): two different sub-folder trees
+  never pair by name alone. A stem that could pair with more than one file is an error
+  listing the candidates, never a silent choice.
 - ``pattern`` (``'{stem}_sat.jpg:{stem}_mask.png'``) handles sets that name the two
   differently; it also lets images and masks share one folder (DeepGlobe). Files that do
   not match their side of the pattern are not part of the dataset.
@@ -145,13 +146,14 @@ def _pair_in(img_root: Path, mask_root: Path, pattern, prefix: str,
     images = _raster_files(img_root, exclude=(mask_root,))
     masks = _raster_files(mask_root, exclude=(img_root,))
 
-    def side(files: list[Path], root: Path, rx) -> dict[str, list[tuple[str, Path]]]:
-        """stem -> [(relative path key, file)]"""
+    def side(files: list[Path], root: Path, rx, not_rx=None) -> dict[str, list[tuple[str, Path]]]:
+        """stem -> [(relative path key, file)]; ``not_rx``: names that belong to the
+        other side (one shared folder with '{stem}.png:{stem}_mask.png')."""
         by_stem: dict[str, list[tuple[str, Path]]] = {}
         for f in files:
             if rx is not None:
                 m = rx.match(f.name)
-                if m is None:
+                if m is None or (not_rx is not None and not_rx.match(f.name)):
                     continue
                 stem = m.group("stem")
                 rel = (f.parent.relative_to(root) / stem).as_posix()
@@ -162,9 +164,11 @@ def _pair_in(img_root: Path, mask_root: Path, pattern, prefix: str,
         return by_stem
 
     img_rx, mask_rx = pattern if pattern is not None else (None, None)
-    img_side = side(images, img_root, img_rx)
+    img_side = side(images, img_root, img_rx, mask_rx if same else None)
     mask_side = side(masks, mask_root, mask_rx)
     mask_by_rel = {rel: f for lst in mask_side.values() for rel, f in lst}
+    flat_masks = all("/" not in rel for rel in mask_by_rel)
+    flat_images = all("/" not in rel for lst in img_side.values() for rel, _ in lst)
     dup_rel = [rel for rel in mask_by_rel
                if sum(r == rel for lst in mask_side.values() for r, _ in lst) > 1]
     if dup_rel:
@@ -176,7 +180,11 @@ def _pair_in(img_root: Path, mask_root: Path, pattern, prefix: str,
         for rel, img in entries:
             mask = mask_by_rel.get(rel)
             if mask is None:
-                cands = [f for _, f in mask_side.get(stem, [])]
+                # by stem only across a flat side (images/a/x.jpg ~ masks/x.png): two
+                # different sub-folder trees never pair by name alone
+                parent = rel.rpartition("/")[0]
+                cands = [f for r, f in mask_side.get(stem, [])
+                         if flat_masks or flat_images or r.rpartition("/")[0] == parent]
                 if len(cands) == 1 and len(entries) == 1:
                     mask = cands[0]
                 elif len(cands) > 1 or (cands and len(entries) > 1):

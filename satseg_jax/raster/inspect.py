@@ -84,6 +84,8 @@ def _hex(rgb) -> str:
 
 
 def _unpack_hex(key: int) -> str:
+    if key >= 1 << 24:  # an index the colour table does not define (masks.palette_lut)
+        return "undefined"
     return _hex(((key >> 16) & 255, (key >> 8) & 255, key & 255))
 
 
@@ -219,7 +221,7 @@ class _MaskTally:
             lut = palette_lut(ds)
             u, c = np.unique(self._drop_nodata(ds, raw[0]), return_counts=True)
             for v, n in zip(u.tolist(), c.tolist()):
-                k = int(pack_colours(lut[min(max(v, 0), len(lut) - 1)]))
+                k = int(lut[min(max(v, 0), len(lut) - 1)])
                 self.pal_values[v] += n
                 self.pal_colours[k] += n
                 self.files["colour", k] += 1

@@ -31,6 +31,7 @@ from satseg_jax.errors import SatsegError
 from satseg_jax.raster.windows import Win, to_rasterio
 
 MASK_MODES = ("auto", "index", "colour")
+UNDEFINED = np.uint32(1 << 24)  # palette keys above every 0xRRGGBB colour
 LOSSY_DRIVERS = ("JPEG", "WEBP")
 
 
@@ -45,17 +46,21 @@ def quiet_georeference() -> Iterator[None]:
 
 
 def palette_lut(ds) -> np.ndarray | None:
-    """Band 1's colour table of a one-band raster as an (N >= 256, 3) uint8 lookup; None
-    without one (rasterio raises ValueError for a band without a colour table)."""
+    """Band 1's colour table of a one-band raster as an (N >= 256, 3) uint32 lookup of
+    packed colours; None without one (rasterio raises ValueError then). Indices the
+    table does not define map to ``UNDEFINED + index``, a key no colour can have, so
+    they surface as undeclared instead of being read as black."""
     if ds.count != 1:
         return None
     try:
         cmap = ds.colormap(1)
     except ValueError:
         return None
-    lut = np.zeros((max(256, max(cmap) + 1), 3), np.uint8)
+    size = max(256, max(cmap) + 1, 1 << (8 * np.dtype(ds.dtypes[0]).itemsize)
+               if np.dtype(ds.dtypes[0]).itemsize <= 2 else 0)
+    lut = UNDEFINED + np.arange(size, dtype=np.uint32)
     for k, v in cmap.items():
-        lut[k] = v[:3]
+        lut[k] = pack_colours(np.array(v[:3], np.uint8))
     return lut
 
 
@@ -72,7 +77,9 @@ class MaskReader:
         if mode not in MASK_MODES:
             raise SatsegError(f"--mask-mode {mode!r}: expected one of {', '.join(MASK_MODES)}")
         self.ds, self.path, self.classes = ds, Path(path), classes
-        self.tolerance = colour_tolerance
+        # the tolerance is for lossy masks only: a lossless mask's colours are exact, and
+        # an off colour there is a labelling error to report, not noise to snap away
+        self.tolerance = colour_tolerance if ds.driver in LOSSY_DRIVERS else None
         if ds.driver in LOSSY_DRIVERS and colour_tolerance is None:
             raise SatsegError(
                 f"{path}: mask is {ds.driver}, a lossy format: compression changes pixel "
@@ -117,7 +124,7 @@ class MaskReader:
         if self.kind == "values":
             return raw[0]
         if self.palette is not None and raw.shape[0] == 1:
-            return pack_colours(self.palette[raw[0]])
+            return self.palette[raw[0]]
         return pack_colours(np.moveaxis(raw[:3], 0, -1))
 
     def _decode(self, keys: np.ndarray, what: str) -> np.ndarray:
@@ -135,6 +142,8 @@ class MaskReader:
         sub = valid[:win.height, :win.width].copy()
         if self.nodata is not None:
             sub &= keys != self.nodata
+        if self.kind == "colours" and raw.shape[0] == 4:
+            sub &= raw[3] != 0  # fully transparent RGBA pixels are unlabelled
         try:
             out[:win.height, :win.width][sub] = self._decode(keys[sub], str(self.path))
         except SatsegError:
@@ -149,9 +158,14 @@ class MaskReader:
 
         totals: Counter = Counter()
         for w in block_windows(self.ds.height, self.ds.width):
-            keys = self._keys(read_window(self.ds, w, self.path))
+            raw = read_window(self.ds, w, self.path)
+            keys = self._keys(raw)
+            keep = np.ones(keys.shape, bool)
             if self.nodata is not None:
-                keys = keys[keys != self.nodata]
+                keep &= keys != self.nodata
+            if self.kind == "colours" and raw.shape[0] == 4:
+                keep &= raw[3] != 0
+            keys = keys[keep]
             u, c = np.unique(keys, return_counts=True)
             totals.update(dict(zip(u.tolist(), c.tolist())))
         uniq = np.array(sorted(totals))

@@ -96,3 +96,22 @@ def colour_folder_set(root: Path, n: int = 12, seed: int = 0) -> dict[str, np.nd
         truth[stem] = lab
     write_classes(root / "classes.json")
     return truth
+
+
+def write_raw_palette_png(path: Path, index: np.ndarray, palette: list[tuple]) -> None:
+    """An 8-bit palette PNG written byte by byte, so pixels may use indices the PLTE
+    chunk does not define (GDAL and PIL refuse or remap those when writing)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    h, w = index.shape
+    raw = b"".join(b"\x00" + index[r].astype(np.uint8).tobytes() for r in range(h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+                     + chunk(b"PLTE", bytes(v for c in palette for v in c))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
