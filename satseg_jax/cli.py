@@ -228,7 +228,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
     headers = request_headers(args.token_header, args.header)
     aoi_bounds, aoi_geom = read_aoi(args.aoi) if args.aoi else (None, None)
-    catalog = args.catalog
+    catalog = None if args.items else args.catalog  # items from a file: their own hrefs
     if args.items:
         if args.collection:
             raise SatsegError("give --items FILE or search options (--collection ...), not both")
@@ -435,6 +435,30 @@ EVALUATE_DOC = (
 
 
 # ----------------------------------------------------------------------------- parser
+
+
+def _add_stac_args(p: argparse.ArgumentParser) -> None:
+    """Catalogue, search filters and credentials: shared by search and download."""
+    p.add_argument("--catalog", default="inpe-dgi", metavar="inpe-dgi|inpe-bdc|URL|PATH",
+                    help="inpe-dgi (default: https://www.dgi.inpe.br/lgi-stac), inpe-bdc "
+                    "(https://data.inpe.br/bdc/stac/v1/), any STAC API URL, or a static "
+                    "catalog.json")
+    p.add_argument("--collection", default=None, metavar="ID",
+                    help="collection id, e.g. CBERS4A_WPM_L4_DN (see --list-collections)")
+    p.add_argument("--bbox", default=None, metavar="W,S,E,N",
+                    help="area in WGS84 degrees, e.g. -47.9,-15.9,-47.7,-15.7")
+    p.add_argument("--aoi", default=None, metavar="AOI.geojson",
+                    help="area of interest as GeoJSON (WGS84), instead of --bbox")
+    p.add_argument("--datetime", default=None, metavar="START/END",
+                    help="date or interval, e.g. 2023-01-01/2023-12-31, 2023-06, 2023-01-01/..")
+    p.add_argument("--max-cloud", type=float, default=None, metavar="PCT",
+                    help="keep items with eo:cloud_cover <= PCT; items reporting no cloud "
+                    "cover are then left out (and counted)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N items")
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="extra HTTP header for catalogue and file requests (repeatable)")
+    p.add_argument("--token-header", default=None, metavar="NAME",
+                    help="send SATSEG_STAC_TOKEN as this header instead of Authorization")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -657,28 +681,16 @@ def build_parser() -> argparse.ArgumentParser:
         "retried with backoff. Credentials: SATSEG_STAC_TOKEN (sent as 'Authorization: "
         "Bearer ...' or as --token-header NAME) and --header; never printed or written.")
     dl.add_argument("--items", default=None, help="STAC ItemCollection from satseg search --out")
-    dl.add_argument("--catalog", default=None,
-                    help="inpe-dgi (default), inpe-bdc, a STAC API URL or a catalog.json path")
-    dl.add_argument("--collection", default=None, help="collection id (instead of --items)")
-    dl.add_argument("--bbox", default=None, help="W,S,E,N in degrees (search filter)")
-    dl.add_argument("--datetime", default=None, help="e.g. 2023-01-01/2023-12-31")
-    dl.add_argument("--max-cloud", type=float, default=None, help="max eo:cloud_cover (%%)")
-    dl.add_argument("--limit", type=int, default=None, help="at most N items")
+    _add_stac_args(dl)
     dl.add_argument("--assets", required=True,
                     help="comma-separated asset keys or eo:common_name values, e.g. "
                     "red,green,blue,nir or BAND13,BAND14")
     dl.add_argument("--out", required=True, help="download folder")
-    dl.add_argument("--aoi", default=None,
-                    help="GeoJSON (WGS84) area of interest: search filter and window to read")
     dl.add_argument("--workers", type=int, default=4, help="files fetched in parallel")
     dl.add_argument("--retries", type=int, default=5,
                     help="retries per file on network errors, 5xx and 429 (backoff doubles)")
     dl.add_argument("--retry-backoff", type=float, default=0.5,
                     help="seconds before the first retry")
-    dl.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
-                    help="extra HTTP header for catalogue and file requests (repeatable)")
-    dl.add_argument("--token-header", default=None, metavar="NAME",
-                    help="send SATSEG_STAC_TOKEN as this header instead of Authorization")
     dl.set_defaults(func=_cmd_download)
 
     ins = sub.add_parser("inspect", help="what a scene, image/mask folder, patches folder or "
@@ -712,32 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
         "download --items'. Credentials: SATSEG_STAC_TOKEN (sent as 'Authorization: Bearer "
         "...' or as --token-header NAME) and --header; never printed. Needs network access "
         "(except for a catalog on disk).")
-    se.add_argument("--catalog", default="inpe-dgi", metavar="inpe-dgi|inpe-bdc|URL|PATH",
-                    help="inpe-dgi (default: https://www.dgi.inpe.br/lgi-stac), inpe-bdc "
-                    "(https://data.inpe.br/bdc/stac/v1/), any STAC API URL, or a static "
-                    "catalog.json")
-    se.add_argument("--collection", default=None, metavar="ID",
-                    help="collection id, e.g. CBERS4A_WPM_L4_DN (see --list-collections)")
-    se.add_argument("--bbox", default=None, metavar="W,S,E,N",
-                    help="area in WGS84 degrees, e.g. -47.9,-15.9,-47.7,-15.7")
-    se.add_argument("--aoi", default=None, metavar="AOI.geojson",
-                    help="area of interest as GeoJSON (WGS84), instead of --bbox")
-    se.add_argument("--datetime", default=None, metavar="START/END",
-                    help="date or interval, e.g. 2023-01-01/2023-12-31, 2023-06, 2023-01-01/..")
-    se.add_argument("--max-cloud", type=float, default=None, metavar="PCT",
-                    help="keep items with eo:cloud_cover <= PCT; items reporting no cloud "
-                    "cover are then left out (and counted)")
-    se.add_argument("--limit", type=int, default=None, metavar="N", help="at most N items")
+    _add_stac_args(se)
     se.add_argument("--page-size", type=int, default=100, metavar="N",
                     help="items per request to the API (default 100)")
     se.add_argument("--out", default=None, metavar="items.json",
                     help="write the matches as a STAC ItemCollection")
     se.add_argument("--list-collections", action="store_true",
                     help="list the catalogue's collections (id, title) and exit")
-    se.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
-                    help="extra HTTP header for catalogue requests (repeatable)")
-    se.add_argument("--token-header", default=None, metavar="NAME",
-                    help="send SATSEG_STAC_TOKEN as this header instead of Authorization")
     se.set_defaults(func=_cmd_search)
 
     sub.add_parser("train", help="train a model from a config file (see 'satseg train --help')",

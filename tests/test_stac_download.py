@@ -248,3 +248,17 @@ def test_other_aoi_refetches_and_local_hrefs_are_copied(served, tmp_path, capsys
     entry = json.loads((out / "manifest.json").read_text())["files"][0]
     assert entry["window"] is None and entry["checksum"] == it["assets"]["B15"][
         "file:checksum"]
+
+
+def test_download_with_search_options_instead_of_items_file(served, tmp_path, capsys):
+    root, items = served
+    with _start(root, items) as srv:
+        out = tmp_path / "dl"
+        assert main(["download", "--catalog", srv.url, "--collection",
+                     items[0]["collection"], "--max-cloud", "10", "--assets", "nir",
+                     "--out", str(out)]) == 0
+    assert "1 item(s) found" in capsys.readouterr().out
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    low = min(items, key=lambda it: it["properties"]["eo:cloud_cover"])
+    assert [(e["item"], e["asset"]) for e in files] == [(low["id"], "B16")]
+    assert json.loads((out / "manifest.json").read_text())["catalog"] == srv.url
