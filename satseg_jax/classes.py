@@ -66,13 +66,14 @@ class ClassSet:
 
     def to_json(self) -> list[dict]:
         out: list[dict] = [
-            {"id": c.id, "name": c.name, "colour": _hex(c.colour), "value": c.value}
+            {"id": c.id, "name": c.name, "colour": hex_colour(c.colour), "value": c.value}
             for c in self.classes
         ]
         for v in self.ignore_values:
             out.append({"name": f"ignore_{v}", "value": v, "ignore": True})
         for col in self.ignore_colours:
-            out.append({"name": f"ignore_{_hex(col)[1:]}", "colour": _hex(col), "ignore": True})
+            out.append({"name": f"ignore_{hex_colour(col)[1:]}", "colour": hex_colour(col),
+                        "ignore": True})
         return out
 
     def save(self, path: str | Path) -> None:
@@ -118,7 +119,7 @@ class ClassSet:
             return table
         colours = [c.colour for c in self.classes] + list(self.ignore_colours)
         if len(set(colours)) != len(colours):
-            dup = sorted({_hex(c) for c in colours if colours.count(c) > 1})
+            dup = sorted({hex_colour(c) for c in colours if colours.count(c) > 1})
             raise SatsegError(f"{self.source}: two entries share the colour {', '.join(dup)}; "
                               f"colour-coded masks ({what}) cannot tell them apart")
         table = {_pack(c.colour): c.id for c in self.classes}
@@ -174,7 +175,7 @@ def _unpack(k: int) -> tuple[int, int, int]:
 def _colour_hex(k: int) -> str:
     if k >= 1 << 24:  # see raster.masks.palette_lut
         return f"palette index {k - (1 << 24)} (not in the colour table)"
-    return _hex(_unpack(k))
+    return hex_colour(_unpack(k))
 
 
 def _value_dist(a: int, b: int) -> int:
@@ -186,7 +187,8 @@ def _colour_dist(a: int, b: int) -> int:
     return max(abs(x - y) for x, y in zip(_unpack(a), _unpack(b)))
 
 
-def _hex(c: tuple[int, int, int]) -> str:
+def hex_colour(c: tuple[int, int, int]) -> str:
+    """(r, g, b) -> '#rrggbb'."""
     return "#{:02x}{:02x}{:02x}".format(*c)
 
 

@@ -281,6 +281,6 @@ def test_missing_empty_and_unreadable_paths(tmp_path, capsys):
     (tmp_path / "bad.tif").write_text("not a raster")
     assert main(["inspect", str(tmp_path / "bad.tif")]) == 2
     err = capsys.readouterr().err
-    assert "bad.tif" in err and "not a raster" in err
+    assert "bad.tif" in err and "cannot be read as a raster" in err
     assert main(["inspect", str(tmp_path / "zz*" / "images")]) == 2
     assert "matches no folder" in capsys.readouterr().err

@@ -51,6 +51,15 @@ def _coords(geom: dict, where: str):
     yield from walk(geom.get("coordinates", []))
 
 
+def geometry_bounds(geoms: list[dict], where: str) -> tuple[float, float, float, float]:
+    """(W, S, E, N) over GeoJSON geometries of any type (collections included)."""
+    pts = [p for g in geoms for p in _coords(g, where)]
+    if not pts:
+        raise SatsegError(f"{where}: no coordinates; give a GeoJSON polygon in WGS84")
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
 def read_aoi(path: str | Path) -> tuple[tuple[float, float, float, float], dict]:
     """(W, S, E, N) bounds and the union geometry (GeoJSON dict) of an AOI GeoJSON file.
 
@@ -75,11 +84,7 @@ def read_aoi(path: str | Path) -> tuple[tuple[float, float, float, float], dict]
         geoms = [obj.get("geometry")]
     else:
         geoms = [obj]
-    pts = [p for g in geoms for p in _coords(g, str(path))]
-    if not pts:
-        raise SatsegError(f"{path}: no coordinates; give a GeoJSON polygon in WGS84")
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    bounds = (min(xs), min(ys), max(xs), max(ys))
+    bounds = geometry_bounds(geoms, str(path))
     check_bbox(bounds, str(path))
     union = geoms[0] if len(geoms) == 1 else {"type": "GeometryCollection",
                                                "geometries": geoms}

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from satseg_jax.catalog.aoi import geometry_bounds
 from satseg_jax.catalog.auth import TOKEN_ENV, public_url, redact
 from satseg_jax.errors import SatsegError
 
@@ -201,29 +202,6 @@ def _bbox_of(item: dict) -> list[float] | None:
 
 def _overlaps(a, b) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
-
-
-def _geom_bounds(geom: dict) -> list[float]:
-    """(W, S, E, N) of a GeoJSON geometry (any type, GeometryCollection included)."""
-    pts: list[tuple[float, float]] = []
-
-    def walk(c) -> None:
-        if isinstance(c, (list, tuple)) and c and isinstance(c[0], (int, float)):
-            pts.append((float(c[0]), float(c[1])))
-        elif isinstance(c, (list, tuple)):
-            for x in c:
-                walk(x)
-
-    stack = [geom]
-    while stack:
-        g = stack.pop()
-        if isinstance(g, dict):
-            stack.extend(g.get("geometries") or [])
-            walk(g.get("coordinates") or [])
-    if not pts:
-        raise SatsegError("the AOI geometry has no coordinates; give a GeoJSON polygon")
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 def _local_match(item: dict, bbox, when) -> bool:
@@ -440,7 +418,7 @@ def search_items(catalog: str | None, collection: str, *,
     when = parse_datetime(datetime)
     box = list(bbox) if bbox is not None else None
     if intersects is not None:
-        box = _geom_bounds(intersects)
+        box = list(geometry_bounds([intersects], "the AOI geometry"))
         if intersects.get("type") == "GeometryCollection":
             intersects = None  # not every API takes one (an AOI of several features)
     target = resolve_catalog(catalog)

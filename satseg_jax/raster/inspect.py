@@ -28,14 +28,13 @@ import json
 import math
 import os
 import re
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from satseg_jax.classes import ClassSet, load_classes, pack_colours
+from satseg_jax.classes import ClassSet, hex_colour, load_classes, pack_colours
 from satseg_jax.datasets.pairing import (
     LOSSY_SUFFIXES,
     RASTER_SUFFIXES,
@@ -43,7 +42,7 @@ from satseg_jax.datasets.pairing import (
     find_pairs,
 )
 from satseg_jax.errors import SatsegError
-from satseg_jax.raster.masks import palette_lut
+from satseg_jax.raster.masks import palette_lut, quiet_georeference
 
 DEFAULT_MAX_FILES = 2000
 SCENE_SIDE = 1024   # longest side of the decimated read of a single raster
@@ -65,22 +64,14 @@ _WILDCARD = re.compile(r"[*?\[]")
 def _open(path: Path) -> Iterator:
     """Open a raster read-only without NotGeoreferencedWarning (plain PNG/JPEG tiles are
     expected here); a file GDAL cannot read is a SatsegError naming it."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from satseg_jax.raster.compose import open_raster
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            ds = rasterio.open(path)
-        except RasterioError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SatsegError(f"{path}: not a raster GDAL can read ({first})") from None
-        with ds:
-            yield ds
+    with quiet_georeference(), open_raster(path) as ds:
+        yield ds
 
 
 def _hex(rgb) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*(int(x) for x in rgb[:3]))
+    return hex_colour(tuple(int(x) for x in rgb[:3]))
 
 
 def _unpack_hex(key: int) -> str:
