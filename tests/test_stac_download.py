@@ -59,6 +59,11 @@ def _items_file(srv: StacServer, tmp_path: Path, capsys) -> Path:
     return write_item_collection(items, tmp_path / "items.json")
 
 
+def _url_path(root: Path, item: dict, key: str) -> str:
+    """The server path (``/files/...``) of an item's asset, as the request log shows it."""
+    return "/files/" + _served_file(root, item, key).relative_to(root / "files").as_posix()
+
+
 def _served_file(root: Path, item: dict, key: str) -> Path:
     href = item["assets"][key]["href"]
     return root / href.split("/files/", 1)[-1] if "/files/" in href else root / href
@@ -126,15 +131,14 @@ def test_retry_then_success_and_404_leaves_nothing(served, tmp_path, capsys):
     it = items[1]
     with _start(root, [it]) as srv:
         items_json = _items_file(srv, tmp_path, capsys)
-        path = "/files/" + _served_file(root, it, "B14").relative_to(root / "files").as_posix()
+        path = _url_path(root, it, "B14")
         srv.fail_plan[path] = [500, 500]
         out = tmp_path / "dl"
         assert main(["download", "--items", str(items_json), "--assets", "green",
                      "--out", str(out), "--retry-backoff", "0.01"]) == 0
         assert [r["status"] for r in srv.requests if r["path"] == path][:3] == [500, 500, 200]
         assert _sha(out / it["id"] / "B14.tif") == _sha(_served_file(root, it, "B14"))
-        missing = "/files/" + _served_file(root, it, "B13").relative_to(
-            root / "files").as_posix()
+        missing = _url_path(root, it, "B13")
         srv.missing.add(missing)
         capsys.readouterr()
         rc = main(["download", "--items", str(items_json), "--assets", "blue",
@@ -154,9 +158,8 @@ def test_killed_download_resumes_without_refetching(served, tmp_path, capsys):
     it = items[0]
     with _start(root, [it]) as srv:
         items_json = _items_file(srv, tmp_path, capsys)
-        first = "/files/" + _served_file(root, it, "B13").relative_to(root / "files").as_posix()
-        second = "/files/" + _served_file(root, it, "B16").relative_to(
-            root / "files").as_posix()
+        first = _url_path(root, it, "B13")
+        second = _url_path(root, it, "B16")
         srv.throttle[second] = 0.05
         out = tmp_path / "dl"
         cmd = [sys.executable, "-m", "satseg_jax.cli", "download", "--items", str(items_json),
