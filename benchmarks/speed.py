@@ -11,7 +11,8 @@ Why it is built this way:
   JAX/PyTorch are taken inside one worker; absolute img/s may drift between workers.
 - **Variants.** ``tuned`` = the project's XLA defaults (:mod:`satseg_jax.xla_flags`);
   ``default`` = plain jaxlib defaults, for reference; ``--variant NAME=FLAGS`` adds more
-  (e.g. to try a flag). On accelerators the CPU flags change nothing; ``tuned`` only.
+  (e.g. to try a flag); ``+flaxpool`` in NAME patches an earlier layer formulation back
+  in (:func:`apply_model_patches`). On accelerators the CPU flags change nothing; ``tuned`` only.
 - **The production step.** The JAX side is ``satseg_jax.train``'s own ``Runner``,
   ``create_train_state`` and ``make_train_step`` (jit, donated state), built from
   ``configs/unet_sample.py`` with the model size overridden; the PyTorch side is the
@@ -398,39 +399,29 @@ def torch_side(args: argparse.Namespace, platform_name: str, compile_model: bool
 
 # ----------------------------------------------------------------------------- model patches
 #
-# A prototype of a faster formulation of a U-Net layer, measured here before it goes into
-# satseg_jax/models/blocks.py (the first one, the 2x2 transposed conv as a matmul, is
-# there now: blocks.ConvTranspose2x2). Selected per variant by "+pool" in the variant's
-# name (``--variant "tuned+pool=FLAGS"``) and only ever patched into a worker process;
-# it keeps the parameter tree identical.
+# Earlier formulations of U-Net layers, patched into one worker process to measure what
+# a change to satseg_jax/models/blocks.py bought (``--variant "tuned+flaxpool=FLAGS"``).
+# Each keeps the parameter tree identical. "flaxpool": ``nn.max_pool`` (select-and-
+# scatter gradient) instead of ``blocks.down`` (reshape + max, element-wise backward).
 
 
-def fast_down(x: Any) -> Any:
-    """2×2 stride-2 max-pool as a reshape + max.
-
-    Why: ``nn.max_pool``'s gradient is a select-and-scatter that XLA's CPU backend expands
-    into iota/reduce-window/scatter loops (~0.3 s of a step). A reshape + ``max`` has a
-    fused element-wise gradient. Ties within a window share the gradient instead of going
-    to the first maximum; after ReLU, ties are zeros whose gradient ReLU drops anyway.
-    """
-    import flax.linen as nn
-
-    n, h, w, c = x.shape
-    if h % 2 or w % 2:
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+MODEL_PATCHES = {"flaxpool"}
 
 
 def apply_model_patches(patches: set[str]) -> None:
-    """Patch the prototypes named in ``patches`` ("pool") into this process."""
+    """Patch the layer formulations named in ``patches`` into this process."""
     if not patches:
         return
+    import flax.linen as nn
+
     from satseg_jax.models import blocks, unet, variants
 
-    if "pool" in patches:
-        for mod in (blocks, unet, variants):
-            if hasattr(mod, "down"):
-                mod.down = fast_down
+    def flax_down(x: Any) -> Any:
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    for mod in (blocks, unet, variants):
+        if hasattr(mod, "down"):
+            mod.down = flax_down
 
 
 def jax_side(args: argparse.Namespace) -> dict:
@@ -544,10 +535,12 @@ def variants(args: argparse.Namespace) -> dict[str, str]:
     out = {"tuned": tuned}
     if not args.no_default:
         out["default"] = user
-    if args.proposed:
-        out["tuned+pool"] = tuned
     for spec in args.variant:
         name, _, flags = spec.partition("=")
+        unknown = set(name.split("+")[1:]) - MODEL_PATCHES
+        if unknown:
+            raise SystemExit(f"speed.py: --variant {name!r}: unknown model patch(es) "
+                             f"{sorted(unknown)} after '+'; known: {sorted(MODEL_PATCHES)}")
         out[name] = flags
     return out
 
@@ -691,9 +684,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra JAX variant with these XLA_FLAGS (repeatable)")
     p.add_argument("--no-default", action="store_true",
                    help="skip the plain-jaxlib-defaults reference variant")
-    p.add_argument("--no-proposed", dest="proposed", action="store_false",
-                   help="skip the 'tuned+pool' variant (the proposed reshape max-pool, "
-                   "patched in; off with --quick)")
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
                    help="also time torch.compile (auto: not with --quick)")
@@ -714,8 +704,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for k, v in QUICK.items():
             if getattr(args, k) == defaults[k]:
                 setattr(args, k, v)
-    if args.quick:
-        args.proposed = False
     args.sections = [s for s in args.sections.split(",") if s]
     tc = args.torch_compile
     args.torch_compile = tc == "on" or (tc == "auto" and not args.quick)

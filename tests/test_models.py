@@ -287,3 +287,32 @@ def test_matmul_transposed_conv_equals_flax_conv_transpose():
     g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(6, 8), (7, 5)], ids=["even", "odd"])
+def test_reshape_max_pool_equals_flax_max_pool(size):
+    """blocks.down (reshape + max, element-wise backward: fast on XLA's CPU backend) is
+    nn.max_pool(2x2, stride 2, VALID): same output (an odd last row/column dropped) and
+    the same input gradient, ties included (all to the first maximum of a window)."""
+    import flax.linen as nn
+
+    from satseg_jax.models.blocks import down
+
+    ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+    x = jax.random.normal(jax.random.key(4), (2, *size, 3))
+    # Few distinct values: most windows hold tied maxima.
+    tied = jnp.round(jax.random.uniform(jax.random.key(6), x.shape) * 2.0)
+    w = jax.random.normal(jax.random.key(5), ref(x).shape)
+    for v in (x, tied, jax.nn.relu(x)):
+        np.testing.assert_array_equal(down(v), ref(v))
+        g_fast = jax.grad(lambda v: (down(v) * w).sum())(v)
+        g_ref = jax.grad(lambda v: (ref(v) * w).sum())(v)
+        np.testing.assert_array_equal(g_fast, g_ref)
+    n_tied = int((_count_ties(tied)).sum())
+    assert n_tied > 5, n_tied  # the tie case was exercised
+
+
+def _count_ties(v: jax.Array) -> jax.Array:
+    n, h, w, c = v.shape
+    win = v[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2, c)
+    return (win == win.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4)) > 1

@@ -98,9 +98,51 @@ class ConvBlock(LevelBlock):
         return x
 
 
+@jax.custom_vjp
 def down(x: jax.Array) -> jax.Array:
-    """2×2 max-pooling, stride 2."""
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    """2×2 max-pooling, stride 2: ``nn.max_pool(x, (2, 2), strides=(2, 2))`` (an odd
+    last row/column is dropped, as VALID pooling does), with the same gradient (all of
+    it to the first maximum of each window in row-major order), computed as a reshape +
+    ``max`` forward and an element-wise backward.
+
+    Why: ``nn.max_pool``'s gradient is a select-and-scatter, which XLA's CPU backend
+    lowers to a variadic reduce-window carrying four int32 iota index tensors of the
+    input's size; and the plain reshape + ``max`` gradient (ties shared) needs a
+    strided count reduction. Both cost more than 10 % of a U-Net train step on a 2-core
+    CPU (benchmarks/NOTES.md §9); the selection below fuses into one loop.
+    """
+    return _down_fwd(x)[0]
+
+
+def _windows(x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    return x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+def _down_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = _windows(x).max(axis=(2, 4))
+    return y, (x, y)
+
+
+def _down_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+    x, y = res
+    win = _windows(x)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(2):
+        cols = []
+        for j in range(2):
+            pick = (win[:, :, i, :, j] == y) & ~taken
+            taken = taken | pick
+            cols.append(jnp.where(pick, g, jnp.zeros((), g.dtype)))
+        rows.append(jnp.stack(cols, axis=3))  # n, h/2, w/2, 2(j), c
+    dx = jnp.stack(rows, axis=2).reshape(win.shape[0], win.shape[1] * 2,
+                                         win.shape[3] * 2, win.shape[5])
+    n, h, w, c = x.shape
+    return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+down.defvjp(_down_fwd, _down_bwd)
 
 
 class ConvTranspose2x2(nn.ConvTranspose):
