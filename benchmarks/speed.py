@@ -526,11 +526,11 @@ def torch_compile_timing(args: argparse.Namespace, platform_name: str,
 # ----------------------------------------------------------------------------- main
 
 
-def variants(args: argparse.Namespace) -> dict[str, str]:
-    """Variant name -> XLA_FLAGS for its worker."""
+def variants(args: argparse.Namespace, user: str) -> dict[str, str]:
+    """Variant name -> XLA_FLAGS for its worker; ``user`` is the caller's XLA_FLAGS as
+    they were *before* ``import satseg_jax`` added the project's defaults to them."""
     from satseg_jax import xla_flags
 
-    user = os.environ.get("XLA_FLAGS", "")
     tuned = xla_flags.merged_flags(user, xla_flags.recommended_flags())
     out = {"tuned": tuned}
     if not args.no_default:
@@ -720,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         res = worker(args)
         print(RESULT_TAG + json.dumps(res))
         return 0
+    user_flags = os.environ.get("XLA_FLAGS", "")  # read before satseg_jax edits it
     import satseg_jax  # noqa: F401  (its XLA defaults must precede jax's start here too)
 
     info = machine_info()
@@ -729,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"benchmark": "speed", "machine": info,
                               "config": {k: getattr(args, k) for k in WORKER_KEYS},
                               "variants": {}}
-    vs = variants(args)
+    vs = variants(args, user_flags)
     if info["platform"] != "cpu":  # the CPU flags change nothing there
         vs = {k: v for k, v in vs.items() if k not in ("default",)}
     for i, (name, flags) in enumerate(vs.items()):

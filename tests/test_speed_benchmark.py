@@ -122,3 +122,20 @@ def test_sections_skip_cleanly_when_modules_are_missing():
     assert "no_such_module_xyz" in out["needs_missing"]["reason"]
     assert out["needs_nothing"] == {"ran": True}
     assert calls == []
+
+
+def test_default_variant_keeps_the_callers_flags():
+    """The 'default' reference runs the flags the caller had *before* ``import
+    satseg_jax`` added the project's defaults to XLA_FLAGS (it once ran the tuned flags
+    under the name 'default'); unknown model patches in a variant name are refused."""
+    speed = _load_speed()
+    from satseg_jax import xla_flags
+
+    args = speed.parse_args(["--variant", "mine+flaxpool=--x=1"])
+    vs = speed.variants(args, user="")
+    assert vs["default"] == ""
+    for key, value in xla_flags.recommended_flags().items():
+        assert f"--{key}={value}" in vs["tuned"], vs["tuned"]
+    assert vs["mine+flaxpool"] == "--x=1"
+    with pytest.raises(SystemExit, match="unknown model patch"):
+        speed.variants(speed.parse_args(["--variant", "a+nosuch="]), user="")
