@@ -17,6 +17,7 @@ confusion matrix. 255 is reserved for ignore.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,30 @@ class ClassSet:
         the nearest declared value at most that far away.
         """
         values = np.asarray(values)
+        if not tolerance and values.dtype.kind in "ui" and values.dtype.itemsize <= 2:
+            # Fast path for 8/16-bit labels (every label raster seen so far): one table
+            # lookup per pixel instead of a sort. Signed values index through their
+            # unsigned view. Anything undeclared falls through to the reporting path.
+            ids, known = self._value_luts(values.dtype.str)
+            idx = values.view(f"u{values.dtype.itemsize}")
+            if known[idx].all():
+                return ids[idx]
         uniq, inv = np.unique(values, return_inverse=True)
         return self.lookup("values", uniq, inv.reshape(values.shape), what, tolerance)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019  (frozen, hashable; a handful of dtypes)
+    def _value_luts(self, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dtype tables (class id, declared?) indexed by the unsigned view of a value."""
+        dt = np.dtype(dtype)
+        n = 1 << (8 * dt.itemsize)
+        ids = np.full(n, IGNORE_LABEL, np.uint8)
+        known = np.zeros(n, bool)
+        info = np.iinfo(dt)
+        for value, cid in self._table("values", "label raster").items():
+            if info.min <= value <= info.max:
+                pos = int(np.array(value, dt).view(f"u{dt.itemsize}"))
+                ids[pos], known[pos] = cid, True
+        return ids, known
 
     def colour_to_id(self, rgb: np.ndarray, what: str = "mask",
                      tolerance: int | None = None) -> np.ndarray:
