@@ -139,3 +139,21 @@ def test_default_variant_keeps_the_callers_flags():
     assert vs["mine+flaxpool"] == "--x=1"
     with pytest.raises(SystemExit, match="unknown model patch"):
         speed.variants(speed.parse_args(["--variant", "a+nosuch="]), user="")
+
+
+def test_step_ab_compares_current_and_patched_model(capsys):
+    """benchmarks/step_ab.py: both steps in one process, paired ratio printed, losses of
+    the exact max-pool rewrite agree with nn.max_pool's."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("satseg_step_ab",
+                                                      REPO / "benchmarks" / "step_ab.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert mod.main(["--patch", "flaxpool", "--rounds", "2", "--base", "4", "--depth",
+                         "2", "--size", "32", "--batch", "2", "--warmup", "1"]) == 0
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = capsys.readouterr().out
+    assert "speed-up of the current model, paired" in out
+    assert "losses agree (rtol 1e-5): True" in out
