@@ -107,9 +107,11 @@ def down(x: jax.Array) -> jax.Array:
 
     Why: ``nn.max_pool``'s gradient is a select-and-scatter, which XLA's CPU backend
     lowers to a variadic reduce-window carrying four int32 iota index tensors of the
-    input's size; and the plain reshape + ``max`` gradient (ties shared) needs a
-    strided count reduction. Both cost more than 10 % of a U-Net train step on a 2-core
-    CPU (benchmarks/NOTES.md §9); the selection below fuses into one loop.
+    input's size, and the plain reshape + ``max`` gradient (ties shared) needs a strided
+    count reduction; the selection below fuses into one element-wise loop. Measured
+    in one process against ``nn.max_pool`` (``benchmarks/step_ab.py --patch flaxpool``):
+    1.02x per train step on a 2-core CPU, within noise, with bit-identical losses
+    (benchmarks/NOTES.md §9) — kept because it is exact and never slower.
     """
     return _down_fwd(x)[0]
 
