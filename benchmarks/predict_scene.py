@@ -18,8 +18,9 @@ figure (imports, restore, compile, COG) is reported beside it.
 
     python benchmarks/predict_scene.py [--size 16384] [--workdir runs/quickstart/train]
 
-Writes benchmarks/results/predict_scene_<size>.json. Fails (exit 1) when peak RSS
-reaches 2 GiB. Needs a trained run: ``bash launch/quickstart.sh`` makes one.
+Writes benchmarks/results/predict_scene_<size>_<machine>.json (``--result`` to change).
+Fails (exit 1) when peak RSS reaches 2 GiB. Needs a trained run: ``bash
+launch/quickstart.sh`` makes one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout, installed or not
 LIMIT_MIB = 2048
+
+
+def machine() -> str:
+    """The machine id speed.py names its results by (``cpu-2core-amd-epyc``...)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import speed
+
+    return speed.machine_slug("cpu", "cpu", speed.cpu_model(), os.cpu_count() or 1)
 
 
 def _peak_rss_mib() -> float:
@@ -147,6 +156,8 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, default=None,
+                   help="JSON to write (default: results/predict_scene_<size>_<machine>.json)")
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -198,7 +209,8 @@ def main() -> int:
         "overhead_end_to_end_vs_raw": round(pred["seconds_total"] / raw_s - 1, 4),
         "limit_peak_rss_mib": LIMIT_MIB, "within_limit": ok,
     }
-    out = REPO / "benchmarks" / "results" / f"predict_scene_{args.size}.json"
+    out = args.result or (REPO / "benchmarks" / "results"
+                          / f"predict_scene_{args.size}_{machine()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"scene {args.size}²×4 uint16, tile {args.tile}, overlap {args.overlap}, "

@@ -120,6 +120,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Vector/matrix extensions that decide which convolution library is fastest (NOTES §11).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_isa() -> list[str]:
+    """The ``ISA_FLAGS`` this CPU has, from /proc/cpuinfo (empty where it cannot be read):
+    the model name alone ("Intel(R) Xeon(R) Processor" on a VM) does not tell AVX-512."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -217,12 +234,14 @@ def section_data_prep(args: argparse.Namespace) -> dict:
 def section_predict(args: argparse.Namespace) -> dict:
     """Runs ``predict_scene.py --size N`` (it needs the quickstart's trained run) and
     returns its JSON: time, peak RSS, tile-loop overhead over the raw batched model."""
+    import predict_scene
+
+    out = BENCH / "results" / f"predict_scene_{args.predict_size}_{predict_scene.machine()}.json"
     cmd = [sys.executable, str(BENCH / "predict_scene.py"), "--size", str(args.predict_size),
-           "--reps", str(max(args.reps, 5))]
+           "--reps", str(max(args.reps, 5)), "--result", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"status": "error", "error": (proc.stdout + proc.stderr)[-1500:]}
-    out = BENCH / "results" / f"predict_scene_{args.predict_size}.json"
     return json.loads(out.read_text())
 
 
@@ -563,7 +582,8 @@ def machine_info() -> dict:
     """CPU, cores, library versions and the JAX device (imported here, in the parent)."""
     import jax
 
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+    info = {"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count(),
+            "python": platform.python_version(),
             "os": platform.platform(), "jax": jax.__version__}
     for mod in ("jaxlib", "flax", "optax", "torch"):
         try:

@@ -6,7 +6,9 @@ to YNNPACK (``--xla_cpu_experimental_ynn_fusion_type`` contains
 YNNPACK's convolutions at about half the speed of XLA's own (Eigen) convolutions, and
 its kernel-gradient convolutions (a 128×128 "window" producing a 3×3 output) at a
 third; taking convolutions away from YNNPACK made the U-Net train step 1.4x faster, and
-~2.5-3x once its up-sampling is a matmul (benchmarks/NOTES.md has the figures).
+~2.5-3x once its up-sampling is a matmul (benchmarks/NOTES.md has the figures). On the
+2-core Intel Xeon with AVX-512 and AMX, Eigen wins as well (1.1-1.6x forward, 1.3-2.2x
+with gradients, per layer; NOTES section 11), so the flag does not depend on the CPU.
 The flag only exists as an environment setting: XLA reads ``XLA_FLAGS`` once, when the
 first backend is created, and the "remove one item from the default list" form
 (``-individual_convolution``) cannot be given per ``jax.jit`` (``compiler_options``

@@ -50,7 +50,8 @@ def _check_common(report: dict) -> dict:
                 "flops_per_image_g", "flops_per_image_analytic_g", "flops_source", "sections"):
         assert key in report, key
     m = report["machine"]
-    for key in ("cpu", "cores", "jax", "jaxlib", "flax", "platform", "device_kind", "machine"):
+    for key in ("cpu", "cpu_isa", "cores", "jax", "jaxlib", "flax", "platform", "device_kind",
+                "machine"):
         assert key in m, key
     assert m["machine"].startswith("cpu-")
     assert report["config"]["base"] == 4 and report["config"]["batch"] == 2
@@ -157,3 +158,27 @@ def test_step_ab_compares_current_and_patched_model(capsys):
     out = capsys.readouterr().out
     assert "speed-up of the current model, paired" in out
     assert "losses agree (rtol 1e-5): True" in out
+
+
+def test_conv_layers_benchmark_runs_each_flag_setting_in_its_own_process(tmp_path):
+    """benchmarks/conv_layers.py --quick: one worker per XLA flag setting, each seeing its
+    own XLA_FLAGS (the project's defaults switched off), GFLOP/s per shape in the JSON."""
+    out = tmp_path / "conv.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, str(REPO / "benchmarks" / "conv_layers.py"), "--quick", "--no-torch",
+           "--batch", "2", "--reps", "2", "--variant", "w512=--xla_cpu_prefer_vector_width=512",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"ynn", "eigen", "w512"}
+    assert report["variants"]["ynn"]["xla_flags"] == ""
+    assert "-individual_convolution" in report["variants"]["eigen"]["xla_flags"]
+    assert report["variants"]["w512"]["xla_flags"] == "--xla_cpu_prefer_vector_width=512"
+    for res in report["variants"].values():
+        assert [r["shape"] for r in res["rows"]] == [[2, side, side, cin, cout]
+                                                for side, cin, cout in report["shapes"]]
+        for row in res["rows"]:
+            assert row["jax_fwd"] > 0 and row["jax_grad"] > 0
+            assert "torch_fwd" not in row
