@@ -42,11 +42,18 @@ LIMIT_MIB = 2048
 
 
 def machine() -> str:
-    """The machine id speed.py names its results by (``cpu-2core-amd-epyc``...)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    """The machine id speed.py names its results by (``cpu-2core-amd-epyc``, ``gpu-h100``):
+    JAX's first device, as the children predict on it. Call it after the measured
+    children have run (it starts JAX in this process)."""
+    bench = str(Path(__file__).resolve().parent)
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import jax
     import speed
 
-    return speed.machine_slug("cpu", "cpu", speed.cpu_model(), os.cpu_count() or 1)
+    dev = jax.devices()[0]
+    return speed.machine_slug(dev.platform, dev.device_kind, speed.cpu_model(),
+                              os.cpu_count() or 1)
 
 
 def _peak_rss_mib() -> float:
