@@ -25,12 +25,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
+import speed  # noqa: E402  (stdlib-only at import: timing helpers, machine id)
 
 TAG = "CONV_RESULT "
 # (spatial side, input channels, output channels): the padded U-Net base 32, depth 4, 128 px.
@@ -42,7 +42,7 @@ VARIANTS = {"ynn": "", "eigen": "--xla_cpu_experimental_ynn_fusion_type=-individ
 def time_shape(batch: int, side: int, cin: int, cout: int, reps: int, use_torch: bool
                ) -> dict:
     """Median GFLOP/s of one conv shape: JAX (under this process's XLA_FLAGS) and torch,
-    alternated rep after rep (ABBA), after two warm-up calls each (they compile)."""
+    alternated rep after rep (ABBA, ``speed.interleaved``) after two warm-up rounds."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -80,20 +80,10 @@ def time_shape(batch: int, side: int, cin: int, cout: int, reps: int, use_torch:
             del gx, gw
 
         fns.update(torch_fwd=t_fwd, torch_grad=t_grad)
-    for fn in fns.values():  # warm-up (compiles)
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    for i in range(reps):
-        for k in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = speed.interleaved(fns, reps, warmup=2)  # warm-up rounds compile
     row: dict = {"shape": [batch, side, side, cin, cout]}
     for k, ts in times.items():
-        work = flops * (2.0 if k.endswith("grad") else 1.0)
-        row[k] = sorted(work / t / 1e9 for t in ts)[len(ts) // 2]
+        row[k] = speed.stats(ts, flops * (2.0 if k.endswith("grad") else 1.0))["median"] / 1e9
     return row
 
 
@@ -130,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     base_flags = os.environ.get("XLA_FLAGS", "")
     results = {}
     for name, flags in variants.items():
-        env = dict(os.environ, SATSEG_XLA_DEFAULTS="0", XLA_FLAGS=f"{base_flags} {flags}".strip())
+        env = dict(os.environ, SATSEG_XLA_DEFAULTS="0", JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"{base_flags} {flags}".strip())  # CPU flags: a CPU benchmark
         cmd = [sys.executable, __file__, "--worker", "--batch", str(a.batch),
                "--reps", str(a.reps)] + ([] if use_torch else ["--no-torch"]) + (
                    ["--quick"] if a.quick else [])
@@ -140,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             return 1
         results[name] = json.loads(line[0][len(TAG):])
-    import speed
-
     cpu = speed.cpu_model()
     machine = speed.machine_slug("cpu", "cpu", cpu, os.cpu_count() or 1)
     print(f"{cpu}, {os.cpu_count()} cores; 3x3 SAME conv, batch {a.batch}, f32, GFLOP/s "

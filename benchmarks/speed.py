@@ -109,32 +109,32 @@ def paired_ratio(times_a: list[float], times_b: list[float]) -> dict[str, float]
     return {"median": r[len(r) // 2], "min": r[0], "max": r[-1]}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux, platform elsewhere)."""
+def _cpuinfo(field: str, path: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The first ``field: value`` of /proc/cpuinfo (None where it cannot be read)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip().lower() == field:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, platform elsewhere)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # Vector/matrix extensions that decide which convolution library is fastest (NOTES §11).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
 
-def cpu_isa() -> list[str]:
+def cpu_isa(path: Path = Path("/proc/cpuinfo")) -> list[str]:
     """The ``ISA_FLAGS`` this CPU has, from /proc/cpuinfo (empty where it cannot be read):
     the model name alone ("Intel(R) Xeon(R) Processor" on a VM) does not tell AVX-512."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
+    have = set((_cpuinfo("flags", path) or "").split())
+    return [f for f in ISA_FLAGS if f in have]
 
 
 def slug(text: str) -> str:

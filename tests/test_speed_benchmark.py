@@ -182,3 +182,16 @@ def test_conv_layers_benchmark_runs_each_flag_setting_in_its_own_process(tmp_pat
         for row in res["rows"]:
             assert row["jax_fwd"] > 0 and row["jax_grad"] > 0
             assert "torch_fwd" not in row
+
+
+def test_cpu_isa_reads_the_flags_line_and_keeps_only_known_extensions(tmp_path):
+    """machine.cpu_isa: the vector extensions from the first ``flags`` line, in ISA_FLAGS
+    order; a missing file gives an empty list, not an error."""
+    speed = _load_speed()
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n"
+                    "flags\t\t: fpu sse2 amx_tile avx512f avx2 avx512fp16\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert speed.cpu_isa(info) == ["avx2", "avx512f", "amx_tile"]
+    assert speed._cpuinfo("model name", info) == "Some CPU"
+    assert speed.cpu_isa(tmp_path / "absent") == []
