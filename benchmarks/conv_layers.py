@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results[name] = json.loads(line[0][len(TAG):])
     cpu = speed.cpu_model()
-    machine = speed.machine_slug("cpu", "cpu", cpu, os.cpu_count() or 1)
+    machine = speed.machine_slug("cpu", "cpu", cpu, os.cpu_count() or 1, speed.cpu_isa())
     print(f"{cpu}, {os.cpu_count()} cores; 3x3 SAME conv, batch {a.batch}, f32, GFLOP/s "
           "(fwd / fwd-grad d/dx+d/dw)")
     head = f"{'shape HxW Cin>Cout':<22}" + "".join(f"{n:>16}" for n in results)

@@ -42,7 +42,7 @@ LIMIT_MIB = 2048
 
 
 def machine() -> str:
-    """The machine id speed.py names its results by (``cpu-2core-amd-epyc``, ``gpu-h100``):
+    """The machine id speed.py names its results by (``cpu-2core-amd-epyc-avx2``, ``gpu-h100``):
     JAX's first device, as the children predict on it. Call it after the measured
     children have run (it starts JAX in this process)."""
     bench = str(Path(__file__).resolve().parent)
@@ -53,7 +53,7 @@ def machine() -> str:
 
     dev = jax.devices()[0]
     return speed.machine_slug(dev.platform, dev.device_kind, speed.cpu_model(),
-                              os.cpu_count() or 1)
+                              os.cpu_count() or 1, speed.cpu_isa())
 
 
 def _peak_rss_mib() -> float:

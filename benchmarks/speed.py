@@ -29,7 +29,7 @@ Why it is built this way:
   skipped with a message when their modules are missing; see :func:`register_section`.
 
 Writes ``benchmarks/results/<machine>.json`` (``--out`` to change), e.g.
-``cpu-2core-amd-epyc.json`` or ``gpu-h100.json``, and prints a table.
+``cpu-2core-amd-epyc-avx2.json`` or ``gpu-h100.json``, and prints a table.
 """
 
 from __future__ import annotations
@@ -141,12 +141,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def machine_slug(platform_name: str, device_kind: str, cpu: str, cores: int) -> str:
-    """Short file-name-safe machine id: ``cpu-2core-amd-epyc``, ``gpu-h100``, ``tpu-v5e``."""
+def isa_tier(isa: list[str]) -> str:
+    """The widest vector/matrix unit among ``isa`` (``cpu_isa()``): ``amx``, ``avx512``,
+    ``avx2`` or ``""``. Why in the machine id: two VMs both called "AMD EPYC" were a Zen 3
+    (AVX2) and a Zen 4 (AVX-512), and their results must not overwrite each other."""
+    have = set(isa)
+    for tier, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in have:
+            return tier
+    return ""
+
+
+def machine_slug(platform_name: str, device_kind: str, cpu: str, cores: int,
+                 isa: list[str] | None = None) -> str:
+    """Short file-name-safe machine id: ``cpu-2core-amd-epyc-avx2``, ``gpu-h100``,
+    ``tpu-v5e``; ``isa`` (``cpu_isa()``) adds the CPU's widest vector unit."""
     if platform_name == "cpu":
         words = [w for w in slug(re.sub(r"\(.*?\)|\d+-core processor|processor|cpu", " ",
                                         cpu, flags=re.I)).split("-") if w]
-        return f"cpu-{cores}core-" + "-".join(words[:3])
+        tier = isa_tier(isa or [])
+        return f"cpu-{cores}core-" + "-".join(words[:3] + ([tier] if tier else []))
     kind = slug(device_kind)
     kind = re.sub(r"^(nvidia|amd|google|tpu)-", "", kind)
     short = kind.split("-")[0] if platform_name == "gpu" else kind
@@ -289,7 +303,8 @@ def sample_config(args: argparse.Namespace) -> Any:
                schedule=ns(name="warmup_cosine", warmup_steps=30, end_factor=0.01,
                            boundaries=(0.6, 0.85), scales=(0.1, 0.1), decay_rate=0.5,
                            transition_steps=200),
-               train=ns(batch_size=16, num_steps=300, compute_dtype="float32"))
+               train=ns(batch_size=16, num_steps=300, compute_dtype="float32",
+                        cpu_conv="auto"))
     c.model.base_width = args.base
     c.model.depth = args.depth
     c.train.batch_size = args.batch
@@ -424,11 +439,16 @@ def torch_side(args: argparse.Namespace, platform_name: str, compile_model: bool
 # scatter gradient) instead of ``blocks.down`` (reshape + max, element-wise backward).
 
 
-MODEL_PATCHES = {"flaxpool"}
+MODEL_PATCHES = {"flaxpool", "xlaconv", "sysmalloc"}
+# "xlaconv" is not a layer formulation but the convolution library: it sets
+# config.train.cpu_conv = 'xla' (XLA's Eigen convolutions instead of oneDNN's, NOTES §12).
+# "sysmalloc" leaves glibc's malloc at its defaults (no satseg_jax.host_memory settings),
+# under which XLA unmaps and re-faults its step buffer every step (NOTES §12).
 
 
 def apply_model_patches(patches: set[str]) -> None:
     """Patch the layer formulations named in ``patches`` into this process."""
+    patches = patches - {"xlaconv", "sysmalloc"}
     if not patches:
         return
     import flax.linen as nn
@@ -450,9 +470,14 @@ def jax_side(args: argparse.Namespace) -> dict:
 
     from satseg_jax import train
 
-    apply_model_patches(set(args.worker.split("+")[1:]) if args.worker else set())
+    patches = set(args.worker.split("+")[1:]) if args.worker else set()
+    apply_model_patches(patches)
 
     config = sample_config(args)
+    # "default" is plain jaxlib: XLA's convolutions too; "+xlaconv" asks for them.
+    if "xlaconv" in patches or (args.worker or "").split("+")[0] == "default":
+        config.train.cpu_conv = "xla"
+    conv = "onednn" if train.conv_fn_for(config) is not None else "xla"
     tx, _ = train.create_optimizer(config)
     runner = train.Runner(config, lambda axis: train.build_model(config, args.classes, axis),
                           args.classes, tx=tx, loss_config=config.loss)
@@ -467,32 +492,45 @@ def jax_side(args: argparse.Namespace) -> dict:
     compiled = runner.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     flops = _cost_flops(compiled)
-    holder = {"state": state, "loss": []}
+    holder = {"state": state, "loss": [], "faults": []}
+    from satseg_jax.host_memory import minor_faults
 
     def step() -> None:
+        faults = minor_faults()
         holder["state"], metrics = runner.train_step(holder["state"], batch)
         jax.block_until_ready(metrics)
+        holder["faults"].append(minor_faults() - faults)
         holder["loss"].append(float(metrics["loss"]))
 
     def predict() -> None:
         jax.block_until_ready(runner.predict(holder["state"], batch["image"]))
 
     return {"train": step, "predict": predict, "params": nparams, "flops_xla": flops,
-            "compile_s": compile_s, "losses": holder["loss"]}
+            "compile_s": compile_s, "losses": holder["loss"], "conv": conv,
+            "faults": holder["faults"]}
 
 
 def worker(args: argparse.Namespace) -> dict:
-    """One variant: JAX step and (when installed) PyTorch step, timed alternately."""
+    """One variant: JAX step and (when installed) PyTorch step, timed alternately.
+
+    malloc is set up as ``satseg train`` sets it (satseg_jax.host_memory), before JAX
+    starts, unless the variant says ``+sysmalloc``; PyTorch runs in the same process,
+    so both frameworks get the same allocator."""
+    from satseg_jax import host_memory
+
+    sysmalloc = "sysmalloc" in (args.worker or "").split("+")[1:]
+    malloc = [] if sysmalloc else host_memory.keep_freed_memory(enable=True)
     import jax
 
     dev = jax.devices()[0]
     platform_name = dev.platform
     use_torch = have("torch") and not args.no_torch
     out: dict[str, Any] = {"variant": args.worker, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                           "platform": platform_name, "device_kind": dev.device_kind}
+                           "platform": platform_name, "device_kind": dev.device_kind,
+                           "malloc_settings": malloc}
     j = jax_side(args)
     out["jax"] = {"params": j["params"], "flops_xla_per_step": j["flops_xla"],
-                  "compile_s": round(j["compile_s"], 2)}
+                  "compile_s": round(j["compile_s"], 2), "conv": j["conv"]}
     fns = {"jax_train": j["train"]}
     t = None
     if use_torch:
@@ -507,6 +545,9 @@ def worker(args: argparse.Namespace) -> dict:
     if "torch_train" in times:
         out["ratio_train_paired"] = paired_ratio(times["jax_train"], times["torch_train"])
     out["jax"]["losses_first_steps"] = j["losses"][: args.warmup * steps + 3]
+    # Page faults during a timed step (median): ~0 when freed step buffers are reused.
+    timed = sorted(j["faults"][args.warmup * steps:]) or [0]
+    out["jax"]["minor_faults_per_step"] = timed[len(timed) // 2]
     pfns = {"jax_predict": j["predict"]}
     if t is not None:
         pfns["torch_predict"] = t["predict"]
@@ -553,6 +594,10 @@ def variants(args: argparse.Namespace, user: str) -> dict[str, str]:
     tuned = xla_flags.merged_flags(user, xla_flags.recommended_flags())
     out = {"tuned": tuned}
     if not args.no_default:
+        # The project's flags with XLA's own convolutions (what `tuned` was before the
+        # oneDNN path), and plain jaxlib.
+        out["tuned+xlaconv"] = tuned
+        out["tuned+sysmalloc"] = tuned
         out["default"] = user
     for spec in args.variant:
         name, _, flags = spec.partition("=")
@@ -593,7 +638,8 @@ def machine_info() -> dict:
     dev = jax.devices()[0]
     info.update(platform=dev.platform, device_kind=dev.device_kind,
                 device_count=jax.device_count())
-    info["machine"] = machine_slug(dev.platform, dev.device_kind, info["cpu"], info["cores"])
+    info["machine"] = machine_slug(dev.platform, dev.device_kind, info["cpu"], info["cores"],
+                                   info["cpu_isa"])
     return info
 
 
@@ -625,13 +671,14 @@ def print_table(report: dict) -> None:
           f"bands, batch {cfg['batch']}, {cfg['dtype']}; {report['flops_per_image_g']:.2f} "
           f"GFLOP/trained image ({report['flops_source']}); matmul ceiling "
           f"{report.get('matmul_ceiling_gflops') or float('nan'):.0f} GFLOP/s")
-    hdr = (f"{'variant':<10} {'framework':<14} {'train img/s (min-max)':<24} {'GFLOP/s':>8} "
-           f"{'% ceil':>7} {'predict img/s':>14} {'JAX/torch train, paired':>24}")
+    hdr = (f"{'variant':<16} {'framework':<18} {'train img/s (min-max)':<24} {'GFLOP/s':>8} "
+           f"{'% ceil':>7} {'predict img/s':>14} {'JAX/torch train, paired':>24} "
+           f"{'faults/step':>11}")
     print(hdr)
     print("-" * len(hdr))
     for name, res in report["variants"].items():
         if "error" in res:
-            print(f"{name:<10} ERROR {res['error'][:200]}")
+            print(f"{name:<16} ERROR {res['error'][:200]}")
             continue
         for fw in ("jax", "torch"):
             if fw not in res or "train_img_s" not in res[fw]:
@@ -642,18 +689,20 @@ def print_table(report: dict) -> None:
                 pr = res["ratio_train_paired"]
                 ratio = f"{pr['median']:.2f}x ({pr['min']:.2f}-{pr['max']:.2f})"
             pct = res[fw].get("train_pct_of_matmul_ceiling")
-            print(f"{name:<10} {fw:<14} {s['median']:7.2f} ({s['min']:.2f}-{s['max']:.2f})"
+            label = f"jax ({res[fw].get('conv', 'xla')} conv)" if fw == "jax" else fw
+            faults = res[fw].get("minor_faults_per_step", "")
+            print(f"{name:<16} {label:<18} {s['median']:7.2f} ({s['min']:.2f}-{s['max']:.2f})"
                   f"{'':<6} {res[fw]['train_gflops']:8.1f} "
                   f"{(f'{pct:.1f}' if pct is not None else '-'):>7} "
-                  f"{p['median']:14.2f} {ratio:>24}")
+                  f"{p['median']:14.2f} {ratio:>24} {faults:>11}")
         tc = res.get("torch_compile")
         if tc and "train_img_s" in tc:
             s = tc["train_img_s"]
-            print(f"{name:<10} {'torch.compile':<14} {s['median']:7.2f} "
+            print(f"{name:<16} {'torch.compile':<18} {s['median']:7.2f} "
                   f"({s['min']:.2f}-{s['max']:.2f})  compile {tc['compile_s']} s; "
                   f"jax/compile {tc['ratio_jax_over_torch_compile']:.2f}x")
         elif tc:
-            print(f"{name:<10} torch.compile  {tc.get('error', '')[:150]}")
+            print(f"{name:<16} torch.compile      {tc.get('error', '')[:150]}")
 
 
 def print_sections(report: dict) -> None:
@@ -752,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
                               "variants": {}}
     vs = variants(args, user_flags)
     if info["platform"] != "cpu":  # the CPU flags change nothing there
-        vs = {k: v for k, v in vs.items() if k not in ("default",)}
+        vs = {k: v for k, v in vs.items()
+              if k not in ("default", "tuned+xlaconv", "tuned+sysmalloc")}
     for i, (name, flags) in enumerate(vs.items()):
         extra = ["--matmul"] if i == 0 else []
         extra += ["--torch-compile=on" if (i == 0 and args.torch_compile)
@@ -761,6 +811,10 @@ def main(argv: list[str] | None = None) -> int:
         report["variants"][name] = run_worker(name, flags, fwd + extra, args.timeout)
     first = next(iter(report["variants"].values()))
     mm = first.get("matmul")
+    # XLA's cost analysis does not see custom calls (oneDNN convolutions): count FLOPs
+    # from the variant with the most, i.e. one whose convolutions XLA compiled itself.
+    first = max(report["variants"].values(),
+                key=lambda r: r.get("jax", {}).get("flops_xla_per_step") or 0)
     report["matmul"] = mm
     report["matmul_ceiling_gflops"] = mm["ceiling_gflops"] if mm else None
     analytic = analytic_train_flops(args.bands, args.classes, args.base, args.depth, args.size)

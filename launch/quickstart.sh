@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/quickstart}
 
-python -m pip install --quiet -e .
+python -m pip install --quiet -e ".[onednn]"
 export TF_CPP_MIN_LOG_LEVEL=2
 
 rm -rf "$RUN"

@@ -31,9 +31,9 @@ CONFIG_FIELDS: dict[str, frozenset[str] | None] = {
                             "grad_clip_norm"}),
     "schedule": frozenset({"name", "warmup_steps", "end_factor", "boundaries", "scales",
                            "decay_rate", "transition_steps"}),
-    "train": frozenset({"batch_size", "num_steps", "compute_dtype", "log_every", "eval_every",
-                        "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
-                        "stop_check_every"}),
+    "train": frozenset({"batch_size", "num_steps", "compute_dtype", "cpu_conv", "log_every",
+                        "eval_every", "checkpoint_every", "keep_checkpoints",
+                        "max_nonfinite_steps", "stop_check_every"}),
     "eval": frozenset({"batch_size", "crop_size"}),
     "distributed": frozenset({"coordinator_address", "num_processes", "process_id", "auto"}),
 }

@@ -112,9 +112,55 @@ def compute_dtype(config):
     return jnp.dtype(name)
 
 
+CPU_CONVS = ("auto", "onednn", "xla")
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(message, flush=True)
+
+
+def conv_fn_for(config):
+    """The convolution the model should use: oneDNN's on a single CPU device, else XLA's.
+
+    ``config.train.cpu_conv``: ``'xla'`` always uses ``lax.conv_general_dilated``;
+    ``'onednn'`` requires the oneDNN path (``models/onednn_conv.py``) on the CPU and fails
+    with the fix when it cannot be built; ``'auto'`` (the default) takes it on a
+    one-device CPU run when it builds, and says so either way. Why single device for
+    ``auto``: the custom call has no sharding rule (under ``jit`` over a mesh XLA would
+    gather its operands), and several CPU "devices" share the same cores anyway.
+    GPUs/TPUs never see it: the choice is made here, per backend.
+    """
+    choice = getattr(config.train, "cpu_conv", "xla")
+    if choice not in CPU_CONVS:
+        raise SatsegError(f"config.train.cpu_conv={choice!r}: expected one of {CPU_CONVS}")
+    if choice == "xla" or jax.default_backend() != "cpu":
+        return None
+    from satseg_jax.models import onednn_conv
+
+    if jax.device_count() > 1:
+        if choice == "onednn" and config.parallelism == "jit":
+            raise SatsegError(
+                f"config.train.cpu_conv='onednn' with {jax.device_count()} devices under "
+                "parallelism='jit': the oneDNN custom call has no sharding rule; use "
+                "parallelism='pmap', one device, or cpu_conv='auto'")
+        if choice == "auto":
+            return None
+    try:
+        onednn_conv.load()
+    except onednn_conv.OneDnnUnavailable as e:
+        if choice == "onednn":
+            raise SatsegError(f"config.train.cpu_conv='onednn': {e}") from None
+        _say_once(f"cpu_conv=auto: XLA's convolutions (oneDNN path unavailable: "
+                  f"{str(e).splitlines()[0]})")
+        return None
+    _say_once("cpu_conv: oneDNN convolutions (models/onednn_conv.py)")
+    return onednn_conv.conv_general_dilated
+
+
 def build_model(config, num_classes: int, axis_name: str | None = None):
     return get_model(config.model, num_classes=num_classes, dtype=compute_dtype(config),
-                     axis_name=axis_name)
+                     axis_name=axis_name, conv_fn=conv_fn_for(config))
 
 
 def input_hw(config, patch_size: int) -> int:

@@ -94,6 +94,14 @@ def test_machine_slug():
                                2) == "cpu-2core-intel-xeon-platinum")
     assert speed.machine_slug("gpu", "NVIDIA H100 80GB HBM3", "x", 16) == "gpu-h100"
     assert speed.machine_slug("tpu", "TPU v5 lite", "x", 8) == "tpu-v5-lite"
+    # Two VMs both named "AMD EPYC" (Zen 3 AVX2, Zen 4 AVX-512) get different ids.
+    assert speed.machine_slug("cpu", "cpu", "AMD EPYC", 2,
+                              ["avx2", "fma"]) == "cpu-2core-amd-epyc-avx2"
+    assert speed.machine_slug("cpu", "cpu", "AMD EPYC", 2,
+                              ["avx2", "avx512f", "avx512_bf16"]) == "cpu-2core-amd-epyc-avx512"
+    assert speed.machine_slug("cpu", "cpu", "Intel(R) Xeon(R) Processor", 2,
+                              ["avx2", "avx512f", "amx_tile"]) == "cpu-2core-intel-xeon-amx"
+    assert speed.machine_slug("gpu", "NVIDIA H100", "x", 16, ["avx512f"]) == "gpu-h100"
 
 
 def test_analytic_flops_close_to_xla_count():

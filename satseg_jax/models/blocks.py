@@ -8,6 +8,7 @@ stay float32; normalisation is ``batch`` (BatchNorm, running statistics in the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +21,8 @@ NORMS = ("batch", "group", "none")
 
 
 UPSAMPLES = ("transpose", "bilinear")
+# A ``lax.conv_general_dilated`` stand-in (``onednn_conv.conv_general_dilated``); None = XLA's.
+ConvFn = Callable[..., jax.Array]
 
 
 def check_unet_knobs(depth: int, base_width: int, norm: str, upsample: str, dropout: float,
@@ -78,6 +81,8 @@ class LevelBlock(nn.Module):
     momentum: float = 0.9
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    # lax.conv_general_dilated stand-in for every conv (None: XLA's); see onednn_conv.py.
+    conv_fn: ConvFn | None = None
 
 
 class ConvBlock(LevelBlock):
@@ -91,7 +96,8 @@ class ConvBlock(LevelBlock):
         for _ in range(self.n_convs):
             # No bias before a normalisation that has its own shift.
             x = nn.Conv(self.features, (3, 3), padding=self.padding,
-                        use_bias=self.norm == "none", dtype=self.dtype)(x)
+                        use_bias=self.norm == "none", dtype=self.dtype,
+                        conv_general_dilated=self.conv_fn)(x)
             x = Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)(
                 x, train)
             x = nn.relu(x)
@@ -184,6 +190,7 @@ class Up(nn.Module):
     features: int
     mode: str = "transpose"
     dtype: Any = jnp.float32
+    conv_fn: ConvFn | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -193,7 +200,8 @@ class Up(nn.Module):
         if self.mode == "bilinear":
             n, h, w, c = x.shape
             x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
-            return nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)(x)
+            return nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype,
+                           conv_general_dilated=self.conv_fn)(x)
         raise SatsegError(f"config.model.upsample={self.mode!r}: expected transpose or bilinear")
 
 
@@ -208,10 +216,12 @@ class Head(nn.Module):
 
     num_classes: int
     dtype: Any = jnp.float32
+    conv_fn: ConvFn | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
+        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+                       conv_general_dilated=self.conv_fn)(x).astype(jnp.float32)
 
 
 class ResidualBlock(LevelBlock):
@@ -224,12 +234,14 @@ class ResidualBlock(LevelBlock):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         shortcut = x
         if x.shape[-1] != self.features:
-            shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype)(x)
+            shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype,
+                               conv_general_dilated=self.conv_fn)(x)
         for _ in range(2):
             x = Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)(
                 x, train)
             x = nn.relu(x)
-            x = nn.Conv(self.features, (3, 3), padding=self.padding, dtype=self.dtype)(x)
+            x = nn.Conv(self.features, (3, 3), padding=self.padding, dtype=self.dtype,
+                        conv_general_dilated=self.conv_fn)(x)
         return x + shortcut
 
 
@@ -241,7 +253,8 @@ class RecurrentConv(LevelBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)
+        conv = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype,
+                       conv_general_dilated=self.conv_fn)
         norms = [Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)
                  for _ in range(self.steps + 1)]
         h = nn.relu(norms[0](conv(x), train))
@@ -258,12 +271,13 @@ class RecurrentResidualBlock(LevelBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (1, 1), dtype=self.dtype)(x)
+        x = nn.Conv(self.features, (1, 1), dtype=self.dtype,
+                    conv_general_dilated=self.conv_fn)(x)
         h = x
         for _ in range(2):
             h = RecurrentConv(self.features, steps=self.steps, norm=self.norm,
                               momentum=self.momentum, dtype=self.dtype,
-                              axis_name=self.axis_name)(h, train)
+                              axis_name=self.axis_name, conv_fn=self.conv_fn)(h, train)
         return x + h
 
 
@@ -273,12 +287,16 @@ class AttentionGate(nn.Module):
 
     inter_features: int
     dtype: Any = jnp.float32
+    conv_fn: ConvFn | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, g: jax.Array) -> jax.Array:
-        theta = nn.Conv(self.inter_features, (1, 1), use_bias=False, dtype=self.dtype)(x)
-        phi = nn.Conv(self.inter_features, (1, 1), dtype=self.dtype)(g)
-        psi = nn.Conv(1, (1, 1), dtype=self.dtype)(nn.relu(theta + phi))
+        theta = nn.Conv(self.inter_features, (1, 1), use_bias=False, dtype=self.dtype,
+                        conv_general_dilated=self.conv_fn)(x)
+        phi = nn.Conv(self.inter_features, (1, 1), dtype=self.dtype,
+                      conv_general_dilated=self.conv_fn)(g)
+        psi = nn.Conv(1, (1, 1), dtype=self.dtype,
+                      conv_general_dilated=self.conv_fn)(nn.relu(theta + phi))
         return x * nn.sigmoid(psi)
 
 
@@ -286,9 +304,11 @@ BLOCKS = {"conv": ConvBlock, "residual": ResidualBlock, "recurrent": RecurrentRe
 
 
 def make_block(kind: str, features: int, *, padding: str, norm: str, momentum: float,
-               dtype: Any, axis_name: str | None, recurrent_steps: int = 2) -> nn.Module:
+               dtype: Any, axis_name: str | None, recurrent_steps: int = 2,
+               conv_fn: ConvFn | None = None) -> nn.Module:
     """The level block of a U-Net variant by name (one place to add a new kind)."""
-    common = {"norm": norm, "momentum": momentum, "dtype": dtype, "axis_name": axis_name}
+    common = {"norm": norm, "momentum": momentum, "dtype": dtype, "axis_name": axis_name,
+              "conv_fn": conv_fn}
     if kind == "conv":
         return ConvBlock(features, padding=padding, **common)
     if kind == "residual":

@@ -28,6 +28,7 @@ class CerraNet(nn.Module):
     dense: tuple[int, ...] = (256, 128)
     dropout: float = 0.15
     dtype: Any = jnp.float32
+    conv_fn: Any = None  # lax.conv_general_dilated stand-in (train.build_model sets it)
     axis_name: str | None = None  # no BatchNorm: nothing to synchronise
 
     @nn.compact
@@ -40,7 +41,8 @@ class CerraNet(nn.Module):
                               f"{len(self.filters)} conv+pool stages (256 is the published size)")
         x = x.astype(self.dtype)
         for f in self.filters:
-            x = nn.relu(nn.Conv(f, (3, 3), padding="VALID", dtype=self.dtype)(x))
+            x = nn.relu(nn.Conv(f, (3, 3), padding="VALID", dtype=self.dtype,
+                                        conv_general_dilated=self.conv_fn)(x))
             x = nn.avg_pool(x, (2, 2), strides=(2, 2))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)

@@ -20,7 +20,7 @@ from satseg_jax.errors import SatsegError
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 # Fields set by the code (or by flax), not by the config.
-_INTERNAL = {"num_classes", "dtype", "axis_name", "parent", "name", "padding"}
+_INTERNAL = {"num_classes", "dtype", "axis_name", "parent", "name", "padding", "conv_fn"}
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -65,12 +65,14 @@ def _as_dict(model_config: Any) -> dict[str, Any]:
 
 
 def get_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
-              axis_name: str | None = None) -> nn.Module:
+              axis_name: str | None = None, conv_fn: Callable | None = None) -> nn.Module:
     """Instantiate ``model_config.name`` with the other fields of ``model_config`` as knobs.
 
     ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and
     logits are returned as float32. ``axis_name`` synchronises BatchNorm statistics
-    across pmap replicas. Unknown names and unknown knobs raise SatsegError listing the
+    across pmap replicas. ``conv_fn`` replaces ``lax.conv_general_dilated`` in every
+    convolution (``onednn_conv.conv_general_dilated`` on the CPU); parameters do not
+    depend on it. Unknown names and unknown knobs raise SatsegError listing the
     valid choices.
     """
     cfg = _as_dict(model_config)
@@ -88,4 +90,5 @@ def get_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
     num_classes = int(num_classes)
     # Lists (from JSON/CLI) become tuples: module attributes must be hashable.
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return _REGISTRY[name](num_classes=num_classes, dtype=dtype, axis_name=axis_name, **cfg)
+    return _REGISTRY[name](num_classes=num_classes, dtype=dtype, axis_name=axis_name,
+                           conv_fn=conv_fn, **cfg)

@@ -112,6 +112,7 @@ class UNetKnobs(nn.Module):
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    conv_fn: Any = None  # set by the code (train.build_model), not by configs
 
     def __post_init__(self) -> None:
         check_unet_knobs(self.depth, self.base_width, self.norm, self.upsample, self.dropout,
@@ -136,7 +137,8 @@ class _UNetBase(UNetKnobs):
 
     def block(self, features: int) -> nn.Module:
         return make_block(self.block_kind, features, padding=self.padding, norm=self.norm,
-                          momentum=self.bn_momentum, dtype=self.dtype, axis_name=self.axis_name)
+                          momentum=self.bn_momentum, dtype=self.dtype, axis_name=self.axis_name,
+                          conv_fn=self.conv_fn)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -153,13 +155,14 @@ class _UNetBase(UNetKnobs):
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         for level in reversed(range(self.depth)):
             width = self.base_width * 2**level
-            x = Up(width, self.upsample, dtype=self.dtype)(x)
+            x = Up(width, self.upsample, dtype=self.dtype, conv_fn=self.conv_fn)(x)
             skip = center_crop(skips[level], x.shape[1], x.shape[2])
             if self.attention:
-                skip = AttentionGate(max(1, width // 2), dtype=self.dtype)(skip, x)
+                skip = AttentionGate(max(1, width // 2), dtype=self.dtype,
+                                     conv_fn=self.conv_fn)(skip, x)
             x = jnp.concatenate([skip, x], axis=-1)
             x = block(width)(x, train)
-        return Head(self.num_classes, dtype=self.dtype)(x)
+        return Head(self.num_classes, dtype=self.dtype, conv_fn=self.conv_fn)(x)
 
 
 @register_model("unet")

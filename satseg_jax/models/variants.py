@@ -5,6 +5,7 @@ base_width, norm (batch/group/none), dropout (bottleneck), upsample (transpose/b
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import flax.linen as nn
@@ -60,6 +61,7 @@ class UNetPlusPlus(UNetKnobs):
         def block(level: int) -> nn.Module:
             return make_block("conv", self.base_width * 2**level, padding="SAME",
                               norm=self.norm, momentum=self.bn_momentum, dtype=self.dtype,
+                              conv_fn=self.conv_fn,
                               axis_name=self.axis_name)
 
         nodes: list[list[jax.Array]] = [[] for _ in range(self.depth + 1)]
@@ -73,10 +75,12 @@ class UNetPlusPlus(UNetKnobs):
             nodes[i].append(h)
         for j in range(1, self.depth + 1):  # nested columns
             for i in range(self.depth + 1 - j):
-                up = Up(self.base_width * 2**i, self.upsample, dtype=self.dtype)(
+                up = Up(self.base_width * 2**i, self.upsample, dtype=self.dtype,
+                        conv_fn=self.conv_fn)(
                     nodes[i + 1][j - 1])
                 nodes[i].append(block(i)(jnp.concatenate([*nodes[i][:j], up], axis=-1), train))
+        head = functools.partial(Head, self.num_classes, dtype=self.dtype, conv_fn=self.conv_fn)
         if self.deep_supervision:
-            heads = [Head(self.num_classes, dtype=self.dtype)(n) for n in nodes[0][1:]]
+            heads = [head()(n) for n in nodes[0][1:]]
             return jnp.mean(jnp.stack(heads), axis=0)
-        return Head(self.num_classes, dtype=self.dtype)(nodes[0][self.depth])
+        return head()(nodes[0][self.depth])

@@ -1,0 +1,248 @@
+"""oneDNN convolutions for JAX on the CPU, as XLA FFI custom calls (optional).
+
+Why this exists: the public jaxlib CPU wheel runs convolutions with Eigen or YNNPACK. On
+the CPUs we measured, PyTorch's oneDNN convolutions are 1.1-1.8x faster forward and up
+to 3.6x faster on the kernel gradient at full resolution, and that gap is most of why a
+JAX U-Net trained slower than the same network in PyTorch (benchmarks/NOTES.md §11-12).
+XLA has a oneDNN rewriter, but the wheel does not include it, and no XLA flag reaches
+it. So this module compiles ``onednn_conv.cc`` (≈300 lines of glue, no kernels of our
+own) with g++ against oneDNN — 3.x from the ``[onednn]`` extra (the
+``onednn-devel-cpu-gomp`` wheel: headers and library under ``sys.prefix``, no root
+needed), or 2.x from Debian/Ubuntu's ``libdnnl-dev`` — and registers three FFI targets:
+forward, data gradient and kernel gradient, tied together by a ``jax.custom_vjp``.
+``config.train.cpu_conv = 'auto'`` (the default) uses it when it builds and says so once;
+without oneDNN or g++ the models run XLA's own convolutions, with the same results.
+
+:func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature, so it plugs
+into ``flax.linen.Conv(conv_general_dilated=...)``: parameters, their names and
+checkpoints are unchanged. It takes the oneDNN path only where that is exact and
+supported — CPU backend, float32, NHWC/HWIO, no dilation, no feature groups — and falls
+back to ``lax.conv_general_dilated`` everywhere else (GPU/TPU, bfloat16, 1-D/3-D, …).
+On a multi-device mesh the custom call has no sharding rule, so callers only enable it
+for single-device CPU runs (``train.py`` does).
+
+The shared library is built once per (source, jaxlib, oneDNN header) and cached under
+``$SATSEG_JAX_CACHE`` (default ``~/.cache/satseg_jax``); the build writes a temporary
+file and renames it, so an interrupted or concurrent build never leaves a broken library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SOURCE = Path(__file__).with_suffix(".cc")
+TARGETS = {"forward": "SatsegConvForward", "data_grad": "SatsegConvDataGrad",
+           "kernel_grad": "SatsegConvKernelGrad"}
+FFI_PREFIX = "satseg_onednn_conv_"
+# Where Debian/Ubuntu's libdnnl-dev puts the header; CPATH / CPLUS_INCLUDE_PATH also work.
+HEADER = "oneapi/dnnl/dnnl.hpp"
+INSTALL_HINT = ("install oneDNN and a C++ compiler (`pip install -e '.[onednn]'` plus g++, "
+                "or Debian/Ubuntu `apt-get install libdnnl-dev g++`), or set "
+                "config.train.cpu_conv = 'xla'")
+
+
+class OneDnnUnavailable(RuntimeError):
+    """The oneDNN path cannot be built or loaded here (the message says why and how to fix)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SATSEG_JAX_CACHE", Path.home() / ".cache" / "satseg_jax"))
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX", "g++")
+    path = shutil.which(cxx)
+    if path is None:
+        raise OneDnnUnavailable(f"no C++ compiler `{cxx}` on PATH: {INSTALL_HINT}")
+    return path
+
+
+def _prefixes() -> list[Path]:
+    """Install prefixes to look in, pip's first: ``pip install onednn-devel-cpu-gomp``
+    (the ``[onednn]`` extra) puts oneDNN 3.x's headers and library under ``sys.prefix``;
+    Debian/Ubuntu's ``libdnnl-dev`` (oneDNN 2.x) uses ``/usr``."""
+    return [Path(sys.prefix), Path("/usr"), Path("/usr/local")]
+
+
+def _find_header() -> Path:
+    dirs = [Path(p) for var in ("CPLUS_INCLUDE_PATH", "CPATH")
+            for p in os.environ.get(var, "").split(os.pathsep) if p]
+    for d in [*dirs, *(prefix / "include" for prefix in _prefixes())]:
+        if (d / HEADER).is_file():
+            return d / HEADER
+    raise OneDnnUnavailable(f"oneDNN header <{HEADER}> not found: {INSTALL_HINT}")
+
+
+def _link_flags(header: Path) -> list[str]:
+    """``-ldnnl`` from the prefix the header came from (with an rpath, so the library
+    loads without ``LD_LIBRARY_PATH``); the system linker path otherwise."""
+    prefix = header.parents[3]  # <prefix>/include/oneapi/dnnl/dnnl.hpp
+    for libdir in (prefix / "lib", prefix / "lib64"):
+        if any(libdir.glob("libdnnl.so*")):
+            return [f"-L{libdir}", f"-Wl,-rpath,{libdir}", "-ldnnl"]
+    return ["-ldnnl"]
+
+
+def library_path() -> Path:
+    """The cached library's path: named by a hash of everything the build depends on."""
+    import jaxlib
+
+    header = _find_header()
+    version_h = header.parent / "dnnl_version.h"
+    digest = hashlib.sha256()
+    digest.update(SOURCE.read_bytes())
+    digest.update(jaxlib.__version__.encode())
+    digest.update(version_h.read_bytes() if version_h.is_file() else b"")
+    digest.update(str(header).encode())
+    return cache_dir() / f"onednn_conv-{digest.hexdigest()[:16]}.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compile ``onednn_conv.cc`` into the cache (once) and return the library's path."""
+    out = library_path()
+    if out.is_file() and not force:
+        return out
+    cxx = _compiler()
+    header = _find_header()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent, prefix=".building-")
+    os.close(fd)
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+           "-isystem", jax.ffi.include_dir(), "-isystem", str(header.parents[2]),
+           str(SOURCE), "-o", tmp, *_link_flags(header)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise OneDnnUnavailable(
+                f"building {SOURCE.name} failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}\n"
+                f"{INSTALL_HINT}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@functools.cache
+def load() -> str:
+    """Build (if needed), load and register the FFI targets; returns the library path.
+
+    Cached: XLA's FFI registry is per process, so registering once is both necessary
+    and enough. Raises :class:`OneDnnUnavailable` with the fix when it cannot.
+    """
+    with _LOAD_LOCK:
+        path = build()
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            raise OneDnnUnavailable(f"loading {path} failed ({e}): {INSTALL_HINT}") from e
+        for name, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(FFI_PREFIX + name, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="cpu")
+        return str(path)
+
+
+def available() -> bool:
+    """Whether the oneDNN path can be used in this process (builds it on first call)."""
+    try:
+        load()
+    except OneDnnUnavailable:
+        return False
+    return True
+
+
+# (stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right)
+Geometry = tuple[int, int, int, int, int, int]
+
+
+def _ffi(name: str, shape: Sequence[int], a: jax.Array, b: jax.Array, geom: Geometry):
+    sh, sw, pt, pb, pl, pr = (np.int64(v) for v in geom)
+    return jax.ffi.ffi_call(FFI_PREFIX + name, jax.ShapeDtypeStruct(tuple(shape), jnp.float32),
+                            vmap_method="sequential")(a, b, sh=sh, sw=sw, pt=pt, pb=pb, pl=pl,
+                                                      pr=pr)
+
+
+def _out_shape(x_shape: Sequence[int], k_shape: Sequence[int], geom: Geometry) -> tuple:
+    n, h, w, _ = x_shape
+    kh, kw, _, o = k_shape
+    sh, sw, pt, pb, pl, pr = geom
+    return (n, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1, o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_nhwc(x: jax.Array, kernel: jax.Array, geom: Geometry) -> jax.Array:
+    """``y = conv(x, kernel)``, x NHWC f32, kernel HWIO f32, by oneDNN (see module doc)."""
+    return _ffi("forward", _out_shape(x.shape, kernel.shape, geom), x, kernel, geom)
+
+
+def _conv_fwd(x, kernel, geom):
+    return conv_nhwc(x, kernel, geom), (x, kernel)
+
+
+def _conv_bwd(geom, res, dy):
+    x, kernel = res
+    dx = _ffi("data_grad", x.shape, dy, kernel, geom)
+    dk = _ffi("kernel_grad", kernel.shape, x, dy, geom)
+    return dx, dk
+
+
+conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+              dimension_numbers, feature_group_count, batch_group_count,
+              preferred_element_type) -> Geometry | None:
+    """The oneDNN geometry of this convolution, or None where we must not take it."""
+    if jax.default_backend() != "cpu" or lhs.ndim != 4 or rhs.ndim != 4:
+        return None
+    if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
+        return None
+    if preferred_element_type not in (None, jnp.float32):
+        return None
+    if feature_group_count != 1 or batch_group_count != 1:
+        return None
+    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+        return None
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc:
+        return None
+    strides = tuple(window_strides)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    (pt, pb), (pl, pr) = (tuple(p) for p in padding)
+    if min(pt, pb, pl, pr) < 0:
+        return None
+    return (int(strides[0]), int(strides[1]), int(pt), int(pb), int(pl), int(pr))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+    """Drop-in for ``lax.conv_general_dilated``: oneDNN where supported, XLA elsewhere."""
+    geom = _geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                     dimension_numbers, feature_group_count, batch_group_count,
+                     preferred_element_type)
+    if geom is not None:
+        load()
+        return conv_nhwc(lhs, rhs, geom)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    batch_group_count, precision, preferred_element_type)

@@ -1,0 +1,96 @@
+"""satseg_jax.host_memory: freed large buffers stay in the process (no re-faulting).
+
+XLA frees and re-allocates its step buffer every train step; these tests pin the
+mechanism with a plain 256 MB malloc/free loop in a fresh process, where glibc's
+defaults unmap the block on free and the next touch faults every page in again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from satseg_jax import host_memory
+
+glibc = pytest.mark.skipif(host_memory._glibc() is None,
+                           reason="malloc settings only exist for Linux/glibc")
+
+LOOP = textwrap.dedent("""
+    import ctypes, json, sys
+    from satseg_jax import host_memory
+    mode = sys.argv[1]
+    if mode == "on":
+        set_ = host_memory.keep_freed_memory(enable=True)
+    elif mode == "cli":
+        from satseg_jax import cli
+        cli.main([])  # prints the help; sets malloc up first, as every satseg command
+        set_ = None
+    else:
+        set_ = []
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    n = 256 << 20
+    faults = []
+    for _ in range(3):
+        p = libc.malloc(n)
+        f0 = host_memory.minor_faults()
+        ctypes.memset(p, 1, n)
+        faults.append(host_memory.minor_faults() - f0)
+        libc.free(p)
+    print("RESULT", json.dumps({"set": set_, "faults": faults}))
+""")
+
+
+def _run(mode: str) -> dict:
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", LOOP, mode], capture_output=True, text=True,
+                          check=True, env={"SATSEG_KEEP_FREED_MEMORY": "1",
+                                           "PATH": "/usr/bin:/bin"})
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@glibc
+def test_freed_block_is_reused_without_page_faults():
+    pages = (256 << 20) // 4096
+    off = _run("off")
+    on = _run("on")
+    assert on["set"] == ["M_ARENA_MAX", "M_MMAP_MAX", "M_TRIM_THRESHOLD"]
+    # First touch faults everything in either way.
+    assert off["faults"][0] > pages // 2 and on["faults"][0] > pages // 2
+    if max(off["faults"][1:]) < pages // 10:
+        pytest.skip("this kernel/libc already keeps the block (transparent huge pages?)")
+    # glibc defaults: munmap on free, every later round faults all pages again.
+    assert min(off["faults"][1:]) > pages // 2
+    # Kept in the heap: later rounds reuse the pages.
+    assert max(on["faults"][1:]) < pages // 100
+
+
+@glibc
+def test_the_cli_sets_malloc_up_before_anything_else():
+    pages = (256 << 20) // 4096
+    res = _run("cli")
+    assert max(res["faults"][1:]) < pages // 100
+
+
+def test_switches():
+    assert host_memory.keep_freed_memory(enable=False) == []
+    assert host_memory.enabled_by_env({"SATSEG_KEEP_FREED_MEMORY": "0"}) is False
+    assert host_memory.enabled_by_env({"SATSEG_KEEP_FREED_MEMORY": "Off"}) is False
+    assert host_memory.enabled_by_env({}) is True
+    assert host_memory.keep_freed_memory(environ={"SATSEG_KEEP_FREED_MEMORY": "no"}) == []
+
+
+def test_minor_faults_counts_up():
+    before = host_memory.minor_faults()
+    if before < 0:
+        pytest.skip("no /proc/self/stat here")
+    buf = bytearray(8 << 20)  # calloc'd pages: touched on the first write below
+    buf[::4096] = b"\1" * len(buf[::4096])
+    assert host_memory.minor_faults() > before
