@@ -790,7 +790,11 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_TAG + json.dumps(res))
         return 0
     user_flags = os.environ.get("XLA_FLAGS", "")  # read before satseg_jax edits it
-    import satseg_jax  # noqa: F401  (its XLA defaults must precede jax's start here too)
+    # XLA defaults (on import) and malloc settings as `satseg` has them, before jax starts
+    # here too: the input-pipeline section runs in this process.
+    from satseg_jax import host_memory
+
+    host_memory.keep_freed_memory()
 
     info = machine_info()
     fwd = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in WORKER_KEYS]

@@ -64,6 +64,11 @@ def _check_common(report: dict) -> dict:
     assert jax_res["train_img_s"]["min"] <= jax_res["train_img_s"]["median"]
     assert report["matmul_ceiling_gflops"] > 0
     assert report["flops_per_image_g"] > 0
+    # The worker sets malloc up as `satseg train` does (satseg_jax.host_memory) and counts
+    # the page faults of a timed step.
+    assert isinstance(tuned["malloc_settings"], list)
+    assert jax_res["minor_faults_per_step"] >= 0
+    assert jax_res["conv"] in ("onednn", "xla")
     # Optional sections are registered and skipped unless asked for.
     return tuned
 
