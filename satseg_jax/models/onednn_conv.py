@@ -56,6 +56,9 @@ INSTALL_HINT = ("install oneDNN and a C++ compiler (`pip install -e '.[onednn]'`
                 "config.train.cpu_conv = 'xla'")
 
 
+SYSTEM_INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
+
+
 class OneDnnUnavailable(RuntimeError):
     """The oneDNN path cannot be built or loaded here (the message says why and how to fix)."""
 
@@ -122,8 +125,12 @@ def build(force: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent, prefix=".building-")
     os.close(fd)
+    include = header.parents[2]  # <prefix>/include
+    # The compiler's own include dirs must not be repeated with -isystem: that reorders
+    # them and breaks libstdc++'s `#include_next <stdlib.h>`.
+    extra = [] if str(include) in SYSTEM_INCLUDE_DIRS else ["-isystem", str(include)]
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-           "-isystem", jax.ffi.include_dir(), "-isystem", str(header.parents[2]),
+           "-isystem", jax.ffi.include_dir(), *extra,
            str(SOURCE), "-o", tmp, *_link_flags(header)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
