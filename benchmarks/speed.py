@@ -437,41 +437,73 @@ def torch_side(args: argparse.Namespace, platform_name: str, compile_model: bool
 # a change to satseg_jax/models/blocks.py bought (``--variant "tuned+flaxpool=FLAGS"``).
 # Each keeps the parameter tree identical. "flaxpool": ``nn.max_pool`` (select-and-
 # scatter gradient) instead of ``blocks.down`` (reshape + max, element-wise backward).
+# "matmulup": the 2x2 up-sampling as matmul + depth-to-space in XLA even where the
+# oneDNN path is on (before NOTES §13 it went to oneDNN's strided data-gradient only
+# for the 3x3 convolutions).
 
 
-MODEL_PATCHES = {"flaxpool", "xlaconv", "sysmalloc"}
+MODEL_PATCHES = {"flaxpool", "matmulup", "xlaconv", "sysmalloc"}
 # "xlaconv" is not a layer formulation but the convolution library: it sets
 # config.train.cpu_conv = 'xla' (XLA's Eigen convolutions instead of oneDNN's, NOTES §12).
 # "sysmalloc" leaves glibc's malloc at its defaults (no satseg_jax.host_memory settings),
 # under which XLA unmaps and re-faults its step buffer every step (NOTES §12).
 
 
-def apply_model_patches(patches: set[str]) -> None:
-    """Patch the layer formulations named in ``patches`` into this process."""
+def apply_model_patches(patches: set[str]) -> list[tuple[Any, str, Any]]:
+    """Patch the layer formulations named in ``patches`` into this process; returns
+    ``(module, name, original)`` for each replaced attribute, to undo it."""
     patches = patches - {"xlaconv", "sysmalloc"}
-    if not patches:
-        return
     import flax.linen as nn
+    import jax.numpy as jnp
 
     from satseg_jax.models import blocks, unet, variants
 
-    def flax_down(x: Any) -> Any:
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+    undo: list[tuple[Any, str, Any]] = []
 
-    for mod in (blocks, unet, variants):
-        if hasattr(mod, "down"):
-            mod.down = flax_down
+    def replace(mod: Any, name: str, value: Any) -> None:
+        undo.append((mod, name, getattr(mod, name)))
+        setattr(mod, name, value)
+
+    if "flaxpool" in patches:
+        def flax_down(x: Any) -> Any:
+            return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+        for mod in (blocks, unet, variants):
+            if hasattr(mod, "down"):
+                replace(mod, "down", flax_down)
+    if "matmulup" in patches:
+        class MatmulUp(blocks.ConvTranspose2x2):
+            @nn.compact
+            def __call__(self, inputs: Any) -> Any:
+                kernel = self.param("kernel", self.kernel_init,
+                                    (2, 2, inputs.shape[-1], self.features), self.param_dtype)
+                bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                n, h, w, _ = inputs.shape
+                y = jnp.einsum("nhwc,abco->nhawbo", inputs, kernel[::-1, ::-1])
+                return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+
+        replace(blocks, "ConvTranspose2x2", MatmulUp)
+    return undo
 
 
 def jax_side(args: argparse.Namespace) -> dict:
     """The production JAX step (``train.Runner``) on random data of the requested shape."""
+    patches = set(args.worker.split("+")[1:]) if args.worker else set()
+    undo = apply_model_patches(patches)
+    try:
+        return _jax_side(args, patches)
+    finally:  # later models in this process get the current layers again
+        for mod, name, original in reversed(undo):
+            setattr(mod, name, original)
+
+
+def _jax_side(args: argparse.Namespace, patches: set[str]) -> dict:
+    """jax_side with the patches in place: the steps are compiled here (``lower`` +
+    ``compile``, called as compiled), so no later retrace sees other layers."""
     import jax
     import numpy as np
 
     from satseg_jax import train
-
-    patches = set(args.worker.split("+")[1:]) if args.worker else set()
-    apply_model_patches(patches)
 
     config = sample_config(args)
     # "default" is plain jaxlib: XLA's convolutions too; "+xlaconv" asks for them.
@@ -491,19 +523,20 @@ def jax_side(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     compiled = runner.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    predict_compiled = runner.predict.lower(state, batch["image"]).compile()
     flops = _cost_flops(compiled)
     holder = {"state": state, "loss": [], "faults": []}
     from satseg_jax.host_memory import minor_faults
 
     def step() -> None:
         faults = minor_faults()
-        holder["state"], metrics = runner.train_step(holder["state"], batch)
+        holder["state"], metrics = compiled(holder["state"], batch)
         jax.block_until_ready(metrics)
         holder["faults"].append(minor_faults() - faults)
         holder["loss"].append(float(metrics["loss"]))
 
     def predict() -> None:
-        jax.block_until_ready(runner.predict(holder["state"], batch["image"]))
+        jax.block_until_ready(predict_compiled(holder["state"], batch["image"]))
 
     return {"train": step, "predict": predict, "params": nparams, "flops_xla": flops,
             "compile_s": compile_s, "losses": holder["loss"], "conv": conv,

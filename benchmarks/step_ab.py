@@ -28,18 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=12)
     ours, rest = p.parse_known_args(argv)
     args = speed.parse_args(["--no-torch", *rest])
-    # satseg_jax first: its XLA defaults must be in place before jax starts.
-    from satseg_jax.models import blocks, unet, variants
-
-    layers = [(mod, mod.down) for mod in (blocks, unet, variants) if hasattr(mod, "down")]
     args.worker = "tuned"
     new = speed.jax_side(args)
     args.worker = "tuned+" + ours.patch
-    try:
-        old = speed.jax_side(args)  # traced (and compiled) with the patch in place
-    finally:  # later models in this process get the current layers again
-        for mod, fn in layers:
-            mod.down = fn
+    old = speed.jax_side(args)  # traced (and compiled) with the patch in place
     for side in (new, old):
         for _ in range(args.warmup):
             side["train"]()

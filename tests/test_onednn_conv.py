@@ -61,6 +61,79 @@ def test_forward_and_gradients_match_xla(shape, kernel, strides, padding):
     np.testing.assert_allclose(dk, dk_ref, rtol=1e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("shape, kernel, dilation, padding", [
+    ((2, 8, 8, 16), (2, 2, 16, 8), (2, 2), ((1, 1), (1, 1))),  # U-Net up-sampling
+    ((1, 5, 6, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (2, 0))),    # odd sizes, uneven pads
+    ((2, 4, 3, 2), (4, 4, 2, 2), (3, 3), ((0, 3), (3, 0))),    # pads at both limits
+])
+def test_input_dilated_conv_matches_xla(shape, kernel, dilation, padding):
+    """lax.conv_transpose's form (lhs_dilation) runs as oneDNN's strided data gradient;
+    values and both gradients must equal XLA's input-dilated convolution."""
+    kx, kk, kg = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, shape, jnp.float32)
+    k = jax.random.normal(kk, kernel, jnp.float32) * 0.2
+    dn = lax.conv_dimension_numbers(x.shape, k.shape, NHWC)
+
+    def ref(x, k):
+        return lax.conv_general_dilated(x, k, (1, 1), padding, lhs_dilation=dilation,
+                                        dimension_numbers=dn, precision=lax.Precision.HIGHEST)
+
+    def ours(x, k):
+        return onednn_conv.conv_general_dilated(x, k, (1, 1), padding, lhs_dilation=dilation,
+                                                dimension_numbers=dn)
+
+    assert onednn_conv.FFI_PREFIX + "data_grad" in jax.jit(ours).lower(x, k).as_text()
+    y_ref, y = ref(x, k), jax.jit(ours)(x, k)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    g = jax.random.normal(kg, y_ref.shape, jnp.float32)
+    dx_ref, dk_ref = jax.grad(lambda x, k: jnp.sum(ref(x, k) * g), argnums=(0, 1))(x, k)
+    dx, dk = jax.jit(jax.grad(lambda x, k: jnp.sum(ours(x, k) * g), argnums=(0, 1)))(x, k)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dk, dk_ref, rtol=1e-4, atol=2e-4)
+
+
+def test_input_dilated_conv_outside_oneDNN_falls_back():
+    """Window strides on top of input dilation, or padding beyond kernel-1, are not a
+    strided data gradient: XLA computes them, with the same result."""
+    x = jnp.ones((1, 4, 4, 2), jnp.float32)
+    k = jnp.ones((2, 2, 2, 3), jnp.float32)
+    dn = lax.conv_dimension_numbers(x.shape, k.shape, NHWC)
+    for strides, padding in (((2, 2), ((1, 1), (1, 1))), ((1, 1), ((2, 2), (0, 0)))):
+        def fn(x, k, strides=strides, padding=padding):
+            return onednn_conv.conv_general_dilated(x, k, strides, padding,
+                                                    lhs_dilation=(2, 2), dimension_numbers=dn)
+        assert onednn_conv.FFI_PREFIX not in jax.jit(fn).lower(x, k).as_text()
+        ref = lax.conv_general_dilated(x, k, strides, padding, lhs_dilation=(2, 2),
+                                       dimension_numbers=dn)
+        np.testing.assert_allclose(jax.jit(fn)(x, k), ref)
+
+
+def test_up_sampling_layer_with_onednn_equals_the_matmul_form():
+    """blocks.ConvTranspose2x2 given the oneDNN conv: same parameters, same outputs and
+    gradients as its XLA matmul + depth-to-space form (and so as nn.ConvTranspose)."""
+    from satseg_jax.models.blocks import ConvTranspose2x2
+
+    x = jax.random.normal(jax.random.key(2), (2, 6, 5, 8), jnp.float32)
+    mm = ConvTranspose2x2(4, (2, 2), strides=(2, 2), padding="VALID")
+    dnn = ConvTranspose2x2(4, (2, 2), strides=(2, 2), padding="VALID",
+                           conv_fn=onednn_conv.conv_general_dilated)
+    params = mm.init(jax.random.key(3), x)
+    assert jax.tree.map(jnp.shape, dnn.init(jax.random.key(3), x)) == \
+        jax.tree.map(jnp.shape, params)
+    assert onednn_conv.FFI_PREFIX in jax.jit(dnn.apply).lower(params, x).as_text()
+    np.testing.assert_allclose(jax.jit(dnn.apply)(params, x), mm.apply(params, x),
+                               rtol=1e-5, atol=1e-5)
+
+    def loss(model):
+        return lambda p, x: jnp.sum(jnp.sin(model.apply(p, x)))
+
+    g_mm = jax.grad(loss(mm), argnums=(0, 1))(params, x)
+    g_dnn = jax.jit(jax.grad(loss(dnn), argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(g_dnn), jax.tree.leaves(g_mm)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_custom_call_is_in_the_compiled_step():
     x = jnp.ones((1, 8, 8, 4), jnp.float32)
     k = jnp.ones((3, 3, 4, 4), jnp.float32)

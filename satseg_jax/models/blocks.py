@@ -166,7 +166,14 @@ class ConvTranspose2x2(nn.ConvTranspose):
     initialisers and (auto) names as ``nn.ConvTranspose``, so checkpoints are
     interchangeable; the kernel is applied flipped, as ``lax.conv_transpose`` does
     (forward equal to it; tests/test_models.py pins that).
+
+    ``conv_fn`` (the oneDNN path, ``models/onednn_conv.py``): the layer is handed to it
+    as ``lax.conv_transpose`` writes it, an input-dilated convolution, which oneDNN runs
+    as one strided data-gradient primitive writing NHWC directly — no depth-to-space
+    transposes, which were most of this layer's time in the CPU train step (NOTES §13).
     """
+
+    conv_fn: ConvFn | None = None
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:  # type: ignore[override]
@@ -175,9 +182,15 @@ class ConvTranspose2x2(nn.ConvTranspose):
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        n, h, w, _ = x.shape
-        y = jnp.einsum("nhwc,abco->nhawbo", x, kernel[::-1, ::-1], precision=self.precision)
-        y = y.reshape(n, 2 * h, 2 * w, self.features)
+        if self.conv_fn is not None and x.dtype == jnp.float32:
+            y = self.conv_fn(x, kernel, (1, 1), ((1, 1), (1, 1)), lhs_dilation=(2, 2),
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                             precision=self.precision)
+        else:
+            n, h, w, _ = x.shape
+            y = jnp.einsum("nhwc,abco->nhawbo", x, kernel[::-1, ::-1],
+                           precision=self.precision)
+            y = y.reshape(n, 2 * h, 2 * w, self.features)
         return y + bias if bias is not None else y
 
 
@@ -196,7 +209,8 @@ class Up(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.mode == "transpose":
             return ConvTranspose2x2(self.features, (2, 2), strides=(2, 2), padding="VALID",
-                                    dtype=self.dtype, name="ConvTranspose_0")(x)
+                                    dtype=self.dtype, conv_fn=self.conv_fn,
+                                    name="ConvTranspose_0")(x)
         if self.mode == "bilinear":
             n, h, w, c = x.shape
             x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")

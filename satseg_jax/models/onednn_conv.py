@@ -216,8 +216,13 @@ conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
 
 def _geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
               dimension_numbers, feature_group_count, batch_group_count,
-              preferred_element_type) -> Geometry | None:
-    """The oneDNN geometry of this convolution, or None where we must not take it."""
+              preferred_element_type) -> tuple[bool, Geometry] | None:
+    """``(transposed, geometry)`` of this convolution for oneDNN, or None where we must
+    not take it.
+
+    ``transposed`` is an input-dilated (``lhs_dilation``) convolution, i.e. a transposed
+    convolution as ``lax.conv_transpose`` writes it; ``geometry`` is then that of the
+    strided convolution whose data gradient it is (see :func:`conv_transpose_nhwc`)."""
     if jax.default_backend() != "cpu" or lhs.ndim != 4 or rhs.ndim != 4:
         return None
     if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
@@ -226,29 +231,79 @@ def _geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
         return None
     if feature_group_count != 1 or batch_group_count != 1:
         return None
-    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+    if any(d != 1 for d in (rhs_dilation or ())):
         return None
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc:
         return None
-    strides = tuple(window_strides)
+    strides = tuple(int(s) for s in window_strides)
+    dilation = tuple(int(d) for d in (lhs_dilation or (1, 1)))
+    transposed = dilation != (1, 1)
     if isinstance(padding, str):
+        if transposed:  # lax itself refuses string padding here
+            return None
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-    (pt, pb), (pl, pr) = (tuple(p) for p in padding)
-    if min(pt, pb, pl, pr) < 0:
+    (pt, pb), (pl, pr) = ((int(a), int(b)) for a, b in padding)
+    if not transposed:
+        if min(pt, pb, pl, pr) < 0:
+            return None
+        return False, (strides[0], strides[1], pt, pb, pl, pr)
+    # Input dilation s with padding p (per side) and a k-tap kernel is the data gradient
+    # of a stride-s convolution padded by k - 1 - p; that needs 0 <= p <= k - 1 and no
+    # window stride of its own.
+    kh, kw = rhs.shape[:2]
+    pads = (kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr)
+    if strides != (1, 1) or min(pads) < 0 or min(pt, pb, pl, pr) < 0:
         return None
-    return (int(strides[0]), int(strides[1]), int(pt), int(pb), int(pl), int(pr))
+    return True, (dilation[0], dilation[1], *pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_transpose_nhwc(x: jax.Array, kernel: jax.Array, geom: Geometry) -> jax.Array:
+    """Transposed convolution by oneDNN: ``y = F_k^T x`` for the strided convolution
+    ``F_k`` of ``geom`` with HWIO kernel ``k`` (mapping y's shape to x's), i.e. its data
+    gradient primitive run forward. Its gradients are the other two primitives:
+    ``dx = F_k(dy)`` (the forward convolution) and ``dk`` = the kernel gradient of ``F``
+    at input ``dy`` and output gradient ``x``. Why: XLA's CPU backend runs input-dilated
+    convolutions with a naive loop, and the matmul + depth-to-space formulation
+    (``blocks.ConvTranspose2x2``) spends most of its time in transposes."""
+    n, h, w, _ = x.shape
+    kh, kw, c, _ = kernel.shape
+    sh, sw, pt, pb, pl, pr = geom
+    shape = (n, (h - 1) * sh + kh - pt - pb, (w - 1) * sw + kw - pl - pr, c)
+    return _ffi("data_grad", shape, x, kernel, geom)
+
+
+def _conv_transpose_fwd(x, kernel, geom):
+    return conv_transpose_nhwc(x, kernel, geom), (x, kernel)
+
+
+def _conv_transpose_bwd(geom, res, dy):
+    x, kernel = res
+    dx = _ffi("forward", x.shape, dy, kernel, geom)
+    dk = _ffi("kernel_grad", kernel.shape, dy, x, geom)
+    return dx, dk
+
+
+conv_transpose_nhwc.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-    """Drop-in for ``lax.conv_general_dilated``: oneDNN where supported, XLA elsewhere."""
-    geom = _geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                     dimension_numbers, feature_group_count, batch_group_count,
-                     preferred_element_type)
-    if geom is not None:
+    """Drop-in for ``lax.conv_general_dilated``: oneDNN where supported, XLA elsewhere.
+
+    Input-dilated convolutions (``lax.conv_transpose``, ``nn.ConvTranspose``) go to
+    :func:`conv_transpose_nhwc` with the kernel flipped and its in/out axes swapped —
+    the strided convolution they are the transpose of."""
+    found = _geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                      dimension_numbers, feature_group_count, batch_group_count,
+                      preferred_element_type)
+    if found is not None:
         load()
+        transposed, geom = found
+        if transposed:
+            return conv_transpose_nhwc(lhs, jnp.swapaxes(rhs[::-1, ::-1], 2, 3), geom)
         return conv_nhwc(lhs, rhs, geom)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
