@@ -438,11 +438,12 @@ def torch_side(args: argparse.Namespace, platform_name: str, compile_model: bool
 # Each keeps the parameter tree identical. "flaxpool": ``nn.max_pool`` (select-and-
 # scatter gradient) instead of ``blocks.down`` (reshape + max, element-wise backward).
 # "matmulup": the 2x2 up-sampling as matmul + depth-to-space in XLA even where the
-# oneDNN path is on (before NOTES §13 it went to oneDNN's strided data-gradient only
-# for the 3x3 convolutions).
+# oneDNN path is on (before NOTES §13 the oneDNN path took only the 3x3 convolutions).
+# "flaxbn": batch norm + ReLU in XLA (flax BatchNorm's arithmetic, same variables) where
+# the oneDNN path would run its fused kernel (NOTES §13).
 
 
-MODEL_PATCHES = {"flaxpool", "matmulup", "xlaconv", "sysmalloc"}
+MODEL_PATCHES = {"flaxbn", "flaxpool", "matmulup", "xlaconv", "sysmalloc"}
 # "xlaconv" is not a layer formulation but the convolution library: it sets
 # config.train.cpu_conv = 'xla' (XLA's Eigen convolutions instead of oneDNN's, NOTES §12).
 # "sysmalloc" leaves glibc's malloc at its defaults (no satseg_jax.host_memory settings),
@@ -454,6 +455,7 @@ def apply_model_patches(patches: set[str]) -> list[tuple[Any, str, Any]]:
     ``(module, name, original)`` for each replaced attribute, to undo it."""
     patches = patches - {"xlaconv", "sysmalloc"}
     import flax.linen as nn
+    import jax
     import jax.numpy as jnp
 
     from satseg_jax.models import blocks, unet, variants
@@ -483,6 +485,28 @@ def apply_model_patches(patches: set[str]) -> list[tuple[Any, str, Any]]:
                 return y.reshape(n, 2 * h, 2 * w, self.features) + bias
 
         replace(blocks, "ConvTranspose2x2", MatmulUp)
+    if "flaxbn" in patches:
+        class XlaBatchNormReLU(blocks.FusedBatchNormReLU):
+            """What nn.BatchNorm + nn.relu compute in training, under the fused layer's
+            variable names (flax's fast variance: E[x²] - E[x]²)."""
+
+            @nn.compact
+            def __call__(self, x: Any) -> Any:
+                c = (x.shape[-1],)
+                scale = self.param("scale", nn.initializers.ones, c, jnp.float32)
+                bias = self.param("bias", nn.initializers.zeros, c, jnp.float32)
+                ra_mean = self.variable("batch_stats", "mean", jnp.zeros, c, jnp.float32)
+                ra_var = self.variable("batch_stats", "var", jnp.ones, c, jnp.float32)
+                mean = x.mean((0, 1, 2))
+                var = jnp.maximum((x * x).mean((0, 1, 2)) - mean * mean, 0.0)
+                if not self.is_initializing():
+                    m = self.momentum
+                    ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                    ra_var.value = m * ra_var.value + (1 - m) * var
+                y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+                return nn.relu(y)
+
+        replace(blocks, "FusedBatchNormReLU", XlaBatchNormReLU)
     return undo
 
 
@@ -525,6 +549,10 @@ def _jax_side(args: argparse.Namespace, patches: set[str]) -> dict:
     compile_s = time.perf_counter() - t0
     predict_compiled = runner.predict.lower(state, batch["image"]).compile()
     flops = _cost_flops(compiled)
+    # Which oneDNN kernels the compiled step calls (convs, transposed convs run as data
+    # gradients, fused BatchNorm+ReLU): a patch shows up here.
+    found = re.findall(r'custom_call_target="satseg_onednn_conv_(\w+)"', compiled.as_text())
+    ffi_targets = {name: found.count(name) for name in sorted(set(found))}
     holder = {"state": state, "loss": [], "faults": []}
     from satseg_jax.host_memory import minor_faults
 
@@ -540,7 +568,7 @@ def _jax_side(args: argparse.Namespace, patches: set[str]) -> dict:
 
     return {"train": step, "predict": predict, "params": nparams, "flops_xla": flops,
             "compile_s": compile_s, "losses": holder["loss"], "conv": conv,
-            "faults": holder["faults"]}
+            "faults": holder["faults"], "ffi_targets": ffi_targets}
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -563,7 +591,8 @@ def worker(args: argparse.Namespace) -> dict:
                            "malloc_settings": malloc}
     j = jax_side(args)
     out["jax"] = {"params": j["params"], "flops_xla_per_step": j["flops_xla"],
-                  "compile_s": round(j["compile_s"], 2), "conv": j["conv"]}
+                  "compile_s": round(j["compile_s"], 2), "conv": j["conv"],
+                  "onednn_kernels": j["ffi_targets"]}
     fns = {"jax_train": j["train"]}
     t = None
     if use_torch:
@@ -627,8 +656,10 @@ def variants(args: argparse.Namespace, user: str) -> dict[str, str]:
     tuned = xla_flags.merged_flags(user, xla_flags.recommended_flags())
     out = {"tuned": tuned}
     if not args.no_default:
-        # The project's flags with XLA's own convolutions (what `tuned` was before the
-        # oneDNN path), and plain jaxlib.
+        # oneDNN for the 3x3 convolutions only (up-sampling and BatchNorm+ReLU in XLA:
+        # `tuned` before NOTES §13), the project's flags with XLA's own convolutions
+        # (before the oneDNN path), glibc's malloc defaults, and plain jaxlib.
+        out["tuned+flaxbn+matmulup"] = tuned
         out["tuned+xlaconv"] = tuned
         out["tuned+sysmalloc"] = tuned
         out["default"] = user
@@ -856,8 +887,10 @@ def main(argv: list[str] | None = None) -> int:
     report["matmul_ceiling_gflops"] = mm["ceiling_gflops"] if mm else None
     analytic = analytic_train_flops(args.bands, args.classes, args.base, args.depth, args.size)
     xla = first.get("jax", {}).get("flops_xla_per_step")
-    # XLA's count on GPU leaves cuDNN convolutions out: trust it only on the CPU.
-    if xla and info["platform"] == "cpu":
+    # XLA's count on GPU leaves cuDNN convolutions out: trust it only on the CPU, and
+    # only from a variant whose convolutions XLA compiled (with every variant on oneDNN,
+    # e.g. --no-default, it counts just the element-wise rest: < 1 % of the analytic).
+    if xla and info["platform"] == "cpu" and xla / args.batch > 0.5 * analytic:
         flops_img, source = xla / args.batch, "XLA cost analysis"
     else:
         flops_img, source = analytic, "analytic (3x forward)"

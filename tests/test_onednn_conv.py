@@ -180,3 +180,93 @@ def test_build_failure_names_the_fix_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(onednn_conv.OneDnnUnavailable, match="libdnnl-dev"):
         onednn_conv.build()
     assert list(tmp_path.iterdir()) == []
+
+
+def _bn_relu_reference(x, scale, shift, eps=1e-5):
+    mean = x.mean((0, 1, 2))
+    var = x.var((0, 1, 2))
+    return jax.nn.relu((x - mean) * lax.rsqrt(var + eps) * scale + shift), mean, var
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 8), (3, 4, 4, 3), (2, 16, 16, 32)])
+def test_batch_norm_relu_matches_the_formula(shape):
+    """oneDNN's fused training-mode batch norm + ReLU: output, batch mean and biased
+    variance, and the gradients through the batch statistics, against plain jnp."""
+    kx, ks, kb, kg = jax.random.split(jax.random.key(4), 4)
+    x = jax.random.normal(kx, shape, jnp.float32) * 2 + 0.5
+    scale = jax.random.normal(ks, shape[-1:], jnp.float32)
+    shift = jax.random.normal(kb, shape[-1:], jnp.float32)
+    ours = jax.jit(onednn_conv.batch_norm_relu)
+    assert onednn_conv.FFI_PREFIX + "bn_relu_forward" in ours.lower(x, scale, shift).as_text()
+    for got, want in zip(ours(x, scale, shift), _bn_relu_reference(x, scale, shift)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, shape, jnp.float32)
+
+    def loss(fn):
+        return lambda x, s, b: jnp.sum(fn(x, s, b)[0] * g)
+
+    want = jax.grad(loss(_bn_relu_reference), argnums=(0, 1, 2))(x, scale, shift)
+    got = jax.jit(jax.grad(loss(onednn_conv.batch_norm_relu), argnums=(0, 1, 2)))(
+        x, scale, shift)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_with_fused_batch_norm_equals_flax_batch_norm():
+    """The U-Net with the oneDNN conv_fn (convs, up-sampling and BatchNorm+ReLU fused):
+    same variables as the XLA model, same loss, gradients and updated batch_stats in
+    training, same output in evaluation."""
+    from satseg_jax.models.unet import UNet
+
+    x = jax.random.normal(jax.random.key(5), (2, 32, 32, 4), jnp.float32)
+    xla = UNet(3, depth=2, base_width=8)
+    dnn = UNet(3, depth=2, base_width=8, conv_fn=onednn_conv.conv_general_dilated)
+    v = xla.init(jax.random.key(6), x, train=False)
+    v_dnn = dnn.init(jax.random.key(6), x, train=False)
+    assert jax.tree.structure(v_dnn) == jax.tree.structure(v)
+    for a, b in zip(jax.tree.leaves(v_dnn), jax.tree.leaves(v)):
+        np.testing.assert_array_equal(a, b)
+
+    def loss(model):
+        def f(params, stats):
+            y, upd = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                 mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y)), upd
+        return jax.value_and_grad(f, has_aux=True)
+
+    step = jax.jit(loss(dnn))
+    assert onednn_conv.FFI_PREFIX + "bn_relu_backward" in step.lower(
+        v["params"], v["batch_stats"]).as_text()
+    (l_ref, upd_ref), g_ref = loss(xla)(v["params"], v["batch_stats"])
+    (l_dnn, upd_dnn), g_dnn = step(v["params"], v["batch_stats"])
+    np.testing.assert_allclose(l_dnn, l_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_dnn), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
+    for a, b in zip(jax.tree.leaves(upd_dnn), jax.tree.leaves(upd_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    v2 = {"params": v["params"], **upd_ref}
+    np.testing.assert_allclose(jax.jit(lambda v: dnn.apply(v, x, train=False))(v2),
+                               xla.apply(v2, x, train=False), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["axis_name", "bf16", "no_relu"])
+def test_norm_keeps_flax_batch_norm_where_the_fused_kernel_does_not_apply(case):
+    """Cross-device statistics (axis_name), bfloat16 compute, or no ReLU after the norm:
+    flax's BatchNorm in XLA, never the fused custom call."""
+    from satseg_jax.models.blocks import Norm
+
+    x = jnp.ones((2, 4, 4, 8), jnp.float32)
+    kwargs = {"conv_fn": onednn_conv.conv_general_dilated, "relu": case != "no_relu"}
+    if case == "bf16":
+        kwargs["dtype"] = jnp.bfloat16
+    norm = Norm("batch", **kwargs)
+    if case == "axis_name":
+        norm = Norm("batch", axis_name="batch", **kwargs)
+        # vmap over a leading axis of 1: inside, x is the (2, 4, 4, 8) batch
+        fn = jax.vmap(lambda x: norm.init_with_output(jax.random.key(0), x, True),
+                      axis_name="batch")
+        text = jax.jit(fn).lower(x[None]).as_text()
+    else:
+        text = jax.jit(lambda x: norm.init_with_output(jax.random.key(0), x, True)).lower(
+            x).as_text()
+    assert onednn_conv.FFI_PREFIX not in text

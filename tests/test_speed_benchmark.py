@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,3 +209,31 @@ def test_cpu_isa_reads_the_flags_line_and_keeps_only_known_extensions(tmp_path):
     assert speed.cpu_isa(info) == ["avx2", "avx512f", "amx_tile"]
     assert speed._cpuinfo("model name", info) == "Some CPU"
     assert speed.cpu_isa(tmp_path / "absent") == []
+
+
+def test_model_patches_apply_to_their_worker_only():
+    """``+flaxbn+matmulup`` (the step before NOTES §13: BatchNorm+ReLU and up-sampling in
+    XLA) trains the same numbers as the current step, and jax_side undoes the patches
+    so later models in the process get the current layers."""
+    speed = _load_speed()
+    from satseg_jax.models import blocks
+
+    current = (blocks.FusedBatchNormReLU, blocks.ConvTranspose2x2)
+    args = speed.parse_args(["--quick", "--no-torch"])
+    sides = {}
+    for worker in ("tuned", "tuned+flaxbn+matmulup"):
+        args.worker = worker
+        sides[worker] = speed.jax_side(args)
+        assert (blocks.FusedBatchNormReLU, blocks.ConvTranspose2x2) == current
+        for _ in range(3):
+            sides[worker]["train"]()
+    now, before = sides["tuned"]["ffi_targets"], sides["tuned+flaxbn+matmulup"]["ffi_targets"]
+    # --quick: depth 2, 2 convs per block -> 10 BatchNorm+ReLU layers, 2 up-samplings;
+    # patched: no fused BatchNorm, and each up-sampling's 3 oneDNN calls (data gradient
+    # forward; forward and kernel gradient backward) are matmuls again.
+    assert now["bn_relu_forward"] == now["bn_relu_backward"] == 10
+    assert "bn_relu_forward" not in before and "bn_relu_backward" not in before
+    for name in ("data_grad", "forward", "kernel_grad"):
+        assert now[name] == before[name] + 2, (name, now, before)
+    np.testing.assert_allclose(sides["tuned"]["losses"],
+                               sides["tuned+flaxbn+matmulup"]["losses"], rtol=1e-4)

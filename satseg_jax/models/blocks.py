@@ -49,28 +49,71 @@ def check_unet_knobs(depth: int, base_width: int, norm: str, upsample: str, drop
                           "e.g. 0.9 (the weight of the old running statistics)")
 
 
+class FusedBatchNormReLU(nn.Module):
+    """``relu(nn.BatchNorm(use_running_average=False)(x))`` by a fused kernel (oneDNN's,
+    ``onednn_conv.batch_norm_relu``), with flax BatchNorm's variables, names, initial
+    values and running-average rule — so parameters, ``batch_stats`` and checkpoints are
+    the same as the unfused layer's, and evaluation (running averages) uses flax's.
+
+    Why: on the CPU, XLA spent ~70 ms of a ~0.9 s U-Net train step on BatchNorm's
+    reductions and element-wise passes and another ~40 ms on ReLU and its mask
+    (benchmarks/NOTES.md §13); the fused kernel makes two passes and keeps a 1-bit mask.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    fn: Callable[..., Any] | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
+                                features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
+                               features)
+        y, mean, var = self.fn(x, scale, bias, self.epsilon)
+        if not self.is_initializing():  # as flax: init leaves the statistics at 0 / 1
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+            ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+        return y
+
+
 class Norm(nn.Module):
-    """Batch / group / no normalisation behind one call signature."""
+    """Batch / group / no normalisation behind one call signature, and the ReLU after it
+    when ``relu`` (so batch norm + ReLU can run as one fused kernel where one is given)."""
 
     kind: str = "batch"
     momentum: float = 0.9
     groups: int = 8
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    relu: bool = False
+    # A conv_fn carrying ``batch_norm_relu`` (the oneDNN path does): used in training for
+    # float32 batch norm + ReLU on one device (no axis_name: the kernel's statistics are
+    # local). None / anything else: flax's BatchNorm, then nn.relu.
+    conv_fn: ConvFn | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.kind not in NORMS:
+            raise SatsegError(f"config.model.norm={self.kind!r}: expected one of {NORMS}")
         if self.kind == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                                dtype=self.dtype, axis_name=self.axis_name)(x)
-        if self.kind == "group":
+            fused = getattr(self.conv_fn, "batch_norm_relu", None)
+            if (fused is not None and self.relu and train and self.axis_name is None
+                    and self.dtype == jnp.float32 and x.dtype == jnp.float32 and x.ndim == 4
+                    and jax.default_backend() == "cpu"):
+                return FusedBatchNormReLU(self.momentum, fn=fused, name="BatchNorm_0")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                             dtype=self.dtype, axis_name=self.axis_name)(x)
+        elif self.kind == "group":
             groups = min(self.groups, x.shape[-1])
             while x.shape[-1] % groups:
                 groups -= 1
-            return nn.GroupNorm(num_groups=groups, dtype=self.dtype)(x)
-        if self.kind == "none":
-            return x
-        raise SatsegError(f"config.model.norm={self.kind!r}: expected one of {NORMS}")
+            x = nn.GroupNorm(num_groups=groups, dtype=self.dtype)(x)
+        return nn.relu(x) if self.relu else x
 
 
 class LevelBlock(nn.Module):
@@ -98,9 +141,8 @@ class ConvBlock(LevelBlock):
             x = nn.Conv(self.features, (3, 3), padding=self.padding,
                         use_bias=self.norm == "none", dtype=self.dtype,
                         conv_general_dilated=self.conv_fn)(x)
-            x = Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)(
-                x, train)
-            x = nn.relu(x)
+            x = Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name,
+                     relu=True, conv_fn=self.conv_fn)(x, train)
         return x
 
 
@@ -251,9 +293,8 @@ class ResidualBlock(LevelBlock):
             shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype,
                                conv_general_dilated=self.conv_fn)(x)
         for _ in range(2):
-            x = Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)(
-                x, train)
-            x = nn.relu(x)
+            x = Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name,
+                     relu=True, conv_fn=self.conv_fn)(x, train)
             x = nn.Conv(self.features, (3, 3), padding=self.padding, dtype=self.dtype,
                         conv_general_dilated=self.conv_fn)(x)
         return x + shortcut
@@ -269,11 +310,11 @@ class RecurrentConv(LevelBlock):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype,
                        conv_general_dilated=self.conv_fn)
-        norms = [Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name)
-                 for _ in range(self.steps + 1)]
-        h = nn.relu(norms[0](conv(x), train))
+        norms = [Norm(self.norm, self.momentum, dtype=self.dtype, axis_name=self.axis_name,
+                      relu=True, conv_fn=self.conv_fn) for _ in range(self.steps + 1)]
+        h = norms[0](conv(x), train)
         for t in range(1, self.steps + 1):
-            h = nn.relu(norms[t](conv(x + h), train))
+            h = norms[t](conv(x + h), train)
         return h
 
 

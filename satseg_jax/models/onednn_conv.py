@@ -8,8 +8,12 @@ XLA has a oneDNN rewriter, but the wheel does not include it, and no XLA flag re
 it. So this module compiles ``onednn_conv.cc`` (≈300 lines of glue, no kernels of our
 own) with g++ against oneDNN — 3.x from the ``[onednn]`` extra (the
 ``onednn-devel-cpu-gomp`` wheel: headers and library under ``sys.prefix``, no root
-needed), or 2.x from Debian/Ubuntu's ``libdnnl-dev`` — and registers three FFI targets:
-forward, data gradient and kernel gradient, tied together by a ``jax.custom_vjp``.
+needed), or 2.x from Debian/Ubuntu's ``libdnnl-dev`` — and registers FFI targets for a
+convolution's forward, data gradient and kernel gradient, tied together by a
+``jax.custom_vjp`` (:func:`conv_nhwc`; input-dilated convolutions, i.e. transposed ones,
+run as the strided data gradient: :func:`conv_transpose_nhwc`), and for training-mode
+batch normalisation fused with the ReLU after it (:func:`batch_norm_relu`, which
+``blocks.Norm`` finds on the conv function as ``conv_general_dilated.batch_norm_relu``).
 ``config.train.cpu_conv = 'auto'`` (the default) uses it when it builds and says so once;
 without oneDNN or g++ the models run XLA's own convolutions, with the same results.
 
@@ -47,7 +51,9 @@ from jax import lax
 
 SOURCE = Path(__file__).with_suffix(".cc")
 TARGETS = {"forward": "SatsegConvForward", "data_grad": "SatsegConvDataGrad",
-           "kernel_grad": "SatsegConvKernelGrad"}
+           "kernel_grad": "SatsegConvKernelGrad",
+           "bn_relu_forward": "SatsegBatchNormReluForward",
+           "bn_relu_backward": "SatsegBatchNormReluBackward"}
 FFI_PREFIX = "satseg_onednn_conv_"
 # Where Debian/Ubuntu's libdnnl-dev puts the header; CPATH / CPLUS_INCLUDE_PATH also work.
 HEADER = "oneapi/dnnl/dnnl.hpp"
@@ -56,6 +62,7 @@ INSTALL_HINT = ("install oneDNN and a C++ compiler (`pip install -e '.[onednn]'`
                 "config.train.cpu_conv = 'xla'")
 
 
+_LIBRARY: list[ctypes.CDLL] = []  # the loaded library, once load() ran
 SYSTEM_INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
 
 
@@ -161,6 +168,7 @@ def load() -> str:
             lib = ctypes.CDLL(str(path))
         except OSError as e:
             raise OneDnnUnavailable(f"loading {path} failed ({e}): {INSTALL_HINT}") from e
+        _LIBRARY.append(lib)
         for name, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(FFI_PREFIX + name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
@@ -308,3 +316,77 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
+
+
+# ------------------------------------------------------------------ batch norm + ReLU
+# Flax's BatchNorm default; blocks.FusedBatchNormReLU passes its own.
+BATCH_NORM_EPSILON = 1e-5
+
+
+def _workspace_bytes(shape: Sequence[int], epsilon: float) -> int:
+    """Size of oneDNN's ReLU mask for this shape (asked from the library at trace time:
+    an FFI result's shape must be static, and the size is oneDNN's implementation's)."""
+    load()
+    fn = _LIBRARY[0].SatsegBatchNormWorkspaceBytes
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float]
+    size = int(fn(*(int(d) for d in shape), float(epsilon)))
+    if size < 0:
+        raise OneDnnUnavailable(f"oneDNN has no batch normalisation for shape {tuple(shape)}")
+    return size
+
+
+def _bn_forward(x, scale, shift, epsilon):
+    c = x.shape[-1]
+    f32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
+    out = (f32(x.shape), f32((c,)), f32((c,)),
+           jax.ShapeDtypeStruct((_workspace_bytes(x.shape, epsilon),), jnp.uint8))
+    return jax.ffi.ffi_call(FFI_PREFIX + "bn_relu_forward", out, vmap_method="sequential")(
+        x, scale, shift, eps=np.float32(epsilon))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_relu(x: jax.Array, scale: jax.Array, shift: jax.Array,
+                    epsilon: float = BATCH_NORM_EPSILON):
+    """Training-mode batch normalisation followed by ReLU, by oneDNN, for NHWC float32.
+
+    Returns ``(y, mean, var)``: ``y = relu((x - mean) / sqrt(var + epsilon) * scale +
+    shift)`` with ``mean``/``var`` this batch's per-channel statistics over N, H, W
+    (``var`` biased, as ``flax.linen.BatchNorm`` uses for its running average). The
+    gradient is that of ``y`` with respect to ``x``, ``scale`` and ``shift`` (through the
+    batch statistics); ``mean`` and ``var`` are for the running averages and are not
+    differentiated (their cotangents are ignored — callers stop gradients there).
+    Why: the two passes and the 1-bit ReLU mask replace XLA's reductions and
+    element-wise passes (and the centred copy of ``x`` it keeps for the backward pass).
+    """
+    y, mean, var, _ = _bn_forward(x, scale, shift, epsilon)
+    return y, mean, var
+
+
+def _bn_relu_fwd(x, scale, shift, epsilon):
+    y, mean, var, ws = _bn_forward(x, scale, shift, epsilon)
+    return (y, mean, var), (x, scale, mean, var, ws)
+
+
+def _bn_relu_bwd(epsilon, res, cotangents):
+    x, scale, mean, var, ws = res
+    dy = cotangents[0]
+    c = x.shape[-1]
+    f32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
+    return jax.ffi.ffi_call(FFI_PREFIX + "bn_relu_backward",
+                            (f32(x.shape), f32((c,)), f32((c,))),
+                            vmap_method="sequential")(x, dy, scale, mean, var, ws,
+                                                      eps=np.float32(epsilon))
+
+
+batch_norm_relu.defvjp(_bn_relu_fwd, _bn_relu_bwd)
+
+
+def batch_norm_relu_supported(x: jax.Array) -> bool:
+    """Where :func:`batch_norm_relu` applies: CPU backend, NHWC (rank 4), float32."""
+    return jax.default_backend() == "cpu" and x.ndim == 4 and x.dtype == jnp.float32
+
+
+# blocks.Norm finds the fused kernel through the conv_fn it is given (the one object the
+# models thread through for "use oneDNN here").
+conv_general_dilated.batch_norm_relu = batch_norm_relu  # type: ignore[attr-defined]

@@ -34,9 +34,13 @@ def main(data_dir: str, mode: str, steps: int, batch: int) -> None:
     # ~1e-4 within 10 steps without any bug (measured). A real bug — a missing all-reduce,
     # per-device BatchNorm statistics of 2 images instead of 16 — moves values by orders
     # of magnitude more than rtol 1e-4. The two-process runs keep the config's AdamW.
+    # XLA's convolutions and BatchNorm in every run: a one-device CPU run would otherwise
+    # take the oneDNN kernels (cpu_conv='auto'), whose different but equally valid
+    # arithmetic (two-pass variance) adds its own last-bit drift; their equality with
+    # XLA's is pinned in tests/test_onednn_conv.py.
     config = tiny_config(data_dir, parallelism=mode, **{
         "train.batch_size": batch, "optimizer.name": "sgd", "optimizer.momentum": 0.9,
-        "optimizer.learning_rate": 0.01})
+        "optimizer.learning_rate": 0.01, "train.cpu_conv": "xla"})
     meta = input_pipeline.load_meta(data_dir)
     tx, _ = create_optimizer(config)
     runner = Runner(config, lambda axis: build_model(config, meta.num_classes, axis),
