@@ -24,10 +24,8 @@ Why this shape:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-import warnings
 from pathlib import Path
 
 import jax
@@ -51,17 +49,6 @@ def _representable(value, dtype: np.dtype) -> bool:
     info = np.iinfo(dtype)
     v = float(value)
     return v.is_integer() and info.min <= v <= info.max
-
-
-@contextlib.contextmanager
-def no_georeference_warnings():
-    """Silence rasterio's NotGeoreferencedWarning while reading and writing a plain
-    image: having no CRS is an expected input here, not something to warn about."""
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        yield
 
 
 def blend_window(size: int, mode: str) -> np.ndarray:
@@ -156,7 +143,9 @@ def check_outputs(image: Path, out: Path, probabilities: str | Path | None) -> b
         raise SatsegError(f"{probabilities}: --probabilities holds one band per class, which "
                           "only a GeoTIFF can; name it .tif")
     if as_png:
-        with no_georeference_warnings(), open_scene(image) as src:
+        from satseg_jax.raster.masks import quiet_georeference
+
+        with quiet_georeference(), open_scene(image) as src:
             if src.crs is not None:
                 raise SatsegError(f"{out}: {image} is georeferenced ({src.crs}) and a PNG "
                                   "cannot keep its CRS; name the map .tif (a Cloud-Optimised "
@@ -223,6 +212,8 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     nothing behind.
     """
     from satseg_jax.raster.compose import gdal_env
+    from satseg_jax.raster.map_files import to_cog, to_png
+    from satseg_jax.raster.masks import quiet_georeference
 
     image, out = Path(image), Path(out)
     as_png = check_outputs(image, out, probabilities)
@@ -233,7 +224,7 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     n_dev = jax.device_count()
     batch = max(n_dev, batch - batch % n_dev)
     # A bounded GDAL block cache: by default it grows to 5 % of RAM with the scene.
-    with gdal_env(), no_georeference_warnings(), open_scene(image) as src:
+    with gdal_env(), quiet_georeference(), open_scene(image) as src:
         raw_dtype, nodata, notes = check_scene(src, run.card, image)
         profile = map_profile(src)
         with atomic_path(out) as tmp_map, (
@@ -246,9 +237,9 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
             tiler.run(src, image, overlap, nodata, progress)
             writer.close()
             t_loop = time.perf_counter()
-            (_to_png if as_png else _to_cog)(tmp_map)
+            (to_png if as_png else to_cog)(tmp_map)
             if tmp_prob:
-                _to_cog(tmp_prob)
+                to_cog(tmp_prob)
             t_cog = time.perf_counter() - t_loop
     crs = profile["crs"]
     return {"map": str(out), "probabilities": str(probabilities) if probabilities else None,
@@ -465,40 +456,6 @@ def _pixel_area_m2(crs, transform) -> float | None:
     from satseg_jax.area import row_pixel_areas_m2
 
     return float(row_pixel_areas_m2(transform, crs, np.zeros(1))[0])
-
-
-def _to_cog(path: Path) -> None:
-    """Rewrite a tiled GeoTIFF in place as a Cloud-Optimised GeoTIFF (with overviews)."""
-    from rasterio.shutil import copy as rio_copy
-
-    cog = path.with_name(path.name + ".cog")
-    try:
-        rio_copy(path, cog, driver="COG", compress="DEFLATE", overview_resampling="nearest")
-        cog.replace(path)
-    finally:
-        if cog.exists():
-            cog.unlink()
-
-
-def _to_png(path: Path) -> None:
-    """Rewrite the tiled GeoTIFF at ``path`` in place as a palette ('P' mode) PNG.
-
-    GDAL's PNG driver cannot write by windows, so the map is written as a tiled GeoTIFF
-    first (memory bounded by a strip, as for any scene) and then copied line by line;
-    the colour table becomes the PNG palette and nodata 255 its transparent entry.
-    GDAL_PAM_ENABLED=NO: no ``.aux.xml`` sidecar (band description) is left beside it.
-    """
-    import rasterio
-    from rasterio.shutil import copy as rio_copy
-
-    png = path.with_name(path.name + ".png")
-    try:
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-            rio_copy(path, png, driver="PNG")
-        png.replace(path)
-    finally:
-        if png.exists():
-            png.unlink()
 
 
 class _null:
