@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import tempfile
@@ -60,6 +61,21 @@ def _disk_full(target: Path, exc: BaseException) -> DiskFullError:
 
 
 @contextlib.contextmanager
+def _cleaned_up(target: Path, tmp: Path, remove) -> Iterator[None]:
+    """Whatever happens inside, ``tmp`` does not outlive it; a full disk is reported as a
+    DiskFullError naming ``target`` (the file the user asked for, not the temporary)."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise _disk_full(target, e) from e
+        raise
+    finally:
+        if tmp.exists():
+            remove(tmp)
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path beside ``target``; rename it onto ``target`` on success."""
     target = Path(target)
@@ -70,16 +86,9 @@ def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     os.close(fd)
     os.unlink(tmp)
     tmp_path = Path(tmp)
-    try:
+    with _cleaned_up(target, tmp_path, Path.unlink):
         yield tmp_path
         os.replace(tmp_path, target)
-    except Exception as e:
-        if is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise _disk_full(target, e) from e
-        raise
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 @contextlib.contextmanager
@@ -100,7 +109,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
             )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with _cleaned_up(target, tmp, functools.partial(shutil.rmtree, ignore_errors=True)):
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old")
@@ -110,10 +119,3 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except Exception as e:
-        if is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise _disk_full(target, e) from e
-        raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
