@@ -176,8 +176,7 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
     from tqdm import tqdm
 
     from satseg_jax.evaluate import load_trained
-    from satseg_jax.raster.compose import gdal_env, open_raster, read_window
-    from satseg_jax.raster.patches import valid_pixels
+    from satseg_jax.raster.io import gdal_env, open_raster, read_window, valid_pixels
     from satseg_jax.raster.windows import covering_windows
 
     image, out = Path(image), Path(out)

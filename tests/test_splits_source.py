@@ -20,7 +20,7 @@ import rasterio
 
 from satseg_jax.cli import main
 from satseg_jax.datasets.build import build_dataset, format_summary, load_dataset_info
-from satseg_jax.datasets.folder import read_patches_folder
+from satseg_jax.datasets.patches_folder import read_patches_folder
 from satseg_jax.datasets.splits import (
     SPLITS,
     assign_from_split_file,
