@@ -85,10 +85,10 @@ def pixel_size(meta) -> float:
     transform whose "pixel size" of 1 means nothing on the ground: resampling by it
     would silently rescale the patches, so such a dataset is refused.
     """
-    from satseg_jax.input_pipeline import _split_dataset
+    from satseg_jax.input_pipeline import split_dataset
 
     split = next(s for s, n in meta.num_examples.items() if n)
-    ex = next(iter(_split_dataset(meta, split).take(1).as_numpy_iterator()))
+    ex = next(iter(split_dataset(meta, split).take(1).as_numpy_iterator()))
     if "transform" not in ex:
         raise SatsegError(f"{meta.data_dir}: examples carry no transform; cannot resample "
                           "to the training pixel size")

@@ -38,9 +38,9 @@ import numpy as np
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.datasets import classification_folder
 from satseg_jax.datasets.patches_folder import PatchLayout, read_patches_folder
+from satseg_jax.datasets.split_file import assign_from_split_file
 from satseg_jax.datasets.splits import (
     SPLITS,
-    assign_from_split_file,
     assign_splits,
     check_fractions,
     split_counts,
