@@ -153,6 +153,48 @@ def _tile_pairs(tiler: Tiler, pairs: list[Pair], heads: list[dict], mask_mode: s
     return done
 
 
+def _folder_info(done: _Tiled, ref: dict, *, images, masks, pair: str | None, size: int,
+                 stride: int, edge: str, min_valid: float, num_patches: int, kinds: Counter,
+                 colour_tolerance: int | None, scene_label: bool, purity: float,
+                 skipped: list[str]) -> dict:
+    """patches.json of a folder set: the scene fields are null (there is no one scene),
+    the CRS is the sources' common one, and every source is listed with its counts."""
+    crss = {s["crs"] for s in done.sources}
+    return {
+        "format_version": FORMAT_VERSION,
+        "input": "folders",
+        "image": None,
+        "images": str(images),
+        "masks": str(masks),
+        "pair": pair,
+        "bands": ref["bands"],
+        "dtype": ref["dtypes"][0],
+        "nodata": ref["nodata"],
+        "crs": crss.pop() if len(crss) == 1 else None,
+        "georeferenced": all(s["crs"] for s in done.sources),
+        "scene_transform": None,
+        "scene_height": None,
+        "scene_width": None,
+        "size": size,
+        "stride": stride,
+        "edge": edge,
+        "min_valid": min_valid,
+        "num_windows": done.n_windows,
+        "num_patches": num_patches,
+        "num_sources": len(done.sources),
+        "label_source": str(masks),
+        "label_type": "mask_folder",
+        "mask_kinds": dict(kinds),
+        "colour_tolerance": colour_tolerance,
+        "class_field": None,
+        "task": "classification" if scene_label else "segmentation",
+        "purity": purity if scene_label else None,
+        "skipped_unpaired": skipped,
+        "smaller_than_size": done.too_small,
+        "sources": done.sources,
+    }
+
+
 def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
                         classes_path: Path, pair: str | None = None,
                         skip_unpaired: bool = False, colour_tolerance: int | None = None,
@@ -193,41 +235,12 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
                     f"({done.n_windows} windows; {len(done.too_small)} image(s) smaller "
                     f"than --size {size}); use a smaller --size, --edge pad, or a lower "
                     "--min-valid")
-            crss = {s["crs"] for s in done.sources}
-            georeferenced = all(s["crs"] for s in done.sources)
-            tiler.finish(masks, {
-                "format_version": FORMAT_VERSION,
-                "input": "folders",
-                "image": None,
-                "images": str(images),
-                "masks": str(masks),
-                "pair": pair,
-                "bands": ref["bands"],
-                "dtype": ref["dtypes"][0],
-                "nodata": ref["nodata"],
-                "crs": crss.pop() if len(crss) == 1 else None,
-                "georeferenced": georeferenced,
-                "scene_transform": None,
-                "scene_height": None,
-                "scene_width": None,
-                "size": size,
-                "stride": stride,
-                "edge": edge,
-                "min_valid": min_valid,
-                "num_windows": done.n_windows,
-                "num_patches": len(tiler.rows),
-                "num_sources": len(done.sources),
-                "label_source": str(masks),
-                "label_type": "mask_folder",
-                "mask_kinds": dict(kinds),
-                "colour_tolerance": colour_tolerance,
-                "class_field": None,
-                "task": "classification" if scene_label else "segmentation",
-                "purity": purity if scene_label else None,
-                "skipped_unpaired": skipped,
-                "smaller_than_size": done.too_small,
-                "sources": done.sources,
-            }, extra=("source", "source_image"))
+            info = _folder_info(done, ref, images=images, masks=masks, pair=pair, size=size,
+                                stride=stride, edge=edge, min_valid=min_valid,
+                                num_patches=len(tiler.rows), kinds=kinds,
+                                colour_tolerance=colour_tolerance, scene_label=scene_label,
+                                purity=purity, skipped=skipped)
+            tiler.finish(masks, info, extra=("source", "source_image"))
     return {
         "out": str(out_dir),
         "num_sources": len(done.sources),
@@ -237,7 +250,7 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
         "skipped_unpaired": skipped,
         "smaller_than_size": done.too_small,
         "bands": ref["bands"],
-        "georeferenced": georeferenced,
+        "georeferenced": info["georeferenced"],
         "mask_kinds": dict(kinds),
         **tiler.pixel_counts(),
         **throughput(t_start, done.in_bytes),

@@ -359,6 +359,36 @@ def _no_patch_error(image: Path, scene_label: bool, purity: float, min_valid: fl
         "nodata? Check the file's nodata value or lower --min-valid")
 
 
+def _scene_info(src, image: Path, band_names: list[str], dtype: str, *, size: int,
+                stride: int, edge: str, min_valid: float, num_windows: int, num_patches: int,
+                label_source: Path, vector: bool, class_field: str, scene_label: bool,
+                purity: float) -> dict:
+    """patches.json of a scene: its grid, bands and nodata, the tiling parameters and
+    the label source, so ``satseg build`` and ``inspect`` know what the patches hold."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "image": str(image.absolute()),
+        "bands": band_names,
+        "dtype": dtype,
+        "nodata": json_nodata(src.nodata, dtype),
+        "crs": src.crs.to_wkt() if src.crs else None,
+        "scene_transform": list(src.transform)[:6],
+        "scene_height": src.height,
+        "scene_width": src.width,
+        "size": size,
+        "stride": stride,
+        "edge": edge,
+        "min_valid": min_valid,
+        "num_windows": num_windows,
+        "num_patches": num_patches,
+        "label_source": str(label_source.absolute()),
+        "label_type": "vector" if vector else "raster",
+        "class_field": class_field if vector else None,
+        "task": "classification" if scene_label else "segmentation",
+        "purity": purity if scene_label else None,
+    }
+
+
 def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256,
                  stride: int | None = None, min_valid: float = 0.5, edge: str = "drop",
                  labels: Path | None = None, vector: Path | None = None,
@@ -412,28 +442,11 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
                        band_names, progress=progress)
             if not tiler.rows:
                 raise _no_patch_error(image, scene_label, purity, min_valid, len(wins), nodata)
-            tiler.finish(label_source, {
-                "format_version": FORMAT_VERSION,
-                "image": str(image.absolute()),
-                "bands": band_names,
-                "dtype": dtype,
-                "nodata": json_nodata(nodata, dtype),
-                "crs": src.crs.to_wkt() if src.crs else None,
-                "scene_transform": list(src.transform)[:6],
-                "scene_height": src.height,
-                "scene_width": src.width,
-                "size": size,
-                "stride": stride,
-                "edge": edge,
-                "min_valid": min_valid,
-                "num_windows": len(wins),
-                "num_patches": len(tiler.rows),
-                "label_source": str(label_source.absolute()),
-                "label_type": "raster" if labels is not None else "vector",
-                "class_field": class_field if vec is not None else None,
-                "task": "classification" if scene_label else "segmentation",
-                "purity": purity if scene_label else None,
-            })
+            tiler.finish(label_source, _scene_info(
+                src, image, band_names, dtype, size=size, stride=stride, edge=edge,
+                min_valid=min_valid, num_windows=len(wins), num_patches=len(tiler.rows),
+                label_source=label_source, vector=vec is not None, class_field=class_field,
+                scene_label=scene_label, purity=purity))
         scene_bytes = src.width * src.height * src.count * np.dtype(dtype).itemsize
     return {
         "out": str(out_dir),
