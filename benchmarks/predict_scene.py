@@ -107,15 +107,15 @@ def child_raw(args) -> dict:
     import jax
     import numpy as np
 
-    from satseg_jax.evaluate import load_trained
-    from satseg_jax.predict import _context, batch_probabilities
+    from satseg_jax.predict import batch_probabilities, model_context
+    from satseg_jax.runs import load_run
 
-    config, meta, runner, state, _, manager = load_trained(args.workdir, "latest")
-    manager.close()
-    in_tile, _ = _context(config, args.tile)
+    run = load_run(args.workdir, "latest")
+    runner, state = run.runner, run.state
+    in_tile, _ = model_context(run.config, args.tile)
     n_dev = jax.device_count()
     batch = max(n_dev, args.batch - args.batch % n_dev)
-    x = np.random.default_rng(0).normal(size=(batch, in_tile, in_tile, meta.num_bands))
+    x = np.random.default_rng(0).normal(size=(batch, in_tile, in_tile, run.card.num_bands))
     x = x.astype(np.float32)
     probs = batch_probabilities(runner, args.tile)
     for _ in range(2):  # compile + warm-up

@@ -527,18 +527,18 @@ def _jax_side(args: argparse.Namespace, patches: set[str]) -> dict:
     import jax
     import numpy as np
 
-    from satseg_jax import train
+    from satseg_jax import steps
 
     config = sample_config(args)
     # "default" is plain jaxlib: XLA's convolutions too; "+xlaconv" asks for them.
     if "xlaconv" in patches or (args.worker or "").split("+")[0] == "default":
         config.train.cpu_conv = "xla"
-    conv = "onednn" if train.conv_fn_for(config) is not None else "xla"
-    tx, _ = train.create_optimizer(config)
-    runner = train.Runner(config, lambda axis: train.build_model(config, args.classes, axis),
+    conv = "onednn" if steps.conv_fn_for(config) is not None else "xla"
+    tx, _ = steps.create_optimizer(config)
+    runner = steps.Runner(config, lambda axis: steps.build_model(config, args.classes, axis),
                           args.classes, tx=tx, loss_config=config.loss)
     shape = (args.batch, args.size, args.size, args.bands)
-    state = train.create_train_state(0, runner.model, tx, shape)
+    state = steps.create_train_state(0, runner.model, tx, shape)
     nparams = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     state = runner.place_state(state)
     rng = np.random.default_rng(0)

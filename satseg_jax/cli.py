@@ -209,8 +209,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from satseg_jax.benchmark import run_sweep
     from satseg_jax.config_files import load_config_file
+    from satseg_jax.variant_sweep import run_sweep
 
     sweep = load_config_file(args.sweep)
     if args.data_dir:
@@ -409,7 +409,8 @@ def _cmd_train(argv: list[str]) -> int:
 
 def _cmd_evaluate(argv: list[str]) -> int:
     fv, _ = _config_command("evaluate", argv, EVALUATE_DOC)
-    from satseg_jax.evaluate import evaluate_workdir, format_metrics_table
+    from satseg_jax.evaluate import evaluate_workdir
+    from satseg_jax.metrics import format_metrics_table
 
     result = evaluate_workdir(
         fv.workdir, split=fv.split, checkpoint=fv.checkpoint,

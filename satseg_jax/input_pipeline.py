@@ -339,3 +339,20 @@ def pad_batch(batch: dict[str, np.ndarray], size: int, key: str) -> dict[str, np
         out[k] = v
     out["valid"] = np.arange(size) < n
     return out
+
+
+def ground_pixel_size(meta: DatasetMeta) -> float | None:
+    """Ground pixel size of a dataset's patches (CRS units), from its first example's
+    transform; None when its patches carry no CRS or no transform.
+
+    Patches without a CRS (cut from plain JPEG/PNG images) carry an identity-based
+    transform whose "pixel size" of 1 means nothing on the ground, so it is not
+    reported: resampling by it would silently rescale the patches.
+    """
+    split = next((s for s, n in meta.num_examples.items() if n), None)
+    if split is None:
+        return None
+    ex = next(iter(split_dataset(meta, split).take(1).as_numpy_iterator()))
+    if "transform" not in ex or not ex.get("crs"):
+        return None
+    return float(abs(ex["transform"][0]))

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from satseg_jax.classes import IGNORE_LABEL
+from satseg_jax.classes import IGNORE_LABEL, parse_colour
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_path
 
@@ -40,17 +41,6 @@ from satseg_jax.io_utils import atomic_path
 # draws nodata, and fully transparent in a PNG (its tRNS chunk), so no class colour
 # (white is a class in some published sets) is mistaken for it.
 NODATA_RGBA = (255, 255, 255, 0)
-
-
-def class_colours(meta) -> list[tuple[int, int, int]]:
-    """RGB colour of each class id of a run, from its dataset's classes (the project's
-    default palette for a class that declares none, so every map gets a colour table)."""
-    from satseg_jax.classes import classes_from_list
-
-    entries = meta.info.get("classes") or [
-        {"id": i, "name": n} for i, n in enumerate(meta.class_names)]
-    classes = classes_from_list(entries, f"{meta.data_dir}/satseg_dataset.json")
-    return classes.colours[:meta.num_classes]
 
 
 def _representable(value, dtype: np.dtype) -> bool:
@@ -86,7 +76,7 @@ def blend_window(size: int, mode: str) -> np.ndarray:
     raise SatsegError(f"--blend {mode!r}: expected gaussian, mean or none")
 
 
-def _context(config, tile: int) -> tuple[int, int]:
+def model_context(config, tile: int) -> tuple[int, int]:
     """(input tile size, margin) so that the model's output covers ``tile`` pixels.
 
     For a valid-convolution model the output starts ``margin`` pixels inside the input
@@ -155,12 +145,75 @@ def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
     return fn
 
 
-def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
+def check_outputs(image: Path, out: Path, probabilities: str | Path | None) -> bool:
+    """Refuse output names that cannot hold the result, from headers only and before the
+    (slower) model restore; return whether the map is a PNG."""
+    as_png = out.suffix.lower() == ".png"
+    if out.suffix.lower() in (".jpg", ".jpeg"):
+        raise SatsegError(f"{out}: JPEG compression would blur class ids into other values; "
+                          "name the map .png (plain images) or .tif")
+    if probabilities and Path(probabilities).suffix.lower() in (".png", ".jpg", ".jpeg"):
+        raise SatsegError(f"{probabilities}: --probabilities holds one band per class, which "
+                          "only a GeoTIFF can; name it .tif")
+    if as_png:
+        with no_georeference_warnings(), open_scene(image) as src:
+            if src.crs is not None:
+                raise SatsegError(f"{out}: {image} is georeferenced ({src.crs}) and a PNG "
+                                  "cannot keep its CRS; name the map .tif (a Cloud-Optimised "
+                                  "GeoTIFF), or draw a preview with 'satseg plot'")
+    return as_png
+
+
+def open_scene(image: Path):
+    """The scene opened for reading (rasterio dataset, one clear error when unreadable)."""
+    from satseg_jax.raster.io import open_raster
+
+    return open_raster(image)
+
+
+def check_scene(src, card, image: Path) -> tuple[np.dtype, float | None, list[str]]:
+    """(pixel dtype, nodata, notes) of a scene the run can map; other bands are refused."""
+    if src.count != card.num_bands:
+        raise SatsegError(f"{image}: has {src.count} bands; the run was trained on "
+                          f"{card.num_bands} ({', '.join(card.bands)})")
+    names = [d for d in src.descriptions if d]
+    if len(names) == src.count and names != list(card.bands):
+        raise SatsegError(f"{image}: bands {names} differ from the run's {list(card.bands)}"
+                          "; compose the scene with the same bands in the same order")
+    raw_dtype = np.dtype(src.dtypes[0])
+    nodata = src.nodata if src.nodata is not None else card.nodata
+    if not _representable(nodata, raw_dtype):
+        nodata = None  # e.g. a uint16 run's 65535 in an 8-bit JPEG: nothing is nodata
+    notes = []
+    if card.image_dtype and np.dtype(card.image_dtype) != raw_dtype:
+        # Not an error: the run's train mean/std are applied whatever the dtype (the
+        # arithmetic is float32 on the devices); only the user knows whether the values
+        # are on the same scale (8-bit RGB tiles vs uint16 reflectance are not).
+        notes.append(f"{image.name} is {raw_dtype} but the run was trained on "
+                     f"{card.image_dtype} patches; it is normalised with the run's train "
+                     "mean/std, so the map is only meaningful if the pixel values are "
+                     "on the same scale")
+    return raw_dtype, nodata, notes
+
+
+def _load(run_or_workdir, checkpoint: str):
+    from satseg_jax.runs import Run, load_run
+
+    run = run_or_workdir if isinstance(run_or_workdir, Run) else load_run(run_or_workdir,
+                                                                          checkpoint)
+    if run.config.task != "segmentation":
+        raise SatsegError(f"{run.path} is a {run.config.task} run; predict makes "
+                          "segmentation maps")
+    return run
+
+
+def predict_scene(workdir, image: str | Path, out: str | Path,
                   checkpoint: str = "best", tile: int = 256, overlap: int = 64,
                   blend: str = "gaussian", probabilities: str | Path | None = None,
                   batch: int = 8, progress: bool = True) -> dict:
     """Predict a class map for a whole scene or plain image; return a summary.
 
+    ``workdir`` is a run folder or a loaded ``runs.Run`` (several scenes, one restore).
     The summary holds sizes, time, tiles, ``crs`` (WKT, or None for a plain image),
     ``format`` (COG or PNG), ``class_pixels``, ``pixel_area_m2`` (None without a
     projected CRS: then there are pixel counts only) and ``notes`` for the user (e.g.
@@ -169,230 +222,238 @@ def predict_scene(workdir: str | Path, image: str | Path, out: str | Path,
     Everything is checked before the first byte is written, so a refused input leaves
     nothing behind.
     """
-    import time
-
-    import rasterio
-    from rasterio.windows import Window
-    from tqdm import tqdm
-
-    from satseg_jax.evaluate import load_trained
-    from satseg_jax.raster.io import gdal_env, open_raster, read_window, valid_pixels
-    from satseg_jax.raster.windows import covering_windows
+    from satseg_jax.raster.io import gdal_env
 
     image, out = Path(image), Path(out)
-    as_png = out.suffix.lower() == ".png"
-    if out.suffix.lower() in (".jpg", ".jpeg"):
-        raise SatsegError(f"{out}: JPEG compression would blur class ids into other values; "
-                          "name the map .png (plain images) or .tif")
-    if probabilities and Path(probabilities).suffix.lower() in (".png", ".jpg", ".jpeg"):
-        raise SatsegError(f"{probabilities}: --probabilities holds one band per class, which "
-                          "only a GeoTIFF can; name it .tif")
-    if as_png:  # checked from the header before the (slower) model restore
-        with no_georeference_warnings(), open_raster(image) as src:
-            if src.crs is not None:
-                raise SatsegError(f"{out}: {image} is georeferenced ({src.crs}) and a PNG "
-                                  "cannot keep its CRS; name the map .tif (a Cloud-Optimised "
-                                  "GeoTIFF), or draw a preview with 'satseg plot'")
+    as_png = check_outputs(image, out, probabilities)
     t0 = time.perf_counter()
-    config, meta, runner, state, step, manager = load_trained(workdir, checkpoint)
-    manager.close()
-    if config.task != "segmentation":
-        raise SatsegError(f"{workdir} is a {config.task} run; predict makes segmentation maps")
-    in_tile, margin = _context(config, tile)
+    run = _load(workdir, checkpoint)
+    in_tile, margin = model_context(run.config, tile)
     weights = blend_window(tile, blend)
-    k = meta.num_classes
-    mean = np.asarray(meta.mean, np.float32)
-    std = np.asarray([s if s > 0 else 1.0 for s in meta.std], np.float32)
     n_dev = jax.device_count()
     batch = max(n_dev, batch - batch % n_dev)
-    k_in = meta.num_bands
-    colours = class_colours(meta)
-    notes: list[str] = []
-
     # A bounded GDAL block cache: by default it grows to 5 % of RAM with the scene.
-    with gdal_env(), no_georeference_warnings(), open_raster(image) as src:
-        if src.count != meta.num_bands:
-            raise SatsegError(f"{image}: has {src.count} bands; the run was trained on "
-                              f"{meta.num_bands} ({', '.join(meta.bands)})")
-        names = [d for d in src.descriptions if d]
-        if len(names) == src.count and names != list(meta.bands):
-            raise SatsegError(f"{image}: bands {names} differ from the run's {list(meta.bands)}"
-                              "; compose the scene with the same bands in the same order")
-        H, W = src.height, src.width
-        raw_dtype = np.dtype(src.dtypes[0])
-        nodata = src.nodata if src.nodata is not None else meta.nodata
-        if not _representable(nodata, raw_dtype):
-            nodata = None  # e.g. a uint16 run's 65535 in an 8-bit JPEG: nothing is nodata
-        trained_dtype = meta.info.get("image_dtype")
-        if trained_dtype and np.dtype(trained_dtype) != raw_dtype:
-            # Not an error: the run's train mean/std are applied whatever the dtype (the
-            # arithmetic is float32 on the devices); only the user knows whether the values
-            # are on the same scale (8-bit RGB tiles vs uint16 reflectance are not).
-            notes.append(f"{image.name} is {raw_dtype} but the run was trained on "
-                         f"{trained_dtype} patches; it is normalised with the run's train "
-                         "mean/std, so the map is only meaningful if the pixel values are "
-                         "on the same scale")
-        wins = covering_windows(H, W, tile, overlap)
-        rows_of = sorted({w.row for w in wins})
-        profile = {"driver": "GTiff", "height": H, "width": W, "count": 1, "dtype": "uint8",
-                   "crs": src.crs, "transform": src.transform, "nodata": IGNORE_LABEL,
-                   "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-        prob_profile = {**profile, "count": k, "nodata": None}
-        strip_h = tile + max(0, rows_of[1] - rows_of[0] if len(rows_of) > 1 else 0)
-        acc = np.zeros((k, strip_h, W), np.float32)
-        wsum = np.zeros((strip_h, W), np.float32)
-        valid_strip = np.zeros((strip_h, W), bool)
-        top = 0  # scene row of acc[:, 0]
-        counts = np.zeros(k, np.int64)
-        tiles_done = 0
+    with gdal_env(), no_georeference_warnings(), open_scene(image) as src:
+        raw_dtype, nodata, notes = check_scene(src, run.card, image)
+        profile = map_profile(src)
         with atomic_path(out) as tmp_map, (
                 atomic_path(Path(probabilities)) if probabilities else _null()) as tmp_prob:
-            dst = rasterio.open(tmp_map, "w", **profile)
-            pdst = rasterio.open(tmp_prob, "w", **prob_profile) if tmp_prob else None
-            cmap = {i: (*c, 255) for i, c in enumerate(colours)}
-            dst.write_colormap(1, {**cmap, IGNORE_LABEL: NODATA_RGBA})
-            dst.set_band_description(1, "class")
-
-            def flush(upto: int) -> None:
-                """Write finished scene rows [top, upto) and shift the strip."""
-                nonlocal top
-                n = upto - top
-                if n <= 0:
-                    return
-                probs = acc[:, :n] / np.maximum(wsum[:n], 1e-12)
-                cls = _argmax_classes(probs)
-                cls[~valid_strip[:n]] = IGNORE_LABEL
-                counts[:] += np.bincount(cls[cls != IGNORE_LABEL], minlength=k)[:k]
-                win = Window(0, top, W, n)
-                dst.write(cls, 1, window=win)
-                if pdst is not None:
-                    p8 = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
-                    p8[:, ~valid_strip[:n]] = 0
-                    pdst.write(p8, window=win)
-                acc[:, :-n] = acc[:, n:].copy() if n < strip_h else acc[:, :0]
-                acc[:, -n:] = 0
-                wsum[:-n] = wsum[n:].copy() if n < strip_h else wsum[:0]
-                wsum[-n:] = 0
-                valid_strip[:-n] = valid_strip[n:].copy() if n < strip_h else valid_strip[:0]
-                valid_strip[-n:] = False
-                top = upto
-
-            pending: list = []  # tiles read and normalised, not yet sent to the model
-            in_flight: list = []  # (tiles, device probabilities) dispatched, not yet blended
-            probabilities_of = batch_probabilities(runner, tile, mean, std)
-            # Compile before the clock starts on the tile loop (one batch of zeros).
-            np.asarray(probabilities_of(state, np.zeros((batch, in_tile, in_tile, k_in),
-                                                        raw_dtype),
-                                        np.zeros((batch, in_tile, in_tile), bool)))
-
-            def dispatch() -> None:
-                """Send the pending tiles to the devices without waiting for the result."""
-                if not pending:
-                    return
-                x = np.zeros((batch, in_tile, in_tile, k_in), raw_dtype)
-                v = np.zeros((batch, in_tile, in_tile), bool)
-                for i, p in enumerate(pending):
-                    x[i], v[i] = p[1], p[3]
-                in_flight.append((list(pending), probabilities_of(state, x, v)))
-                pending.clear()
-
-            def blend_in(keep: int = 0) -> None:
-                """Blend dispatched batches into the strip, leaving the newest ``keep``."""
-                nonlocal tiles_done
-                while len(in_flight) > keep:
-                    tiles, dev = in_flight.pop(0)
-                    probs = np.asarray(dev)
-                    add(tiles, probs)
-                    tiles_done += len(tiles)
-
-            def run_batch() -> None:
-                dispatch()
-                blend_in(keep=0)
-
-            def add(tiles, probs) -> None:
-                for (w, _, valid, _), p in zip(tiles, probs):
-                    r0, h, wd = w.row - top, w.height, w.width
-                    ww = weights[:h, :wd]
-                    if blend == "none":
-                        acc[:, r0:r0 + h, w.col:w.col + wd] = p[:, :h, :wd]
-                        wsum[r0:r0 + h, w.col:w.col + wd] = 1.0
-                    else:
-                        acc[:, r0:r0 + h, w.col:w.col + wd] += p[:, :h, :wd] * ww
-                        wsum[r0:r0 + h, w.col:w.col + wd] += ww
-                    valid_strip[r0:r0 + h, w.col:w.col + wd] = valid[:h, :wd]
-
+            writer = _MapWriter(tmp_map, tmp_prob, profile, run.card, tile,
+                                covering_rows(src.height, src.width, tile, overlap))
+            tiler = _Tiler(run, writer, batch, tile, in_tile, margin, raw_dtype, weights,
+                           blend)
             t_start = time.perf_counter()
-            fill = nodata if nodata is not None and not (
-                isinstance(nodata, float) and math.isnan(nodata)) else 0
-            bar = tqdm(total=len(wins), desc=f"predict {image.name}", unit="tile",
-                       disable=not progress)
-            # Scene rows above ``boundary`` are final once every tile of the earlier tile
-            # rows is blended. Batches run across tile rows (no half-empty batch at the
-            # end of each row): the strip holds two tile rows, and the flush waits until
-            # the older row's last batch is back.
-            boundary = None
-            row = wins[0].row if wins else 0
-
-            def maybe_flush() -> None:
-                nonlocal boundary
-                queued = [t[0].row for t in pending] + [t[0].row for b in in_flight
-                                                        for t in b[0]]
-                if boundary is not None and min(queued, default=H) >= boundary:
-                    flush(boundary)
-                    boundary = None
-
-            last_col: dict[int, int] = {}
-            for w in wins:
-                last_col[w.row] = max(last_col.get(w.row, 0), w.col)
-            strip_row: int | None = None
-            strip = strip_valid = None
-            for w in wins:
-                if w.row > row:
-                    if boundary is not None:  # a third tile row would overrun the strip
-                        run_batch()
-                        flush(boundary)
-                    boundary, row = w.row, w.row
-                if w.row != strip_row:
-                    # One read per tile row (its input context, all columns): each pixel
-                    # is decoded once per row instead of once per overlapping tile.
-                    strip_row = w.row
-                    x_end = last_col[w.row] - margin + in_tile
-                    sw = Window(-margin, w.row - margin, x_end + margin, in_tile)
-                    inside = margin == 0 and x_end <= W and w.row - margin + in_tile <= H \
-                        and w.row >= margin
-                    # Boundless reads go through a VRT: only for rows that need padding.
-                    strip = (read_window(src, sw, image) if inside else
-                             read_window(src, sw, image, boundless=True, fill_value=fill))
-                    strip_valid = valid_pixels(strip, nodata)
-                raw = strip[:, :, w.col:w.col + in_tile]
-                valid_in = strip_valid[:, w.col:w.col + in_tile]
-                valid = valid_in[margin:margin + tile, margin:margin + tile]
-                pending.append((w, raw.transpose(1, 2, 0), valid, valid_in))
-                if len(pending) == batch:
-                    # Keep one batch computing while the next one is read and normalised.
-                    dispatch()
-                    blend_in(keep=1)
-                    maybe_flush()
-                bar.update(1)
-            run_batch()
-            flush(H)
-            bar.close()
-            dst.close()
-            if pdst is not None:
-                pdst.close()
+            tiler.run(src, image, overlap, nodata, progress)
+            writer.close()
             t_loop = time.perf_counter()
             (_to_png if as_png else _to_cog)(tmp_map)
             if tmp_prob:
                 _to_cog(tmp_prob)
             t_cog = time.perf_counter() - t_loop
     crs = profile["crs"]
-    return {"map": str(out), "format": "PNG" if as_png else "COG",
+    return {"map": str(out), "probabilities": str(probabilities) if probabilities else None,
+            "format": "PNG" if as_png else "COG",
             "crs": crs.to_wkt() if crs is not None else None,
-            "height": H, "width": W, "tiles": tiles_done,
-            "checkpoint_step": int(step), "seconds": time.perf_counter() - t0,
+            "height": profile["height"], "width": profile["width"], "tiles": tiler.tiles_done,
+            "checkpoint_step": int(run.step), "seconds": time.perf_counter() - t0,
             "seconds_loop": t_loop - t_start, "seconds_cog": t_cog, "batch": batch,
-            "class_pixels": dict(zip(meta.class_names, counts.tolist())),
+            "class_pixels": dict(zip(run.card.class_names, writer.counts.tolist())),
             "pixel_area_m2": _pixel_area_m2(crs, profile["transform"]), "notes": notes}
+
+
+def map_profile(src) -> dict:
+    """GeoTIFF profile of the class map: the scene's grid, uint8, nodata 255, tiled."""
+    return {"driver": "GTiff", "height": src.height, "width": src.width, "count": 1,
+            "dtype": "uint8", "crs": src.crs, "transform": src.transform,
+            "nodata": IGNORE_LABEL, "tiled": True, "blockxsize": 256, "blockysize": 256,
+            "compress": "deflate"}
+
+
+def covering_rows(height: int, width: int, tile: int, overlap: int) -> int:
+    """Rows of the blending strip: one tile plus the step between two tile rows."""
+    from satseg_jax.raster.windows import covering_windows
+
+    rows = sorted({w.row for w in covering_windows(height, width, tile, overlap)})
+    return tile + max(0, rows[1] - rows[0] if len(rows) > 1 else 0)
+
+
+class _MapWriter:
+    """Blended probabilities in a strip one tile-row high (plus the overlap); rows no
+    later tile can touch are argmax-ed and written (with the probabilities, if asked).
+    Peak memory is ``width × strip × classes`` floats, whatever the scene height."""
+
+    def __init__(self, tmp_map: Path, tmp_prob: Path | None, profile: dict, card,
+                 tile: int, strip_h: int) -> None:
+        import rasterio
+
+        k, width = card.num_classes, profile["width"]
+        self.k, self.strip_h, self.top = k, strip_h, 0  # top: scene row of acc[:, 0]
+        self.acc = np.zeros((k, strip_h, width), np.float32)
+        self.wsum = np.zeros((strip_h, width), np.float32)
+        self.valid = np.zeros((strip_h, width), bool)
+        self.counts = np.zeros(k, np.int64)
+        self.dst = rasterio.open(tmp_map, "w", **profile)
+        self.pdst = (rasterio.open(tmp_prob, "w", **{**profile, "count": k, "nodata": None})
+                     if tmp_prob else None)
+        colours = [tuple(parse_colour(c["colour"], "run.json")) for c in card.classes]
+        cmap = {i: (*c, 255) for i, c in enumerate(colours)}
+        self.dst.write_colormap(1, {**cmap, IGNORE_LABEL: NODATA_RGBA})
+        self.dst.set_band_description(1, "class")
+
+    def add(self, tiles, probs, weights: np.ndarray, blend: str) -> None:
+        """Blend one batch of tile probabilities into the strip."""
+        for (w, _, valid, _), p in zip(tiles, probs):
+            r0, h, wd = w.row - self.top, w.height, w.width
+            rows, cols = slice(r0, r0 + h), slice(w.col, w.col + wd)
+            if blend == "none":
+                self.acc[:, rows, cols] = p[:, :h, :wd]
+                self.wsum[rows, cols] = 1.0
+            else:
+                ww = weights[:h, :wd]
+                self.acc[:, rows, cols] += p[:, :h, :wd] * ww
+                self.wsum[rows, cols] += ww
+            self.valid[rows, cols] = valid[:h, :wd]
+
+    def flush(self, upto: int) -> None:
+        """Write finished scene rows [top, upto) and shift the strip."""
+        from rasterio.windows import Window
+
+        n = upto - self.top
+        if n <= 0:
+            return
+        probs = self.acc[:, :n] / np.maximum(self.wsum[:n], 1e-12)
+        cls = _argmax_classes(probs)
+        cls[~self.valid[:n]] = IGNORE_LABEL
+        self.counts += np.bincount(cls[cls != IGNORE_LABEL], minlength=self.k)[:self.k]
+        win = Window(0, self.top, self.acc.shape[2], n)
+        self.dst.write(cls, 1, window=win)
+        if self.pdst is not None:
+            p8 = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
+            p8[:, ~self.valid[:n]] = 0
+            self.pdst.write(p8, window=win)
+        for buf, empty in ((self.acc, 0), (self.wsum, 0), (self.valid, False)):
+            rest = buf[..., n:, :].copy() if n < self.strip_h else buf[..., :0, :]
+            buf[..., :self.strip_h - n, :] = rest
+            buf[..., self.strip_h - n:, :] = empty
+        self.top = upto
+
+    def close(self) -> None:
+        self.dst.close()
+        if self.pdst is not None:
+            self.pdst.close()
+
+
+class _Tiler:
+    """The tile loop: read each tile row's input once, batch tiles, keep one batch on the
+    devices while the next is read, blend results into the writer's strip, and flush
+    scene rows once no queued tile can touch them."""
+
+    def __init__(self, run, writer: _MapWriter, batch: int, tile: int, in_tile: int,
+                 margin: int, raw_dtype: np.dtype, weights: np.ndarray, blend: str) -> None:
+        card = run.card
+        self.trained, self.writer, self.batch = run, writer, batch
+        self.tile, self.in_tile, self.margin = tile, in_tile, margin
+        self.raw_dtype, self.weights, self.blend = raw_dtype, weights, blend
+        self.k_in = card.num_bands
+        self.pending: list = []  # tiles read and normalised, not yet sent to the model
+        self.in_flight: list = []  # (tiles, device probabilities) dispatched, not blended
+        self.tiles_done = 0
+        self.boundary: int | None = None  # scene rows above it are final once blended
+        mean = np.asarray(card.mean, np.float32)
+        std = np.asarray([s if s > 0 else 1.0 for s in card.std], np.float32)
+        self.probabilities_of = batch_probabilities(run.runner, tile, mean, std)
+        # Compile before the clock starts on the tile loop (one batch of zeros).
+        np.asarray(self.probabilities_of(
+            run.state, np.zeros((batch, in_tile, in_tile, self.k_in), raw_dtype),
+            np.zeros((batch, in_tile, in_tile), bool)))
+
+    def dispatch(self) -> None:
+        """Send the pending tiles to the devices without waiting for the result."""
+        if not self.pending:
+            return
+        x = np.zeros((self.batch, self.in_tile, self.in_tile, self.k_in), self.raw_dtype)
+        v = np.zeros((self.batch, self.in_tile, self.in_tile), bool)
+        for i, p in enumerate(self.pending):
+            x[i], v[i] = p[1], p[3]
+        self.in_flight.append((list(self.pending),
+                               self.probabilities_of(self.trained.state, x, v)))
+        self.pending.clear()
+
+    def blend_in(self, keep: int = 0) -> None:
+        """Blend dispatched batches into the strip, leaving the newest ``keep``."""
+        while len(self.in_flight) > keep:
+            tiles, dev = self.in_flight.pop(0)
+            self.writer.add(tiles, np.asarray(dev), self.weights, self.blend)
+            self.tiles_done += len(tiles)
+
+    def maybe_flush(self, height: int) -> None:
+        """Flush up to the boundary once no queued tile starts above it."""
+        queued = [t[0].row for t in self.pending] + [t[0].row for b in self.in_flight
+                                                     for t in b[0]]
+        if self.boundary is not None and min(queued, default=height) >= self.boundary:
+            self.writer.flush(self.boundary)
+            self.boundary = None
+
+    def read_row(self, src, image: Path, row: int, last_col: int, fill) -> np.ndarray:
+        """One read per tile row (its input context, all columns): each pixel is decoded
+        once per row instead of once per overlapping tile."""
+        from rasterio.windows import Window
+
+        from satseg_jax.raster.io import read_window
+
+        m, in_tile = self.margin, self.in_tile
+        x_end = last_col - m + in_tile
+        sw = Window(-m, row - m, x_end + m, in_tile)
+        inside = m == 0 and x_end <= src.width and row - m + in_tile <= src.height \
+            and row >= m
+        # Boundless reads go through a VRT: only for rows that need padding.
+        return (read_window(src, sw, image) if inside else
+                read_window(src, sw, image, boundless=True, fill_value=fill))
+
+    def run(self, src, image: Path, overlap: int, nodata, progress: bool) -> None:
+        """Every covering tile of the scene, in row order; the last rows flushed."""
+        from tqdm import tqdm
+
+        from satseg_jax.raster.io import valid_pixels
+        from satseg_jax.raster.windows import covering_windows
+
+        H, m, tile = src.height, self.margin, self.tile
+        wins = covering_windows(H, src.width, tile, overlap)
+        fill = nodata if nodata is not None and not (
+            isinstance(nodata, float) and math.isnan(nodata)) else 0
+        last_col: dict[int, int] = {}
+        for w in wins:
+            last_col[w.row] = max(last_col.get(w.row, 0), w.col)
+        bar = tqdm(total=len(wins), desc=f"predict {image.name}", unit="tile",
+                   disable=not progress)
+        # Batches run across tile rows (no half-empty batch at the end of each row): the
+        # strip holds two tile rows, and the flush waits until the older row's last batch
+        # is back.
+        row, strip_row = (wins[0].row if wins else 0), None
+        for w in wins:
+            if w.row > row:
+                if self.boundary is not None:  # a third tile row would overrun the strip
+                    self.dispatch()
+                    self.blend_in(keep=0)
+                    self.writer.flush(self.boundary)
+                self.boundary, row = w.row, w.row
+            if w.row != strip_row:
+                strip_row = w.row
+                strip = self.read_row(src, image, w.row, last_col[w.row], fill)
+                strip_valid = valid_pixels(strip, nodata)
+            valid_in = strip_valid[:, w.col:w.col + self.in_tile]
+            self.pending.append((w, strip[:, :, w.col:w.col + self.in_tile].transpose(1, 2, 0),
+                                 valid_in[m:m + tile, m:m + tile], valid_in))
+            if len(self.pending) == self.batch:
+                # Keep one batch computing while the next one is read and normalised.
+                self.dispatch()
+                self.blend_in(keep=1)
+                self.maybe_flush(H)
+            bar.update(1)
+        self.dispatch()
+        self.blend_in(keep=0)
+        self.writer.flush(H)
+        bar.close()
 
 
 def _pixel_area_m2(crs, transform) -> float | None:

@@ -10,7 +10,7 @@ import pytest
 
 from satseg_jax.config_files import load_config_file
 from satseg_jax.models import get_model
-from satseg_jax.train import create_optimizer
+from satseg_jax.steps import create_optimizer
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.py"))
 

@@ -293,9 +293,9 @@ def test_sigint_under_pmap_saves_exits_130_and_restores_handlers(tiny_dataset, t
     """In-process, parallelism=pmap: a SIGINT delivered during step 2 of 4 stops the loop
     after that step with ``Preempted`` (status 130) and a checkpoint of step 2, and the
     handlers that were there before training are back afterwards."""
-    from satseg_jax import train
+    from satseg_jax import steps, train
 
-    class SignallingRunner(train.Runner):
+    class SignallingRunner(steps.Runner):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             inner, self.calls = self.train_step, 0
@@ -311,7 +311,7 @@ def test_sigint_under_pmap_saves_exits_130_and_restores_handlers(tiny_dataset, t
     def previous(signum, frame):  # a caller's own handler, to be put back
         raise AssertionError("the caller's handler ran during training")
 
-    monkeypatch.setattr(train, "Runner", SignallingRunner)
+    monkeypatch.setattr(steps, "Runner", SignallingRunner)
     old = signal.signal(signal.SIGINT, previous)
     try:
         cfg = tiny_config(tiny_dataset, parallelism="pmap",

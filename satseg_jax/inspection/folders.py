@@ -141,7 +141,7 @@ def inspect_folder(path: str, masks: str | None = None, pair: str | None = None,
     """A folder (or glob of folders) of images, optionally with its masks.
 
     Headers only for the images; with ``masks`` the files are paired exactly as
-    ``satseg patches --images --masks`` pairs them (datasets.pairing), pairs whose image
+    ``satseg patches --images --masks`` pairs them (raster.pairing), pairs whose image
     and mask sizes differ are listed, and the mask values/colours are counted over a
     bounded sample. Without ``masks``, a folder whose files all look like masks (one
     integer band) gets its values counted too.

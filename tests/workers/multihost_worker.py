@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     workdir, data_dir, out_path, *overrides = argv
     import jax
 
-    from satseg_jax import input_pipeline, train
+    from satseg_jax import input_pipeline, steps, train
     from tests.workers.tiny_config import apply_overrides, tiny_config
 
     losses: list[float] = []
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
             ids.append([x.decode() for x in batch["example_id"]])
             yield batch
 
-    class RecordingRunner(train.Runner):
+    class RecordingRunner(steps.Runner):
         """The normal Runner; its train step also notes the (global) loss."""
 
         def __init__(self, *args, **kwargs) -> None:
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
             self.train_step = train_step
 
     input_pipeline.train_iterator = recording_iterator
-    train.Runner = RecordingRunner
+    steps.Runner = RecordingRunner
     config = apply_overrides(tiny_config(data_dir), overrides)
     result = train.train_and_evaluate(config, workdir)
     record = {

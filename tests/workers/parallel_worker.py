@@ -22,7 +22,7 @@ def main(data_dir: str, mode: str, steps: int, batch: int) -> None:
     import numpy as np
 
     from satseg_jax import evaluate, input_pipeline
-    from satseg_jax.train import Runner, build_model, create_optimizer, create_train_state
+    from satseg_jax.steps import Runner, build_model, create_optimizer, create_train_state
     from tests.workers.tiny_config import tiny_config
 
     # SGD (lr 0.01, momentum 0.9), not the config's AdamW at its learning rate: this

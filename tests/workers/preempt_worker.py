@@ -37,9 +37,9 @@ def _kill_after_step(step: int, sig: int = signal.SIGKILL) -> None:
     import jax
     import numpy as np
 
-    from satseg_jax import train
+    from satseg_jax import steps
 
-    class KillingRunner(train.Runner):
+    class KillingRunner(steps.Runner):
         """The normal Runner; its train step signals the process once ``step`` is done."""
 
         def __init__(self, *args, **kwargs) -> None:
@@ -61,7 +61,7 @@ def _kill_after_step(step: int, sig: int = signal.SIGKILL) -> None:
 
             self.train_step = train_step
 
-    train.Runner = KillingRunner
+    steps.Runner = KillingRunner
 
 
 def _kill_during_save(step: int) -> None:

@@ -1,5 +1,5 @@
 """Restore a workdir's latest checkpoint on this process's devices, the way ``satseg
-evaluate`` does (``evaluate.load_trained``), and report what was restored.
+evaluate`` does (``runs.load_run``), and report what was restored.
 
 Usage: XLA_FLAGS=--xla_force_host_platform_device_count=N \\
        python -m tests.workers.restore_worker WORKDIR MODE[,MODE...] OUT_DIR
@@ -31,20 +31,12 @@ def main(workdir: str, mode: str, out_dir: str) -> None:
     import numpy as np
     from flax import serialization
 
-    from satseg_jax import evaluate, train
+    from satseg_jax import input_pipeline, runs, steps
 
-    load_config = train.load_workdir_config
-
-    def with_mode(path):  # restore under another parallel mode than the run trained with
-        config = load_config(path)
-        config.parallelism = mode
-        return config
-
-    train.load_workdir_config = with_mode
-    try:
-        config, meta, runner, state, step, manager = evaluate.load_trained(workdir, "latest")
-    finally:
-        train.load_workdir_config = load_config
+    # Restore under another parallel mode than the run trained with.
+    run = runs.load_run(workdir, "latest", parallelism=mode)
+    config, runner, state, step = run.config, run.runner, run.state, run.step
+    meta = input_pipeline.load_meta(run.card.provenance["data_dir"])
     leaves = jax.tree.leaves(state)
     n = jax.device_count()
     if mode == "jit":
@@ -61,9 +53,8 @@ def main(workdir: str, mode: str, out_dir: str) -> None:
     host = jax.device_get(runner.host_state(state))
     np.savez(Path(out_dir) / f"{mode}_{n}.npz",
              **flatten_state_dict(serialization.to_state_dict(host)))
-    cm = evaluate.confusion_over_split(runner, state, meta, "validation",
-                                       int(config.eval.batch_size), config.task)
-    manager.close()
+    cm = steps.confusion_over_split(runner, state, meta, "validation",
+                                    int(config.eval.batch_size), config.task)
     print("RESULT " + json.dumps({"mode": mode, "devices": n, "step": int(step),
                                   "placement": placement, "confusion": cm.tolist()}))
 

@@ -24,7 +24,7 @@ def main(data_dir: str, steps: int) -> None:
     from jax.experimental import multihost_utils
 
     from satseg_jax import input_pipeline, parallel
-    from satseg_jax.train import Runner, build_model, create_optimizer, create_train_state
+    from satseg_jax.steps import Runner, build_model, create_optimizer, create_train_state
     from tests.workers.tiny_config import tiny_config
 
     config = tiny_config(data_dir)

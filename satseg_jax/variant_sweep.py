@@ -47,12 +47,7 @@ def measure_cost(config, num_classes: int, num_bands: int, size: int, batch: int
     import jax
     import jax.numpy as jnp
 
-    from satseg_jax.train import (
-        Runner,
-        build_model,
-        create_optimizer,
-        create_train_state,
-    )
+    from satseg_jax.steps import Runner, build_model, create_optimizer, create_train_state
 
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -105,7 +100,8 @@ def run_sweep(sweep, runs_dir: str | Path, steps: int | None = None,
     """Train + evaluate every (variant, seed) not finished yet; write the tables."""
     from satseg_jax import input_pipeline
     from satseg_jax.evaluate import evaluate_workdir
-    from satseg_jax.train import input_hw, train_and_evaluate
+    from satseg_jax.runs import read_card
+    from satseg_jax.train import train_and_evaluate
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +122,9 @@ def run_sweep(sweep, runs_dir: str | Path, steps: int | None = None,
             cfg = _config_for(sweep, label, seed, steps)
             train_and_evaluate(cfg, wd)
             m = evaluate_workdir(wd, split="test", checkpoint="best")
-            hw = input_hw(cfg, meta.patch_size)
-            cost = measure_cost(cfg, meta.num_classes, meta.num_bands, hw, speed_batch)
+            card = read_card(wd, cfg)  # the trained run's own input size, bands, classes
+            cost = measure_cost(cfg, card.num_classes, card.num_bands, card.input_size,
+                                speed_batch)
             row = {"variant": label, "model": cfg.model.name, "seed": seed,
                    "best_step": m["checkpoint_step"], "mean_iou": m["mean_iou"],
                    "macro_f1": m["macro_f1"], "pixel_accuracy": m["pixel_accuracy"],

@@ -63,9 +63,9 @@ def test_scene_label_patches_build_and_classify(scene, tmp_path):
 
 
 def test_benchmark_sweep_writes_tables_and_resumes(scene, tmp_path):
-    from satseg_jax.benchmark import run_sweep
     from satseg_jax.datasets.build import build_dataset
     from satseg_jax.raster.patches import make_patches
+    from satseg_jax.variant_sweep import run_sweep
 
     root, s, image = scene
     make_patches(image, tmp_path / "p", s["classes"], size=32, labels=s["labels"],

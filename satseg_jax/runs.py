@@ -1,0 +1,298 @@
+"""A trained run as one self-contained artefact: written by training, loaded anywhere.
+
+Why this module exists: inference used to rebuild a run from the training *dataset*
+(``config.data.data_dir`` -> ``satseg_dataset.json``), found through a path relative to
+whatever directory training was started from. Copy a run to another machine, or delete
+its dataset, and ``satseg predict`` failed. A run folder now carries everything
+inference needs:
+
+- ``config.json``: the config it was trained with (``data.data_dir`` made absolute:
+  paths stored in a run are never relative to the current directory);
+- ``run.json``: the run card: task, model name, bands (names, order, dtype, nodata),
+  normalisation (the train split's per-band mean/std), patch and input size, classes
+  with colours, the ground pixel size of the training patches, and — as provenance
+  only — the training dataset's absolute path and the sha256 of its
+  ``satseg_dataset.json``;
+- ``checkpoints/``: Orbax checkpoints (``checkpoints.py``).
+
+``load_run(path)`` returns a :class:`Run`: config, card, model, the chosen checkpoint
+restored onto this process's devices, and a jitted predict function. evaluate, predict
+and the variant sweep use it. Runs written before cards existed still load, through
+their dataset's card, with a one-line note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from satseg_jax import checkpoints, steps
+from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import atomic_path
+
+CARD_NAME = "run.json"
+CONFIG_NAME = "config.json"
+CARD_FORMAT = "satseg-run/1"
+
+# Config fields that must be equal between a workdir's first run and a resume: changing
+# them would make the restored state meaningless or the data stream different.
+RESUME_KEYS = ("task", "seed", "model", "optimizer.name", "train.batch_size",
+               "data.crop_size", "data.train_split", "loss.class_weights")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def config_as_saved(config) -> dict:
+    """The config as ``config.json`` stores it: plain JSON, ``data.data_dir`` absolute."""
+    current = json.loads(config.to_json_best_effort())
+    data = current.get("data")
+    if isinstance(data, dict) and data.get("data_dir"):
+        data["data_dir"] = str(Path(data["data_dir"]).absolute())
+    return current
+
+
+def check_resume_config(workdir: Path, config, write: bool = True) -> None:
+    """Refuse a workdir written by an incompatible config; with ``write``, (re)write
+    WORKDIR/config.json (atomically, from process 0).
+
+    Training calls it twice: first without writing, before anything is built, so a
+    refused run fails fast; then with ``write`` once everything else has been checked,
+    so a run refused for another reason leaves no workdir behind.
+    """
+    path = workdir / CONFIG_NAME
+    current = config_as_saved(config)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diffs = [k for k in RESUME_KEYS if _get(saved, k) != _get(current, k)]
+        if diffs:
+            detail = "; ".join(f"{k}: {_get(saved, k)!r} -> {_get(current, k)!r}" for k in diffs)
+            raise SatsegError(
+                f"{workdir}: written by an incompatible config ({detail}). Use a new --workdir, "
+                f"or the original settings to resume"
+            )
+    if write and jax.process_index() == 0:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+def load_workdir_config(workdir: str | Path):
+    """The ConfigDict a workdir was trained with (from WORKDIR/config.json)."""
+    import ml_collections
+
+    path = Path(workdir) / CONFIG_NAME
+    if not path.exists():
+        raise SatsegError(f"{path}: not found; is {workdir} a training workdir?")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+# ----------------------------------------------------------------------------- card
+
+
+@dataclass(frozen=True)
+class RunCard:
+    """What inference needs to know about a trained run (``RUN/run.json``)."""
+
+    task: str
+    model: str
+    bands: tuple[str, ...]
+    image_dtype: str | None
+    nodata: float | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    patch_size: int
+    input_size: int
+    classes: tuple[dict, ...]  # {"id", "name", "colour"} per class id
+    pixel_size: float | None  # ground units of the patches' CRS; None without a CRS
+    provenance: dict = field(default_factory=dict)  # training dataset path + sha256
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(str(c["name"]) for c in self.classes)
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.bands)
+
+    def to_json(self) -> dict:
+        """The card as written to ``run.json``."""
+        return {
+            "format": CARD_FORMAT, "task": self.task, "model": self.model,
+            "bands": list(self.bands), "image_dtype": self.image_dtype, "nodata": self.nodata,
+            "normalisation": {"mean": list(self.mean), "std": list(self.std),
+                              "statistics_of": "the training dataset's train split"},
+            "patch_size": self.patch_size, "input_size": self.input_size,
+            "classes": [dict(c) for c in self.classes], "pixel_size": self.pixel_size,
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, path: Path) -> RunCard:
+        """Parse ``run.json``; a missing field is an error naming the file."""
+        try:
+            if d.get("format") != CARD_FORMAT:
+                raise KeyError(f"format {d.get('format')!r} (expected {CARD_FORMAT!r})")
+            norm = d["normalisation"]
+            return cls(task=str(d["task"]), model=str(d["model"]),
+                       bands=tuple(d["bands"]), image_dtype=d.get("image_dtype"),
+                       nodata=d.get("nodata"),
+                       mean=tuple(float(x) for x in norm["mean"]),
+                       std=tuple(float(x) for x in norm["std"]),
+                       patch_size=int(d["patch_size"]), input_size=int(d["input_size"]),
+                       classes=tuple(d["classes"]), pixel_size=d.get("pixel_size"),
+                       provenance=dict(d.get("provenance", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise SatsegError(f"{path}: not a valid run card ({e}); retrain, or delete it to "
+                              "read the training dataset's card instead") from None
+
+    def dataset_meta(self):
+        """The card as the input pipeline's ``DatasetMeta`` (no splits: for inference and
+        for normalising another dataset with this run's statistics)."""
+        from satseg_jax.input_pipeline import DatasetMeta
+
+        return DatasetMeta(
+            data_dir=str(self.provenance.get("data_dir", "")), bands=self.bands,
+            num_classes=self.num_classes, class_names=self.class_names, mean=self.mean,
+            std=self.std, nodata=self.nodata, patch_size=self.patch_size, num_examples={},
+            class_weights=(), task=self.task,
+            info={"classes": [dict(c) for c in self.classes], "image_dtype": self.image_dtype})
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def card_from_dataset(meta, config) -> RunCard:
+    """The card of a run trained on the dataset ``meta`` with ``config``."""
+    from satseg_jax.classes import classes_from_list, hex_colour
+    from satseg_jax.input_pipeline import ground_pixel_size
+
+    entries = meta.info.get("classes") or [
+        {"id": i, "name": n} for i, n in enumerate(meta.class_names)]
+    data_dir = Path(meta.data_dir).absolute()
+    classes = classes_from_list(entries, f"{data_dir}/satseg_dataset.json")
+    colours = classes.colours[:meta.num_classes]
+    info = meta.info
+    return RunCard(
+        task=meta.task, model=str(config.model.name), bands=tuple(meta.bands),
+        image_dtype=info.get("image_dtype"), nodata=meta.nodata, mean=tuple(meta.mean),
+        std=tuple(meta.std), patch_size=int(meta.patch_size),
+        input_size=steps.input_hw(config, meta.patch_size),
+        classes=tuple({"id": i, "name": n, "colour": hex_colour(c)}
+                      for i, (n, c) in enumerate(zip(meta.class_names, colours))),
+        pixel_size=ground_pixel_size(meta),
+        provenance={"data_dir": str(data_dir),
+                    "satseg_dataset_sha256": _sha256(data_dir / "satseg_dataset.json"),
+                    "tfds_name": info.get("tfds_name"),
+                    "tfds_version": info.get("tfds_version"),
+                    "split": info.get("split")},
+    )
+
+
+def write_card(workdir: Path, card: RunCard) -> Path:
+    """Write ``WORKDIR/run.json`` atomically (process 0 only); return its path."""
+    path = Path(workdir) / CARD_NAME
+    if jax.process_index() == 0:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(card.to_json(), indent=2) + "\n")
+    return path
+
+
+def read_card(workdir: Path, config) -> RunCard:
+    """The run's card; for a run written before cards, its training dataset's (noted)."""
+    path = Path(workdir) / CARD_NAME
+    if path.exists():
+        try:
+            return RunCard.from_json(json.loads(path.read_text()), path)
+        except json.JSONDecodeError as e:
+            raise SatsegError(f"{path}: not valid JSON ({e}); retrain, or delete it to read "
+                              "the training dataset's card instead") from None
+    from satseg_jax.input_pipeline import load_meta
+
+    data_dir = Path(config.data.data_dir)
+    if not data_dir.is_absolute() and not (data_dir / "satseg_dataset.json").exists():
+        data_dir = Path(workdir) / data_dir  # a run moved together with its dataset
+    if not (data_dir / "satseg_dataset.json").exists():
+        raise SatsegError(
+            f"{workdir}: has no {CARD_NAME} (trained before run cards) and its training "
+            f"dataset {config.data.data_dir} is gone; such a run needs its dataset to "
+            "predict: restore it there, or retrain")
+    print(f"note: {workdir} has no {CARD_NAME} (trained before run cards); bands, classes "
+          f"and normalisation are read from {data_dir}/satseg_dataset.json", flush=True)
+    return card_from_dataset(load_meta(str(data_dir)), config)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Run:
+    """A trained run restored onto this process's devices."""
+
+    path: Path
+    config: Any
+    card: RunCard
+    checkpoint: str | int  # what was asked for: best | latest | a step
+    step: int  # the step restored
+    runner: steps.Runner
+    state: steps.TrainState
+    checkpoint_meta: dict
+
+    @property
+    def model(self):
+        return self.runner.model
+
+    def predict(self, images: np.ndarray | jax.Array) -> jax.Array:
+        """Logits for a (batch, H, W, bands) array of *normalised* images (jitted; the
+        batch must divide by the device count)."""
+        return self.runner.predict(self.state, self.runner.shard({"image": images})["image"])
+
+
+def load_run(path: str | Path, checkpoint: str | int = "best",
+             parallelism: str | None = None) -> Run:
+    """Load the run at ``path`` with its ``checkpoint`` (best | latest | a step).
+
+    The restore target is built from the run's own config and card, so a checkpoint
+    restores on whatever devices this process has, and nothing of the training dataset
+    is read. ``parallelism`` overrides the run's jit/pmap mode (restore under another).
+    """
+    path = Path(path)
+    config = load_workdir_config(path)
+    if parallelism is not None:
+        config.parallelism = parallelism
+    card = read_card(path, config)
+    manager = checkpoints.make_manager(path, read_only=True)
+    try:
+        step = checkpoints.resolve_step(manager, checkpoint)
+        if step is None:
+            raise SatsegError(f"{path}/checkpoints: no checkpoint; train first")
+        k = card.num_classes
+        runner = steps.Runner(config, lambda axis: steps.build_model(config, k, axis), k)
+        tx, _ = steps.create_optimizer(config)  # the restore target needs the moments' shape
+        hw = card.input_size
+        template = steps.create_train_state(0, steps.build_model(config, k), tx,
+                                            (1, hw, hw, card.num_bands))
+        state, ck_meta = checkpoints.restore(manager, step, runner.abstract_state(template))
+    finally:
+        manager.close()
+    return Run(path=path, config=config, card=card, checkpoint=checkpoint, step=int(step),
+               runner=runner, state=runner.place_state(state), checkpoint_meta=ck_meta)
