@@ -65,7 +65,7 @@ def area_table(map_path: str | Path, class_names: list[str] | None = None,
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.windows import Window
 
-    from satseg_jax.raster.compose import open_raster, read_window
+    from satseg_jax.raster.io import open_raster, read_window
 
     map_path = Path(map_path)
     with warnings.catch_warnings():
@@ -124,11 +124,11 @@ def load_region_shapes(path: Path, field: str | None, crs) -> list[tuple[str, di
     """[(region name, geometry in ``crs``)] from a GeoJSON/Shapefile of region polygons."""
     from rasterio.warp import transform_geom
 
-    from satseg_jax.raster.patches import _read_features
+    from satseg_jax.raster.vectors import read_features
 
     if not path.exists():
         raise SatsegError(f"{path}: regions file not found")
-    feats, src_crs = _read_features(path)
+    feats, src_crs = read_features(path)
     if not feats:
         raise SatsegError(f"{path}: no region polygons")
     props = feats[0].get("properties") or {}

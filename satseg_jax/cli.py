@@ -264,7 +264,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from satseg_jax.raster.inspect import format_inspection, inspect_path
+    from satseg_jax.inspection import format_inspection, inspect_path
 
     report = inspect_path(args.path, masks=args.masks, pair=args.pair, classes=args.classes,
                           max_files=args.max_files)

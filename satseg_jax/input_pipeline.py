@@ -29,19 +29,8 @@ from typing import Any
 import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL
+from satseg_jax.datasets.tfenv import import_tf
 from satseg_jax.errors import SatsegError
-
-
-def import_tf():
-    """Import TensorFlow with every accelerator hidden from it (JAX owns them)."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-        tf.config.set_visible_devices([], "TPU")
-    except (RuntimeError, ValueError):
-        pass  # already initialised, or no such device type
-    return tf
 
 
 @dataclass(frozen=True)
@@ -87,7 +76,9 @@ def load_meta(data_dir: str) -> DatasetMeta:
     )
 
 
-def _split_dataset(meta: DatasetMeta, split: str):
+def split_dataset(meta: DatasetMeta, split: str):
+    """The tf.data.Dataset of one split of a built dataset, in file order (unbatched);
+    a missing or empty split is a SatsegError saying how to rebuild."""
     from satseg_jax.datasets.build import builder_for
 
     if split not in meta.num_examples:
@@ -150,6 +141,59 @@ def _local_batch(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
+def _train_crop(data_config, meta: DatasetMeta) -> int:
+    """The random crop side, 0 for none (a crop of the whole patch is no crop)."""
+    crop = int(data_config.crop_size or 0)
+    if crop and crop > meta.patch_size:
+        raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
+                          f"patch size {meta.patch_size}")
+    return 0 if crop == meta.patch_size else crop
+
+
+def _epoch_stream(tf, base, *, buffer: int, seed: int, per_host: int, consumed: int,
+                  process_index: int, process_count: int):
+    """(global position, example) pairs of this host from example ``consumed`` on.
+
+    Why positions: they key the stateless augmentation, so a resumed run draws exactly
+    the crops and flips an uninterrupted run would have drawn. Epoch ``e`` is the split
+    shuffled with a seed from ``(seed, e)``, the same order on every host, then a
+    disjoint 1/P per host with equal counts.
+    """
+    def epoch(e):
+        ds = base.shuffle(buffer, seed=seed * 1_000_003 + e + 1, reshuffle_each_iteration=False)
+        return ds.take(per_host * process_count).shard(process_count, process_index)
+
+    start_epoch, offset = divmod(consumed, per_host)
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(offset)
+    return tf.data.Dataset.zip(tf.data.Dataset.range(consumed, 2**62), ds)
+
+
+def _train_example_fn(tf, meta: DatasetMeta, data_config, *, seed: int, crop: int, task: str,
+                      with_ids: bool, process_index: int, process_count: int):
+    """``prepare(pos, ex)``: normalise, then augment with a key from (seed, global
+    position); a classification image is augmented with a dummy mask."""
+    def prepare(pos, ex):
+        image = _normalise(tf, ex["image"], meta)
+        seed_t = tf.stack([tf.constant(seed, tf.int64), pos * process_count + process_index])
+        ids = {"example_id": ex["example_id"]} if with_ids else {}
+        if task == "segmentation":
+            image, mask = _augment(tf, image, ex["mask"], seed_t, crop, data_config.augment)
+            return {"image": image, "mask": mask, **ids}
+        dummy = tf.zeros(tf.shape(image)[:2], tf.uint8)
+        image, _ = _augment(tf, image, dummy, seed_t, crop, data_config.augment)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32), **ids}
+
+    return prepare
+
+
+def _deterministic(tf, ds, num_parallel_calls: int):
+    """``ds`` with deterministic order and a private thread pool of the configured size."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = max(1, int(num_parallel_calls))
+    return ds.with_options(options)
+
+
 def train_iterator(
     meta: DatasetMeta,
     data_config,
@@ -176,18 +220,13 @@ def train_iterator(
     """
     tf = import_tf()
     split = data_config.train_split
-    base = _split_dataset(meta, split)
+    base = split_dataset(meta, split)
     n = meta.num_examples[split]
     per_host = n // process_count
     if per_host == 0:
         raise SatsegError(f"split {split!r} has {n} examples, fewer than {process_count} hosts")
     local_batch = _local_batch(global_batch, process_count)
-    crop = int(data_config.crop_size or 0)
-    if crop and crop > meta.patch_size:
-        raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
-                          f"patch size {meta.patch_size}")
-    if crop == meta.patch_size:
-        crop = 0
+    crop = _train_crop(data_config, meta)
     key = "mask" if task == "segmentation" else "label"
     id_key = _id_key(base.element_spec) if keep_ids else None
 
@@ -200,38 +239,16 @@ def train_iterator(
     base = base.map(strip, num_parallel_calls=tf.data.AUTOTUNE)
     if data_config.cache:
         base = base.cache()
-    buffer = max(1, min(int(data_config.shuffle_buffer), n))
-
-    def epoch(e):
-        ds = base.shuffle(buffer, seed=seed * 1_000_003 + e + 1, reshuffle_each_iteration=False)
-        # Same order on every host, then a disjoint 1/P per host with equal counts.
-        return ds.take(per_host * process_count).shard(process_count, process_index)
-
-    consumed = start_step * local_batch  # this host's examples already used
-    start_epoch, offset = divmod(consumed, per_host)
-    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(offset)
-    # Global position of each example on this host: the stateless augmentation key.
-    ds = tf.data.Dataset.zip(tf.data.Dataset.range(consumed, 2**62), ds)
-
-    def prepare(pos, ex):
-        image = _normalise(tf, ex["image"], meta)
-        seed_t = tf.stack([tf.constant(seed, tf.int64), pos * process_count + process_index])
-        ids = {"example_id": ex["example_id"]} if id_key else {}
-        if task == "segmentation":
-            image, mask = _augment(tf, image, ex["mask"], seed_t, crop, data_config.augment)
-            return {"image": image, "mask": mask, **ids}
-        dummy = tf.zeros(tf.shape(image)[:2], tf.uint8)
-        image, _ = _augment(tf, image, dummy, seed_t, crop, data_config.augment)
-        return {"image": image, "label": tf.cast(ex["label"], tf.int32), **ids}
-
+    ds = _epoch_stream(tf, base, buffer=max(1, min(int(data_config.shuffle_buffer), n)),
+                       seed=seed, per_host=per_host, consumed=start_step * local_batch,
+                       process_index=process_index, process_count=process_count)
+    prepare = _train_example_fn(tf, meta, data_config, seed=seed, crop=crop, task=task,
+                                with_ids=bool(id_key), process_index=process_index,
+                                process_count=process_count)
     ds = ds.map(prepare, num_parallel_calls=int(data_config.num_parallel_calls) or None,
                 deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
-    options = tf.data.Options()
-    options.deterministic = True
-    options.threading.private_threadpool_size = max(1, int(data_config.num_parallel_calls))
-    ds = ds.with_options(options)
-    yield from ds.as_numpy_iterator()
+    yield from _deterministic(tf, ds, data_config.num_parallel_calls).as_numpy_iterator()
 
 
 def eval_batches(
@@ -261,7 +278,7 @@ def eval_batches(
     local_batch = _local_batch(global_batch, process_count)
     n = meta.num_examples[split]
     num_batches = math.ceil(math.ceil(n / process_count) / local_batch)
-    ds = _split_dataset(meta, split).shard(process_count, process_index)
+    ds = split_dataset(meta, split).shard(process_count, process_index)
     key = "mask" if task == "segmentation" else "label"
 
     if crop_size and crop_size > meta.patch_size:
@@ -335,7 +352,7 @@ def ground_pixel_size(meta: DatasetMeta) -> float | None:
     split = next((s for s, n in meta.num_examples.items() if n), None)
     if split is None:
         return None
-    ex = next(iter(_split_dataset(meta, split).take(1).as_numpy_iterator()))
+    ex = next(iter(split_dataset(meta, split).take(1).as_numpy_iterator()))
     if "transform" not in ex or not ex.get("crs"):
         return None
     return float(abs(ex["transform"][0]))

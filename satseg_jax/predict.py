@@ -155,7 +155,7 @@ def check_outputs(image: Path, out: Path, probabilities: str | Path | None) -> b
 
 def open_scene(image: Path):
     """The scene opened for reading (rasterio dataset, one clear error when unreadable)."""
-    from satseg_jax.raster.compose import open_raster
+    from satseg_jax.raster.io import open_raster
 
     return open_raster(image)
 
@@ -211,7 +211,7 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     Everything is checked before the first byte is written, so a refused input leaves
     nothing behind.
     """
-    from satseg_jax.raster.compose import gdal_env
+    from satseg_jax.raster.io import gdal_env
     from satseg_jax.raster.map_files import to_cog, to_png
     from satseg_jax.raster.masks import quiet_georeference
 
@@ -390,7 +390,7 @@ class _Tiler:
         once per row instead of once per overlapping tile."""
         from rasterio.windows import Window
 
-        from satseg_jax.raster.compose import read_window
+        from satseg_jax.raster.io import read_window
 
         m, in_tile = self.margin, self.in_tile
         x_end = last_col - m + in_tile
@@ -405,7 +405,7 @@ class _Tiler:
         """Every covering tile of the scene, in row order; the last rows flushed."""
         from tqdm import tqdm
 
-        from satseg_jax.raster.patches import valid_pixels
+        from satseg_jax.raster.io import valid_pixels
         from satseg_jax.raster.windows import covering_windows
 
         H, m, tile = src.height, self.margin, self.tile

@@ -59,7 +59,7 @@ def plain(patches, tmp_path_factory):
 def beam_cli(patches, tmp_path_factory):
     """The Beam build through the CLI; the plain generator is made to fail meanwhile, so
     the examples can only have come from the pipeline."""
-    from satseg_jax.datasets.patches import SatsegPatches
+    from satseg_jax.datasets.segmentation_builder import SatsegPatches
 
     def not_beam(*args, **kwargs):
         raise AssertionError("the plain generator ran in a --beam-runner build")

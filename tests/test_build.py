@@ -31,8 +31,9 @@ from satseg_jax.datasets.splits import (
     check_fractions,
     default_block_size,
 )
-from satseg_jax.datasets.statistics import BandStats, inverse_frequency_weights, valid_pixels
+from satseg_jax.datasets.statistics import BandStats, inverse_frequency_weights
 from satseg_jax.errors import SatsegError
+from satseg_jax.raster.io import valid_pixels
 from tests.helpers.patch_folders import DEFAULT_CLASSES, write_patches_folder
 
 FOUR_CLASSES = [*DEFAULT_CLASSES, {"id": 3, "name": "cloud", "colour": "#ffffff"},
@@ -80,7 +81,7 @@ def _train_pixels(patches, assignment, nodata=0, splits=("train",)) -> np.ndarra
     for pid, s in sorted(assignment.items()):
         if s in splits:
             img = np.moveaxis(_read_tif(patches / "images" / f"{pid}.tif")[0], 0, -1)
-            pix.append(img[valid_pixels(img, nodata)].astype(np.float64))
+            pix.append(img[valid_pixels(img, nodata, channels_last=True)].astype(np.float64))
     return np.concatenate(pix)
 
 
@@ -168,7 +169,7 @@ def test_float_images_keep_their_bits_and_stats_skip_nan(tmp_path):
 def test_tfds_load_by_name_works_with_and_without_the_registered_builder(built):
     import tensorflow_datasets as tfds
 
-    import satseg_jax.datasets.patches as patches_mod  # registers satseg_patches
+    import satseg_jax.datasets.segmentation_builder as patches_mod  # registers satseg_patches
 
     out, info = built
     assert "satseg_patches" in tfds.list_builders()
@@ -201,7 +202,7 @@ def test_statistics_come_from_train_valid_pixels_only(built, patches):
     assert not np.allclose(info["mean"], everything.mean(axis=0), rtol=1e-3)
     # Nodata pixels (all bands 0) are excluded: including them would pull the mean down.
     first = np.moveaxis(_read_tif(patches / "images" / "r000000_c000000.tif")[0], 0, -1)
-    assert (~valid_pixels(first, 0)).sum() == 16
+    assert (~valid_pixels(first, 0, channels_last=True)).sum() == 16
 
 
 def test_band_stats_streaming_matches_numpy():

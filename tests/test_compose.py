@@ -12,8 +12,8 @@ from affine import Affine
 
 from satseg_jax.cli import main
 from satseg_jax.errors import SatsegError
-from satseg_jax.raster.compose import block_windows, compose_bands, grid_mismatch
-from satseg_jax.raster.patches import valid_pixels
+from satseg_jax.raster.compose import compose_bands
+from satseg_jax.raster.io import block_windows, grid_mismatch, valid_pixels
 
 
 def _write(path: Path, data: np.ndarray, **profile) -> Path:

@@ -18,7 +18,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from satseg_jax.cli import main
-from satseg_jax.datasets.pairing import find_pairs
+from satseg_jax.raster.pairing import find_pairs
 from tests.helpers.labelled_folders import (
     colour_folder_set,
     image_for,

@@ -15,7 +15,8 @@ from rasterio.windows import transform as rio_window_transform
 from satseg_jax.cli import main
 from satseg_jax.errors import SatsegError
 from satseg_jax.raster.compose import compose_bands
-from satseg_jax.raster.patches import make_patches, valid_pixels
+from satseg_jax.raster.io import valid_pixels
+from satseg_jax.raster.patches import make_patches
 from satseg_jax.raster.sample import write_sample_scene
 
 PATCHES_KEYS = {"format_version", "image", "bands", "dtype", "nodata", "crs",

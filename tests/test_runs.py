@@ -104,7 +104,7 @@ def test_moved_run_predicts_and_evaluates_without_its_dataset(trained, tiny_data
 
 def test_run_written_before_cards_loads_through_its_dataset_with_a_note(trained, tmp_path,
                                                                          capsys):
-    from satseg_jax.runs import RunCard, load_run
+    from satseg_jax.runs import load_run
 
     run, data, _ = _copy(trained, tmp_path)
     card = json.loads((run / "run.json").read_text())

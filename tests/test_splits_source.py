@@ -20,13 +20,9 @@ import rasterio
 
 from satseg_jax.cli import main
 from satseg_jax.datasets.build import build_dataset, format_summary, load_dataset_info
-from satseg_jax.datasets.folder import read_patches_folder
-from satseg_jax.datasets.splits import (
-    SPLITS,
-    assign_from_split_file,
-    assign_splits,
-    read_split_file,
-)
+from satseg_jax.datasets.patches_folder import read_patches_folder
+from satseg_jax.datasets.split_file import assign_from_split_file, read_split_file
+from satseg_jax.datasets.splits import SPLITS, assign_splits
 from satseg_jax.errors import SatsegError
 from tests.helpers.patch_folders import DEFAULT_CLASSES, write_patches_folder
 

@@ -32,13 +32,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from satseg_jax.catalog.auth import public_url, redact
+from satseg_jax.catalog.items import common_names
 from satseg_jax.catalog.manifest import (
     Manifest,
     file_sha256,
     multihash_sha256,
     parse_multihash,
 )
-from satseg_jax.catalog.search import common_names
 from satseg_jax.errors import SatsegError
 
 CHUNK = 1 << 20

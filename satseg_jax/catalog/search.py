@@ -24,11 +24,18 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from satseg_jax.catalog.aoi import geometry_bounds
 from satseg_jax.catalog.auth import TOKEN_ENV, public_url, redact
+from satseg_jax.catalog.items import (
+    asset_labels,
+    cloud_cover,
+    item_datetime,
+    local_match,
+    parse_instant,
+)
 from satseg_jax.errors import SatsegError
 
 PRESETS = {
@@ -40,7 +47,6 @@ DEFAULT_PAGE_SIZE = 100
 TIMEOUT_S = 60
 RETRIES = 4  # per request, on connection errors, 429 and 5xx
 RETRY_BACKOFF = 0.5  # seconds; doubles after each retry
-CLOUD_KEYS = ("eo:cloud_cover", "cloud_cover")  # the second: older, pre-extension name
 
 
 @dataclass
@@ -84,36 +90,6 @@ def _is_url(target: str) -> bool:
     return bool(re.match(r"^https?://", target, re.I))
 
 
-_DATE_FORMS = (
-    (re.compile(r"^\d{4}$"), "%Y", "year"),
-    (re.compile(r"^\d{4}-\d{2}$"), "%Y-%m", "month"),
-    (re.compile(r"^\d{4}-\d{2}-\d{2}$"), "%Y-%m-%d", "day"),
-)
-
-
-def _parse_instant(text: str, end: bool) -> datetime:
-    """One side of an interval; a bare year/month/day covers the whole period (its
-    start, or its last microsecond for ``end``), as pystac-client sends it."""
-    t = text.strip()
-    for rx, fmt, unit in _DATE_FORMS:
-        if rx.match(t):
-            d = datetime.strptime(t, fmt).replace(tzinfo=UTC)
-            if not end:
-                return d
-            if unit == "year":
-                nxt = d.replace(year=d.year + 1)
-            elif unit == "month":
-                nxt = d.replace(year=d.year + d.month // 12, month=d.month % 12 + 1)
-            else:
-                nxt = d + timedelta(days=1)
-            return nxt - timedelta(microseconds=1)
-    t = re.sub(r"(\.\d{6})\d+", r"\1", t.replace("z", "Z"))  # nanoseconds -> micro
-    if t.endswith("Z"):
-        t = t[:-1] + "+00:00"
-    d = datetime.fromisoformat(t)
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
-
-
 def parse_datetime(text: str | None) -> tuple[datetime | None, datetime | None] | None:
     """``--datetime``: ``2023``, ``2023-06``, ``2023-06-01``, an ISO time, or an interval
     ``start/end`` with ``..`` (or nothing) for an open end -> inclusive (start, end)."""
@@ -123,12 +99,12 @@ def parse_datetime(text: str | None) -> tuple[datetime | None, datetime | None] 
     try:
         if "/" in text:
             a, b = text.split("/", 1)
-            start = None if a.strip() in ("", "..") else _parse_instant(a, end=False)
-            stop = None if b.strip() in ("", "..") else _parse_instant(b, end=True)
+            start = None if a.strip() in ("", "..") else parse_instant(a, end=False)
+            stop = None if b.strip() in ("", "..") else parse_instant(b, end=True)
             if start is None and stop is None:
                 raise ValueError("both ends open")
         else:
-            start, stop = _parse_instant(text, end=False), _parse_instant(text, end=True)
+            start, stop = parse_instant(text, end=False), parse_instant(text, end=True)
     except ValueError:
         raise SatsegError(f"--datetime {text!r}: expected a date or an interval, e.g. "
                           "2023-01-01/2023-12-31, 2023-06, or 2023-01-01/.. (open end)") \
@@ -141,82 +117,6 @@ def parse_datetime(text: str | None) -> tuple[datetime | None, datetime | None] 
 def check_max_cloud(max_cloud: float | None) -> None:
     if max_cloud is not None and not 0 <= max_cloud <= 100:
         raise SatsegError(f"--max-cloud {max_cloud:g}: a percentage, 0 to 100")
-
-
-# ----------------------------------------------------------------------------- items
-
-
-def cloud_cover(item: dict) -> float | None:
-    props = item.get("properties") or {}
-    for k in CLOUD_KEYS:
-        v = props.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return None
-
-
-def item_datetime(item: dict) -> tuple[datetime, datetime] | None:
-    props = item.get("properties") or {}
-    try:
-        if props.get("datetime"):
-            d = _parse_instant(props["datetime"], end=False)
-            return d, d
-        if props.get("start_datetime") and props.get("end_datetime"):
-            return (_parse_instant(props["start_datetime"], end=False),
-                    _parse_instant(props["end_datetime"], end=True))
-    except ValueError:
-        return None
-    return None
-
-
-def common_names(asset: dict) -> list[str]:
-    """``eo:common_name`` values of an asset: STAC 1.0 ``eo:bands[].common_name``, STAC
-    1.1 ``bands[].eo:common_name``, or an asset-level ``eo:common_name``."""
-    names = []
-    for b in asset.get("eo:bands") or []:
-        if isinstance(b, dict) and b.get("common_name"):
-            names.append(str(b["common_name"]))
-    for b in asset.get("bands") or []:
-        if isinstance(b, dict) and b.get("eo:common_name"):
-            names.append(str(b["eo:common_name"]))
-    if asset.get("eo:common_name"):
-        names.append(str(asset["eo:common_name"]))
-    return list(dict.fromkeys(names))
-
-
-def asset_labels(item: dict) -> list[str]:
-    """``B13(blue)``-style labels: asset key with its common name(s) when it has any."""
-    out = []
-    for key, a in (item.get("assets") or {}).items():
-        names = common_names(a if isinstance(a, dict) else {})
-        out.append(f"{key}({','.join(names)})" if names else key)
-    return out
-
-
-def _bbox_of(item: dict) -> list[float] | None:
-    b = item.get("bbox")
-    if b and len(b) in (4, 6):
-        return [b[0], b[1], b[-3], b[-2]] if len(b) == 6 else list(b)
-    return None
-
-
-def _overlaps(a, b) -> bool:
-    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
-
-
-def _local_match(item: dict, bbox, when) -> bool:
-    if bbox is not None:
-        ib = _bbox_of(item)
-        if ib is None or not _overlaps(ib, bbox):
-            return False
-    if when is not None:
-        t = item_datetime(item)
-        if t is None:
-            return False
-        start, stop = when
-        if (start is not None and t[1] < start) or (stop is not None and t[0] > stop):
-            return False
-    return True
 
 
 # ----------------------------------------------------------------------------- errors
@@ -459,7 +359,7 @@ def search_items(catalog: str | None, collection: str, *,
             result.notes.append("the catalogue has no item search: walked it and "
                                 "filtered here")
             result.items = keep(it for it in _item_dicts_static(col)
-                                if _local_match(it, box, when))
+                                if local_match(it, box, when))
     if result.dropped_no_cloud:
         result.notes.append(f"{result.dropped_no_cloud} item(s) without eo:cloud_cover "
                             "left out by --max-cloud")

@@ -3,7 +3,8 @@
 Importing this package does not import TensorFlow (``satseg --help`` and the JAX-only
 modules stay light); the public functions are loaded on first use. The submodules that
 need tfds import it themselves, with accelerators hidden from TensorFlow:
-``patches`` registers the ``satseg_patches`` builder, ``scenes`` ``satseg_scenes``.
+``segmentation_builder`` registers the ``satseg_patches`` builder,
+``classification_builder`` ``satseg_scenes``.
 
     from satseg_jax.datasets import build_dataset, builder_for
     info = build_dataset("patches/", "data/", split=(0.7, 0.15, 0.15), split_by="block")
@@ -21,7 +22,7 @@ _EXPORTS = {
     "format_summary": "build",
     "load_dataset_info": "build",
     "assign_splits": "splits",
-    "read_patches_folder": "folder",
+    "read_patches_folder": "patches_folder",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -44,16 +44,16 @@ import re
 import shlex
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from satseg_jax.datasets.classification_folder import example_for
+from satseg_jax.datasets.patches_folder import PatchLayout, check_example, read_patch
 from satseg_jax.datasets.statistics import DatasetStats
 from satseg_jax.datasets.tfenv import import_beam
 from satseg_jax.errors import SatsegError
 
 beam = import_beam()
 
-if TYPE_CHECKING:
-    from satseg_jax.datasets.patches import PatchLayout
 
 
 # ----------------------------------------------------------------------------- settings
@@ -206,8 +206,6 @@ def user_errors() -> Iterator[None]:
 def patch_example(record: tuple[str, int, int], root: str, layout: PatchLayout
                   ) -> tuple[str, dict]:
     """(patch_id, example) of one index row: the plain build's ``read_patch`` and check."""
-    from satseg_jax.datasets.patches import check_example, read_patch
-
     pid, row, col = record
     example = read_patch(root, pid, row, col)
     check_example(example, layout, Path(root))
@@ -216,8 +214,6 @@ def patch_example(record: tuple[str, int, int], root: str, layout: PatchLayout
 
 def scene_example(item: tuple[str, int, str]) -> tuple[str, dict]:
     """(example id, example) of one classification image, as the plain build makes it."""
-    from satseg_jax.datasets.scenes import example_for
-
     eid, cid, path = item
     return eid, example_for(eid, cid, Path(path))
 

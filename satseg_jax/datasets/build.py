@@ -26,20 +26,21 @@ pipeline. Without it nothing changes: not a byte of the records, not a number.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL
-from satseg_jax.datasets.folder import read_patches_folder
+from satseg_jax.datasets import classification_folder
+from satseg_jax.datasets.patches_folder import PatchLayout, read_patches_folder
+from satseg_jax.datasets.split_file import assign_from_split_file
 from satseg_jax.datasets.splits import (
     SPLITS,
-    assign_from_split_file,
     assign_splits,
     check_fractions,
     split_counts,
@@ -48,87 +49,20 @@ from satseg_jax.datasets.statistics import (
     BandStats,
     DatasetStats,
     inverse_frequency_weights,
-    valid_pixels,
+)
+from satseg_jax.datasets.tfds_prepare import (
+    beam_config,
+    beam_work_dir,
+    check_out_dir,
+    prepare,
+    tfds_progress,
 )
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_dir
+from satseg_jax.raster.io import valid_pixels
 
 FORMAT_VERSION = 1
 INFO_FILE = "satseg_dataset.json"
-
-
-@contextlib.contextmanager
-def _tfds_progress(tfds, enable: bool) -> Iterator[None]:
-    """Set tfds's own progress bars for the duration of a build, then restore them.
-
-    Ours (one per split, with totals) replace tfds's, which do not know the totals.
-    """
-    from tensorflow_datasets.core.utils import tqdm_utils
-
-    was = getattr(tqdm_utils, "_active", True)
-    tfds.display_progress_bar(enable)
-    try:
-        yield
-    finally:
-        tfds.display_progress_bar(was)
-
-
-def _check_out_dir(patches_dir: Path, out_dir: Path) -> None:
-    src, out = patches_dir.resolve(), out_dir.resolve()
-    if out == src or src.is_relative_to(out):
-        raise SatsegError(f"--out {out_dir}: is or contains the patches folder {patches_dir}; "
-                          "choose another output folder")
-
-
-def _prepare(builder, tfds, tmp: Path, manual_dir: Path | None,
-             beam: dict | None = None) -> None:
-    """Run tfds's generation into ``tmp`` without network access, then tidy up.
-
-    ``beam``: DownloadConfig's ``beam_runner``/``beam_options`` (see :func:`_beam_config`);
-    a SatsegError raised on a Beam worker comes back as the same one-line SatsegError.
-    """
-    config = {"manual_dir": str(manual_dir)} if manual_dir is not None else {}
-    errors = contextlib.nullcontext()
-    if beam:
-        from satseg_jax.datasets.beam_pipeline import user_errors
-
-        errors = user_errors()
-    with errors:
-        builder.download_and_prepare(
-            download_dir=str(tmp / ".downloads"),
-            download_config=tfds.download.DownloadConfig(
-                **config, try_download_gcs=False, **(beam or {})),
-            file_format="tfrecord",
-        )
-    shutil.rmtree(tmp / ".downloads", ignore_errors=True)  # tfds's (empty) download cache
-
-
-def _beam_config(runner: str | None, options: str | None) -> dict | None:
-    """Checked DownloadConfig settings for a Beam build, or None for a plain build.
-
-    Checked before anything is read or written, so a misspelt runner or a missing Beam
-    install is a one-line error that leaves no output behind.
-    """
-    if runner is None:
-        if options:
-            raise SatsegError("--beam-options needs --beam-runner (e.g. --beam-runner "
-                              "DirectRunner); without a runner the build does not use Beam")
-        return None
-    from satseg_jax.datasets.tfenv import import_beam
-
-    import_beam()  # a SatsegError naming the install command when Beam is missing
-    from satseg_jax.datasets.beam_pipeline import download_config_kwargs
-
-    return download_config_kwargs(runner, options)
-
-
-def _beam_work_dir(tmp: Path) -> Path:
-    """Where a Beam build's index rows and statistics files go: inside the temporary
-    output folder, so the workers see it when they see the output, and a failed build
-    removes it with the rest."""
-    work = tmp / ".beam"
-    work.mkdir()
-    return work
 
 
 DEFAULT_SPLIT = (0.7, 0.15, 0.15)
@@ -142,6 +76,92 @@ def _check_split_file_alone(split_file, split, split_by, block_size) -> None:
     if split_file is not None and given:
         raise SatsegError(f"--split-file {split_file}: the file fixes the splits; drop "
                           f"{', '.join(given)} (they apply only without --split-file)")
+
+
+def _assign(folder, split_file, fractions, seed: int, split_by: str | None,
+            block_size: int | None, index_path: str) -> tuple[dict, dict]:
+    """(patch id -> split, split description) from the split file or by ``split_by``."""
+    if split_file is not None:
+        return assign_from_split_file(folder.index_rows(), split_file, folder.sources,
+                                      index_path=index_path)
+    return assign_splits(folder.index_rows(), fractions, seed=seed, method=split_by or "block",
+                         block_size=block_size, stride=folder.stride, index_path=index_path)
+
+
+def _write_patch_records(tfds, tmp: Path, folder, patches_dir: Path, layout,
+                         assignment: dict, stats: DatasetStats, beam: dict | None,
+                         progress: bool):
+    """Generate the TFRecords into ``tmp``, plainly or with Beam, filling ``stats`` either
+    way (on the fly here, or from the pipeline's per-split files); return the builder."""
+    from satseg_jax.datasets.segmentation_builder import SatsegPatches
+
+    if beam is None:
+        def on_example(split_name: str, ex: dict) -> None:
+            stats.add(split_name, ex["image"], ex["mask"],
+                      where=str(folder.mask_path(ex["patch_id"])))
+
+        builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
+                                on_example=on_example, progress=progress)
+        prepare(builder, tfds, tmp, patches_dir)
+        return builder
+    from satseg_jax.datasets.beam_pipeline import read_stats
+
+    work = beam_work_dir(tmp)
+    builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
+                            beam_work_dir=work, progress=progress)
+    prepare(builder, tfds, tmp, patches_dir, beam)
+    read_stats(work, into=stats)
+    shutil.rmtree(work)
+    return builder
+
+
+def _check_written(builder, assignment: dict, stats: DatasetStats) -> dict[str, int]:
+    """Examples per split as tfds wrote them; they must equal the assignment and what the
+    statistics saw (a mismatch is a bug, not a user error)."""
+    written = {s: (builder.info.splits[s].num_examples if s in builder.info.splits else 0)
+               for s in SPLITS}
+    if written != split_counts(assignment) or written != stats.examples:
+        raise RuntimeError(f"tfds wrote {written} examples, expected "
+                           f"{split_counts(assignment)} (seen {stats.examples})")
+    return written
+
+
+def _segmentation_info(folder, stats: DatasetStats, written: dict, split_info: dict,
+                       assignment: dict, patches_dir: Path) -> dict:
+    """The satseg_dataset.json of a segmentation dataset (what training reads)."""
+    from satseg_jax.datasets.segmentation_builder import NAME, VERSION
+
+    classes = folder.classes
+    mean, std = stats.band_summary()
+    return {
+        "format_version": FORMAT_VERSION,
+        "task": "segmentation",
+        "tfds_name": NAME,
+        "tfds_version": VERSION,
+        "builder_dir": f"{NAME}/{VERSION}",
+        "bands": folder.bands,
+        "num_bands": len(folder.bands),
+        "image_dtype": folder.dtype,
+        "patch_size": folder.size,
+        "nodata": folder.nodata,
+        "crs": folder.crs,
+        "classes": classes.to_json(),
+        "class_names": classes.names,
+        "num_classes": classes.num_classes,
+        "ignore_label": IGNORE_LABEL,
+        "mean": mean,
+        "std": std,
+        "stats_split": "train",
+        "stats_valid_pixels": int(stats.bands.n[0]),
+        "class_pixel_counts": {s: stats.class_counts[s].tolist() for s in SPLITS},
+        "ignored_pixel_counts": dict(stats.ignored),
+        "num_examples": written,
+        "class_weights": inverse_frequency_weights(stats.class_counts["train"]).tolist(),
+        "class_weights_method": "inverse_frequency_train_mean1_absent0",
+        "split": split_info,
+        "assignment": assignment,
+        "source_patches": str(patches_dir.resolve()),
+    }
 
 
 def build_dataset(patches_dir: str | Path, out_dir: str | Path,
@@ -166,84 +186,25 @@ def build_dataset(patches_dir: str | Path, out_dir: str | Path,
     for a missing/empty/incomplete patches folder, bad fractions, an existing ``out_dir``
     without ``overwrite``, inconsistent patches, or an unusable Beam runner/options.
     """
-    _check_split_file_alone(split_file, split, split_by, block_size)
-    fractions = check_fractions(DEFAULT_SPLIT if split is None else split)
-    beam = _beam_config(beam_runner, beam_options)
-    patches_dir, out_dir = Path(patches_dir), Path(out_dir)
-    folder = read_patches_folder(patches_dir)
-    _check_out_dir(patches_dir, out_dir)
-    index_path = str(patches_dir / "index.csv")
-    if split_file is not None:
-        assignment, split_info = assign_from_split_file(
-            folder.index_rows(), split_file, folder.sources, index_path=index_path)
-    else:
-        assignment, split_info = assign_splits(
-            folder.index_rows(), fractions, seed=seed, method=split_by or "block",
-            block_size=block_size, stride=folder.stride, index_path=index_path)
-
     from satseg_jax.datasets.tfenv import import_tfds
 
+    _check_split_file_alone(split_file, split, split_by, block_size)
+    fractions = check_fractions(DEFAULT_SPLIT if split is None else split)
+    beam = beam_config(beam_runner, beam_options)
+    patches_dir, out_dir = Path(patches_dir), Path(out_dir)
+    folder = read_patches_folder(patches_dir)
+    check_out_dir(patches_dir, out_dir)
+    assignment, split_info = _assign(folder, split_file, fractions, seed, split_by,
+                                     block_size, str(patches_dir / "index.csv"))
     tfds = import_tfds()
-    from satseg_jax.datasets.patches import NAME, VERSION, PatchLayout, SatsegPatches
-
-    classes = folder.classes
-    stats = DatasetStats(len(folder.bands), classes.num_classes, folder.nodata)
-
-    def on_example(split_name: str, ex: dict) -> None:
-        stats.add(split_name, ex["image"], ex["mask"],
-                  where=str(folder.mask_path(ex["patch_id"])))
-
+    stats = DatasetStats(len(folder.bands), folder.classes.num_classes, folder.nodata)
     layout = PatchLayout(size=folder.size, bands=tuple(folder.bands), dtype=folder.dtype,
                          nodata=folder.nodata)
-    with _tfds_progress(tfds, False), atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        if beam is None:
-            builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
-                                    on_example=on_example, progress=progress)
-            _prepare(builder, tfds, tmp, patches_dir)
-        else:
-            from satseg_jax.datasets.beam_pipeline import read_stats
-
-            work = _beam_work_dir(tmp)
-            builder = SatsegPatches(data_dir=str(tmp), layout=layout, assignment=assignment,
-                                    beam_work_dir=work, progress=progress)
-            _prepare(builder, tfds, tmp, patches_dir, beam)
-            read_stats(work, into=stats)
-            shutil.rmtree(work)
-        mean, std = stats.band_summary()
-        written = {s: (builder.info.splits[s].num_examples if s in builder.info.splits else 0)
-                   for s in SPLITS}
-        if written != split_counts(assignment) or written != stats.examples:
-            raise RuntimeError(f"tfds wrote {written} examples, expected "
-                               f"{split_counts(assignment)} (seen {stats.examples})")
-        info = {
-            "format_version": FORMAT_VERSION,
-            "task": "segmentation",
-            "tfds_name": NAME,
-            "tfds_version": VERSION,
-            "builder_dir": f"{NAME}/{VERSION}",
-            "bands": folder.bands,
-            "num_bands": len(folder.bands),
-            "image_dtype": folder.dtype,
-            "patch_size": folder.size,
-            "nodata": folder.nodata,
-            "crs": folder.crs,
-            "classes": classes.to_json(),
-            "class_names": classes.names,
-            "num_classes": classes.num_classes,
-            "ignore_label": IGNORE_LABEL,
-            "mean": mean,
-            "std": std,
-            "stats_split": "train",
-            "stats_valid_pixels": int(stats.bands.n[0]),
-            "class_pixel_counts": {s: stats.class_counts[s].tolist() for s in SPLITS},
-            "ignored_pixel_counts": dict(stats.ignored),
-            "num_examples": written,
-            "class_weights": inverse_frequency_weights(stats.class_counts["train"]).tolist(),
-            "class_weights_method": "inverse_frequency_train_mean1_absent0",
-            "split": split_info,
-            "assignment": assignment,
-            "source_patches": str(patches_dir.resolve()),
-        }
+    with tfds_progress(tfds, False), atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        builder = _write_patch_records(tfds, tmp, folder, patches_dir, layout, assignment,
+                                       stats, beam, progress)
+        written = _check_written(builder, assignment, stats)
+        info = _segmentation_info(folder, stats, written, split_info, assignment, patches_dir)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -356,6 +317,88 @@ def format_summary(info: dict) -> str:
 # ----------------------------------------------------------------------------- classification
 
 
+def _class_images(images_dir: Path, split_by: str) -> tuple[list[str], list, list[dict]]:
+    """(class names, [(example id, class id, path)], index rows for the split) of a
+    classification folder; block splits need ``r<row>_c<col>`` in every name."""
+    names = classification_folder.class_names_for(images_dir)
+    items = classification_folder.list_images(images_dir, names)
+    if not items:
+        raise SatsegError(f"{images_dir}: contains no images "
+                          f"({', '.join(classification_folder.IMAGE_SUFFIXES)})"
+                          " in its class sub-folders")
+    rc = [classification_folder.rowcol(eid) for eid, _, _ in items]
+    if split_by == "block" and any(x is None for x in rc):
+        raise SatsegError(f"{images_dir}: --split-by block needs names with r<row>_c<col> "
+                          "(from satseg patches --scene-label); use --split-by random")
+    index_rows = [{"patch_id": eid, "row": x[0] if x else 0, "col": x[1] if x else 0}
+                  for (eid, _, _), x in zip(items, rc)]
+    return names, items, index_rows
+
+
+@dataclass
+class _ImageStats:
+    """What one pass over the classification images found (see ``_scan_images``)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nodata: float | int | None
+    bands: BandStats
+    counts: dict[str, np.ndarray]
+
+
+def _scan_images(images_dir: Path, items: list, names: list[str], assignment: dict,
+                 progress: bool) -> _ImageStats:
+    """Read every image once: all must share the first one's shape and dtype; band
+    statistics from the train split's valid pixels, examples per class and split."""
+    from tqdm import tqdm
+
+    first = classification_folder.read_image(items[0][2])
+    shape, dtype = first.shape, first.dtype
+    nodata = classification_folder.nodata_of(items[0][2])
+    stats = BandStats(shape[-1])
+    counts = {s: np.zeros(len(names), np.int64) for s in SPLITS}
+    for eid, cid, path in tqdm(items, desc="statistics", unit="image", disable=not progress):
+        img = classification_folder.read_image(path)
+        if img.shape != shape or img.dtype != dtype:
+            raise SatsegError(f"{path}: {img.shape} {img.dtype} differs from {items[0][2]}'s "
+                              f"{shape} {dtype}; all images must share size, bands and dtype")
+        s = assignment[eid]
+        counts[s][cid] += 1
+        if s == "train":
+            stats.update(img, valid_pixels(img, nodata, channels_last=True))
+    if stats.n.min() == 0:
+        raise SatsegError(f"{images_dir}: the train split has no valid pixel to compute band "
+                          "statistics from")
+    return _ImageStats(shape, dtype, nodata, stats, counts)
+
+
+def _classification_info(scan: _ImageStats, bands: list[str], names: list[str],
+                         by_split: dict, split_info: dict, assignment: dict,
+                         images_dir: Path) -> dict:
+    """The satseg_dataset.json of a classification dataset."""
+    from satseg_jax.datasets.classification_builder import NAME, SatsegScenes
+
+    counts = scan.counts
+    return {
+        "format_version": FORMAT_VERSION, "task": "classification",
+        "tfds_name": NAME, "tfds_version": str(SatsegScenes.VERSION),
+        "builder_dir": f"{NAME}/{SatsegScenes.VERSION}",
+        "bands": bands, "num_bands": len(bands), "image_dtype": str(scan.dtype),
+        "patch_size": int(scan.shape[0]), "nodata": scan.nodata, "crs": None,
+        "classes": [{"id": i, "name": n} for i, n in enumerate(names)],
+        "class_names": names, "num_classes": len(names), "ignore_label": IGNORE_LABEL,
+        "mean": scan.bands.mean.tolist(), "std": scan.bands.std.tolist(),
+        "stats_split": "train",
+        "class_pixel_counts": {s: counts[s].tolist() for s in SPLITS},
+        "class_example_counts": {s: counts[s].tolist() for s in SPLITS},
+        "ignored_pixel_counts": dict.fromkeys(SPLITS, 0),
+        "num_examples": {s: len(v) for s, v in by_split.items()},
+        "class_weights": inverse_frequency_weights(counts["train"]).tolist(),
+        "split": split_info, "assignment": assignment,
+        "source_patches": str(images_dir.resolve()),
+    }
+
+
 def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
                                  split: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                                  split_by: str = "random", block_size: int | None = None,
@@ -369,80 +412,38 @@ def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
     ``beam_runner``/``beam_options``: as for :func:`build_dataset` (the statistics pass
     over the images, which also checks their shapes, stays in this process).
     """
-    from tqdm import tqdm
+    from satseg_jax.datasets.tfenv import import_tfds
 
     if split_by == "source":
         raise SatsegError("--split-by source needs a patches folder of several source images "
                           "(satseg patches --images/--masks); with --classification use "
                           "--split-by random or block")
     fractions = check_fractions(split)
-    beam = _beam_config(beam_runner, beam_options)
+    beam = beam_config(beam_runner, beam_options)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise SatsegError(f"{images_dir}: folder not found; expected DIR/<class>/<image>")
-    _check_out_dir(images_dir, out_dir)
-
-    from satseg_jax.datasets import scenes
-    from satseg_jax.datasets.tfenv import import_tfds
-
+    check_out_dir(images_dir, out_dir)
     tfds = import_tfds()
-    names = scenes.class_names_for(images_dir)
-    items = scenes.list_images(images_dir, names)
-    if not items:
-        raise SatsegError(f"{images_dir}: contains no images ({', '.join(scenes.IMAGE_SUFFIXES)})"
-                          " in its class sub-folders")
-    rc = [scenes.rowcol(eid) for eid, _, _ in items]
-    if split_by == "block" and any(x is None for x in rc):
-        raise SatsegError(f"{images_dir}: --split-by block needs names with r<row>_c<col> "
-                          "(from satseg patches --scene-label); use --split-by random")
-    index_rows = [{"patch_id": eid, "row": x[0] if x else 0, "col": x[1] if x else 0}
-                  for (eid, _, _), x in zip(items, rc)]
+    from satseg_jax.datasets.classification_builder import SatsegScenes
+
+    names, items, index_rows = _class_images(images_dir, split_by)
     assignment, split_info = assign_splits(index_rows, fractions, seed=seed, method=split_by,
                                            block_size=block_size)
-    first = scenes.read_image(items[0][2])
-    shape, dtype = first.shape, first.dtype
-    nodata = scenes.nodata_of(items[0][2])
-    stats = BandStats(shape[-1])
-    counts = {s: np.zeros(len(names), np.int64) for s in SPLITS}
-    for eid, cid, path in tqdm(items, desc="statistics", unit="image", disable=not progress):
-        img = scenes.read_image(path)
-        if img.shape != shape or img.dtype != dtype:
-            raise SatsegError(f"{path}: {img.shape} {img.dtype} differs from {items[0][2]}'s "
-                              f"{shape} {dtype}; all images must share size, bands and dtype")
-        s = assignment[eid]
-        counts[s][cid] += 1
-        if s == "train":
-            stats.update(img, valid_pixels(img, nodata))
-    if stats.n.min() == 0:
-        raise SatsegError(f"{images_dir}: the train split has no valid pixel to compute band "
-                          "statistics from")
+    scan = _scan_images(images_dir, items, names, assignment, progress)
     by_split = {s: [it for it in items if assignment[it[0]] == s] for s in SPLITS}
-    bands = scenes.band_names(items[0][2], shape[-1])
-    with _tfds_progress(tfds, progress), atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        work = _beam_work_dir(tmp) if beam is not None else None
-        builder = scenes.SatsegScenes(
+    bands = classification_folder.band_names(items[0][2], scan.shape[-1])
+    with tfds_progress(tfds, progress), atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        work = beam_work_dir(tmp) if beam is not None else None
+        builder = SatsegScenes(
             data_dir=str(tmp), examples={s: v for s, v in by_split.items() if v},
-            layout={"size": shape[0], "bands": bands, "dtype": str(dtype), "classes": names},
+            layout={"size": scan.shape[0], "bands": bands, "dtype": str(scan.dtype),
+                    "classes": names},
             beam_work_dir=work)
-        _prepare(builder, tfds, tmp, None, beam)
+        prepare(builder, tfds, tmp, None, beam)
         if work is not None:
             shutil.rmtree(work)
-        info = {
-            "format_version": FORMAT_VERSION, "task": "classification",
-            "tfds_name": scenes.NAME, "tfds_version": str(scenes.SatsegScenes.VERSION),
-            "builder_dir": f"{scenes.NAME}/{scenes.SatsegScenes.VERSION}",
-            "bands": bands, "num_bands": len(bands), "image_dtype": str(dtype),
-            "patch_size": int(shape[0]), "nodata": nodata, "crs": None,
-            "classes": [{"id": i, "name": n} for i, n in enumerate(names)],
-            "class_names": names, "num_classes": len(names), "ignore_label": IGNORE_LABEL,
-            "mean": stats.mean.tolist(), "std": stats.std.tolist(), "stats_split": "train",
-            "class_pixel_counts": {s: counts[s].tolist() for s in SPLITS},
-            "class_example_counts": {s: counts[s].tolist() for s in SPLITS},
-            "ignored_pixel_counts": dict.fromkeys(SPLITS, 0),
-            "num_examples": {s: len(v) for s, v in by_split.items()},
-            "class_weights": inverse_frequency_weights(counts["train"]).tolist(),
-            "split": split_info, "assignment": assignment,
-            "source_patches": str(images_dir.resolve()),
-        }
+        info = _classification_info(scan, bands, names, by_split, split_info, assignment,
+                                    images_dir)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -19,17 +19,15 @@ Several source images (a patches folder from ``satseg patches --images/--masks``
 index.csv has a ``source`` column): patch offsets restart in every image, so the block
 split keys blocks by (source, block) and a block never spans two images. ``source``
 assigns whole source images (the usual protocol for tile datasets: patches of one image
-share its date, sensor and place). A split file (:func:`assign_from_split_file`) names
-the images of each split explicitly, so results are comparable with published splits.
+share its date, sensor and place). A split file
+(:func:`satseg_jax.datasets.split_file.assign_from_split_file`) names the images of each
+split explicitly, so results are comparable with published splits.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -38,10 +36,6 @@ from satseg_jax.errors import SatsegError
 SPLITS = ("train", "validation", "test")
 METHODS = ("block", "random", "source")
 TARGET_BLOCKS = 20
-# Split names a split file may use; "val" is common in published lists.
-SPLIT_FILE_KEYS = {"train": "train", "validation": "validation", "val": "validation",
-                   "test": "test"}
-SPLIT_FILE_FORMAT = '{"train": ["img_001.tif", ...], "validation": [...], "test": [...]}'
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -173,14 +167,14 @@ def _apportion(sizes: list[int], fractions: tuple[float, float, float],
     return where
 
 
-def _source(row: Mapping) -> str | None:
+def source_of(row: Mapping) -> str | None:
     """The row's source image key (index.csv column ``source``), None when absent/empty."""
     s = row.get("source")
     s = str(s).strip() if s is not None else ""
     return s or None
 
 
-def _patch_sources(records: Sequence[tuple], index_path: str) -> list[str] | None:
+def patch_sources(records: Sequence[tuple], index_path: str) -> list[str] | None:
     """Source key per record (4th field), or None for a single-scene folder; a folder
     where only some rows name a source is refused (a mixed or hand-edited index)."""
     srcs = [r[3] for r in records]
@@ -201,10 +195,71 @@ def _by_source(srcs: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
-def _no_source_column(flag: str, index_path: str) -> SatsegError:
+def no_source_column(flag: str, index_path: str) -> SatsegError:
+    """The error for a split by source on a folder without sources (one scene)."""
     return SatsegError(f"{flag}: {index_path} has no 'source' column; only patches folders "
                        "written by satseg patches --images/--masks (several source images) "
                        "have one. For patches of one scene use --split-by block")
+
+
+def _source_groups(srcs: list[str] | None, eligible: list[str], index_path: str
+                   ) -> list[list[int]]:
+    """``--split-by source``: one group of patch indices per source image, sorted by key."""
+    if srcs is None:
+        raise no_source_column("--split-by source", index_path)
+    by_src = _by_source(srcs)
+    if len(by_src) < len(eligible):
+        raise SatsegError(
+            f"--split-by source: only {len(by_src)} source image(s) in {index_path} for "
+            f"{len(eligible)} non-empty splits ({', '.join(eligible)}); set unused "
+            "--split fractions to 0 (e.g. --split 0.8,0,0.2) or use --split-by block")
+    return [by_src[k] for k in sorted(by_src)]
+
+
+def _per_source_block_keys(rows: list[int], cols: list[int], srcs: list[str],
+                           stride: int | None, block_size: int | None
+                           ) -> tuple[list[tuple], int, int]:
+    """(block key of every patch, block size, grid step) when offsets restart in every
+    source image: the grid and its blocks are per image, so no block spans two images."""
+    by_src = _by_source(srcs)
+    parts = {s: ([rows[i] for i in idx], [cols[i] for i in idx]) for s, idx in by_src.items()}
+    g = 0
+    for r, c in parts.values():
+        g = math.gcd(g, _offset_gcd(r, c))
+    step = stride or g or 1
+    area = sum(_grid_positions(r, c, step) for r, c in parts.values())
+    bs = block_size or max(1, round(math.sqrt(area / TARGET_BLOCKS)))
+    keys: list[tuple] = [()] * len(rows)
+    for s, idx in by_src.items():
+        for i, k in zip(idx, block_keys(*parts[s], step, bs)):
+            keys[i] = (s, *k)
+    return keys, bs, step
+
+
+def _block_groups(rows: list[int], cols: list[int], srcs: list[str] | None,
+                  stride: int | None, block_size: int | None, eligible: list[str]
+                  ) -> tuple[list[list[int]], int, int]:
+    """``--split-by block``: (groups of patch indices, one per spatial block, in key
+    order; block size; grid step)."""
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+        raise SatsegError(f"--block-size {block_size!r}: must be a positive integer "
+                          "(block side in patches)")
+    if srcs is None:
+        step = stride or infer_stride(rows, cols)
+        bs = block_size or default_block_size(rows, cols, step)
+        keys: list[tuple] = list(block_keys(rows, cols, step, bs))
+    else:
+        keys, bs, step = _per_source_block_keys(rows, cols, srcs, stride, block_size)
+    by_key: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_key.setdefault(key, []).append(i)
+    groups = [by_key[k] for k in sorted(by_key)]
+    if len(groups) < len(eligible):
+        hint = (f"use a smaller --block-size than {bs}" if block_size
+                else "use --split-by random or make more patches")
+        raise SatsegError(f"only {len(groups)} spatial block(s) of {bs}x{bs} patches for "
+                          f"{len(eligible)} non-empty splits; {hint}")
+    return groups, bs, step
 
 
 def assign_splits(index_rows: Sequence[Mapping], fractions: Sequence[float] = (0.7, 0.15, 0.15),
@@ -227,7 +282,7 @@ def assign_splits(index_rows: Sequence[Mapping], fractions: Sequence[float] = (0
     fractions = check_fractions(fractions)
     if method not in METHODS:
         raise SatsegError(f"--split-by {method!r}: expected one of {', '.join(METHODS)}")
-    records = sorted((str(r["patch_id"]), int(r["row"]), int(r["col"]), _source(r))
+    records = sorted((str(r["patch_id"]), int(r["row"]), int(r["col"]), source_of(r))
                      for r in index_rows)
     n = len(records)
     eligible = [s for s, f in zip(SPLITS, fractions) if f > 0]
@@ -236,9 +291,7 @@ def assign_splits(index_rows: Sequence[Mapping], fractions: Sequence[float] = (0
                           f"({', '.join(eligible)}); make more patches (smaller --size or "
                           "--stride in satseg patches) or set unused --split fractions to 0")
     ids = [r[0] for r in records]
-    rows = [r[1] for r in records]
-    cols = [r[2] for r in records]
-    srcs = _patch_sources(records, index_path)
+    srcs = patch_sources(records, index_path)
     rng = np.random.default_rng(seed)
     info: dict = {"method": method, "fractions": list(fractions), "seed": int(seed),
                   "block_size": None, "num_blocks": None}
@@ -247,57 +300,21 @@ def assign_splits(index_rows: Sequence[Mapping], fractions: Sequence[float] = (0
     if method == "random":
         groups = [[i] for i in range(n)]
     elif method == "source":
-        if srcs is None:
-            raise _no_source_column("--split-by source", index_path)
-        by_src = _by_source(srcs)
-        if len(by_src) < len(eligible):
-            raise SatsegError(
-                f"--split-by source: only {len(by_src)} source image(s) in {index_path} for "
-                f"{len(eligible)} non-empty splits ({', '.join(eligible)}); set unused "
-                "--split fractions to 0 (e.g. --split 0.8,0,0.2) or use --split-by block")
-        groups = [by_src[k] for k in sorted(by_src)]
+        groups = _source_groups(srcs, eligible, index_path)
     else:
-        if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
-            raise SatsegError(f"--block-size {block_size!r}: must be a positive integer "
-                              "(block side in patches)")
-        if srcs is None:
-            step = stride or infer_stride(rows, cols)
-            bs = block_size or default_block_size(rows, cols, step)
-            keys: list[tuple] = list(block_keys(rows, cols, step, bs))
-        else:
-            # Offsets restart in every image: grid and blocks are per source image.
-            by_src = _by_source(srcs)
-            parts = {s: ([rows[i] for i in idx], [cols[i] for i in idx])
-                     for s, idx in by_src.items()}
-            g = 0
-            for r, c in parts.values():
-                g = math.gcd(g, _offset_gcd(r, c))
-            step = stride or g or 1
-            area = sum(_grid_positions(r, c, step) for r, c in parts.values())
-            bs = block_size or max(1, round(math.sqrt(area / TARGET_BLOCKS)))
-            keys = [()] * n
-            for s, idx in by_src.items():
-                for i, k in zip(idx, block_keys(*parts[s], step, bs)):
-                    keys[i] = (s, *k)
-        by_key: dict[tuple, list[int]] = {}
-        for i, key in enumerate(keys):
-            by_key.setdefault(key, []).append(i)
-        groups = [by_key[k] for k in sorted(by_key)]
-        if len(groups) < len(eligible):
-            hint = (f"use a smaller --block-size than {bs}" if block_size
-                    else "use --split-by random or make more patches")
-            raise SatsegError(f"only {len(groups)} spatial block(s) of {bs}x{bs} patches for "
-                              f"{len(eligible)} non-empty splits; {hint}")
+        groups, bs, step = _block_groups([r[1] for r in records], [r[2] for r in records],
+                                         srcs, stride, block_size, eligible)
         info.update(block_size=bs, num_blocks=len(groups), stride=step)
     where = _apportion([len(g) for g in groups], fractions, rng)
     assignment = {ids[i]: SPLITS[int(where[gi])] for gi, g in enumerate(groups) for i in g}
     if method == "source":
-        info["sources"] = _sources_per_split(
+        info["sources"] = sources_per_split(
             {srcs[g[0]]: SPLITS[int(where[gi])] for gi, g in enumerate(groups)})
     return dict(sorted(assignment.items())), info
 
 
-def _sources_per_split(split_of: Mapping[str, str]) -> dict[str, list[str]]:
+def sources_per_split(split_of: Mapping[str, str]) -> dict[str, list[str]]:
+    """Source key -> split, as the sorted source keys of each split (satseg_dataset.json)."""
     out: dict[str, list[str]] = {s: [] for s in SPLITS}
     for key in sorted(split_of):
         out[split_of[key]].append(key)
@@ -310,160 +327,3 @@ def split_counts(assignment: Mapping[str, str]) -> dict[str, int]:
     for s in assignment.values():
         counts[s] += 1
     return counts
-
-
-# ----------------------------------------------------------------------------- split files
-
-
-def read_split_file(path: str | Path) -> tuple[dict[str, list[str]], str]:
-    """The source-image lists of a split file and the sha256 of its bytes.
-
-    Format: ``{"train": [...], "validation": [...], "test": [...]}``; ``val`` is accepted
-    for ``validation`` (published lists use both) and a missing split is empty. The
-    digest goes into satseg_dataset.json, so a result can be traced to the exact list.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SatsegError(f"--split-file {path}: file not found; give a JSON file "
-                          f"{SPLIT_FILE_FORMAT}") from None
-    except OSError as e:
-        raise SatsegError(f"--split-file {path}: cannot be read ({e.strerror})") from None
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SatsegError(f"{path}: not valid JSON ({e}); expected {SPLIT_FILE_FORMAT}") \
-            from None
-    if not isinstance(obj, dict):
-        raise SatsegError(f"{path}: expected a JSON object {SPLIT_FILE_FORMAT}, got "
-                          f"{type(obj).__name__}")
-    lists: dict[str, list[str]] = {s: [] for s in SPLITS}
-    given: dict[str, str] = {}
-    for k, v in obj.items():
-        name = SPLIT_FILE_KEYS.get(k)
-        if name is None:
-            raise SatsegError(f"{path}: unknown split {k!r}; use train, validation (or val) "
-                              f"and test, e.g. {SPLIT_FILE_FORMAT}")
-        if name in given:
-            raise SatsegError(f"{path}: both {given[name]!r} and {k!r} are given; 'val' is "
-                              "another name for 'validation': merge them into one list")
-        given[name] = k
-        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-            raise SatsegError(f"{path}: {k!r} must be a list of source image names "
-                              f"(non-empty strings), e.g. {SPLIT_FILE_FORMAT}")
-        lists[name] = [x.strip() for x in v]
-    if not lists["train"]:
-        raise SatsegError(f"{path}: the train list is empty or missing; band statistics "
-                          "and training need train images")
-    return lists, sha
-
-
-def _norm_name(name: str) -> str:
-    """'/'-separated, no empty or '.' parts: how entries and source paths are compared."""
-    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
-
-
-def _source_names(key: str, image: str | None) -> set[str]:
-    """The names a split file may use for a source: its key, its image path as given,
-    either with or without the image suffix, and every trailing part of those (so the
-    image file name, the file stem and e.g. ``region_a/images/0001.png`` all match)."""
-    paths = [key]
-    if image:
-        img = PurePosixPath(_norm_name(image))
-        paths += [str(img), str(img.with_suffix("")), key + img.suffix]
-    names: set[str] = set()
-    for p in paths:
-        parts = _norm_name(p).split("/")
-        names.update("/".join(parts[i:]) for i in range(len(parts)))
-    names.discard("")
-    return names
-
-
-def _listing(items: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def assign_from_split_file(index_rows: Sequence[Mapping], split_file: str | Path,
-                           sources: Sequence[Mapping] = (), *,
-                           index_path: str = "index.csv") -> tuple[dict[str, str], dict]:
-    """Map every patch id to the split its source image is listed in by ``split_file``.
-
-    ``index_rows`` need a ``source`` column (folders from ``satseg patches --images/
-    --masks``); ``source_image`` (the image path) lets entries use file names. ``sources``:
-    patches.json's ``sources`` (``key``, ``image``), so images that gave no patch can be
-    listed too. An entry names a source by key, image file name or file stem. Published
-    lists are exhaustive and exact, so anything that is not an exact one-to-one match is
-    an error rather than a guess: an entry matching no source, an entry matching several
-    (same name in two regions: use the key), a source in two splits, a source in none.
-    The validation split may be empty (many published sets have only train/test).
-    """
-    path = Path(split_file)
-    lists, sha = read_split_file(path)
-    if _patch_sources([(str(r["patch_id"]), 0, 0, _source(r)) for r in index_rows],
-                      index_path) is None:
-        raise _no_source_column("--split-file", index_path)
-    images: dict[str, str | None] = {}
-    for s in sources:
-        images[str(s["key"])] = s.get("image")
-    for r in index_rows:
-        key = _source(r)
-        if key is not None and (key not in images or images[key] is None):
-            images[key] = r.get("source_image") or None
-    names: dict[str, set[str]] = {}
-    for key, image in images.items():
-        for nm in _source_names(key, image):
-            names.setdefault(nm, set()).add(key)
-
-    unmatched: list[str] = []
-    ambiguous: list[tuple[str, str, list[str]]] = []
-    split_of: dict[str, tuple[str, str]] = {}  # key -> (split, entry)
-    twice: list[str] = []
-    for split in SPLITS:
-        for entry in lists[split]:
-            keys = sorted(names.get(_norm_name(entry), ()))
-            if not keys:
-                unmatched.append(entry)
-            elif len(keys) > 1:
-                ambiguous.append((entry, split, keys))
-            elif keys[0] in split_of and split_of[keys[0]][0] != split:
-                other, was = split_of[keys[0]]
-                twice.append(f"{keys[0]} in {other} (as {was!r}) and {split} (as {entry!r})")
-            else:
-                split_of.setdefault(keys[0], (split, entry))
-    example = sorted(images)[0]
-    if unmatched:
-        raise SatsegError(
-            f"{path}: {len(unmatched)} entr{'y' if len(unmatched) == 1 else 'ies'} match no "
-            f"source image of the patches folder: {_listing(unmatched)}; name each source "
-            f"by its key (index.csv column source, e.g. {example}), its image file name or "
-            "its file stem")
-    if ambiguous:
-        entry, split, keys = ambiguous[0]
-        more = f" ({len(ambiguous) - 1} more entries are ambiguous)" if len(ambiguous) > 1 \
-            else ""
-        raise SatsegError(
-            f"{path}: entry {entry!r} in {split} matches {len(keys)} source images "
-            f"({_listing(keys, 5)}){more}; name the one you mean by its key "
-            f"(region/images/name as in index.csv column source), e.g. {keys[0]!r}")
-    if twice:
-        raise SatsegError(f"{path}: {len(twice)} source image(s) listed in two splits: "
-                          f"{_listing(twice)}; a source image belongs to one split")
-    missing = sorted(set(images) - set(split_of))
-    if missing:
-        raise SatsegError(
-            f"{path}: {len(missing)} source image(s) of the patches folder are in no split: "
-            f"{_listing(missing)}; add them to a split or remove them (from the images "
-            "folder, then re-run satseg patches): published split lists are exhaustive")
-    assignment = {str(r["patch_id"]): split_of[_source(r)][0] for r in index_rows}
-    if "train" not in assignment.values():
-        raise SatsegError(f"{path}: the {len(lists['train'])} train image(s) gave no patches "
-                          "(see satseg patches --min-valid); band statistics and training "
-                          "need train patches")
-    info = {"method": "file", "fractions": None, "seed": None, "block_size": None,
-            "num_blocks": None, "split_file": str(path.resolve()), "split_file_sha256": sha,
-            "num_sources": len(images),
-            "sources": _sources_per_split({k: v[0] for k, v in split_of.items()})}
-    return dict(sorted(assignment.items())), info

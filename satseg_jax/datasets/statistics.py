@@ -6,57 +6,21 @@ mean and variance are merged patch by patch (Chan et al.'s parallel update of co
 mean and sum of squared deviations, in float64), which is as exact as a two-pass
 computation and does not suffer the cancellation of a plain sum-of-squares.
 
-Valid pixels are the ones ``satseg patches`` counts as data: a pixel is invalid when
-*every* band equals the image's nodata value, or when any band is NaN/±inf (float
+Valid pixels are the ones ``satseg patches`` counts as data
+(:func:`satseg_jax.raster.io.valid_pixels`, the one rule both share): a pixel is invalid
+when *every* band equals the image's nodata value, or when any band is NaN/±inf (float
 images). Only valid pixels enter the band statistics. Label pixels equal to the ignore
 label 255 are counted apart from the classes.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.datasets.splits import SPLITS
 from satseg_jax.errors import SatsegError
-
-
-def nodata_value(nodata: float | int | None, dtype) -> float | int | None:
-    """``nodata`` as a value ``dtype`` can hold, or None when no pixel can equal it.
-
-    NaN maps to None (non-finite float pixels are invalid anyway), and an integer image
-    cannot hold a fractional or out-of-range nodata, so then no pixel is nodata.
-    """
-    if nodata is None or (isinstance(nodata, float) and math.isnan(nodata)):
-        return None
-    dt = np.dtype(dtype)
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        if not float(nodata).is_integer() or not info.min <= nodata <= info.max:
-            return None
-        return int(nodata)
-    return float(nodata)
-
-
-def valid_pixels(image: np.ndarray, nodata: float | int | None) -> np.ndarray:
-    """(H, W) True where the (H, W, C) ``image`` pixel holds data (see module doc).
-
-    Band by band (not ``.all(axis=-1)``): a strided reduction over the last axis of a
-    channels-last array is several times slower, and this runs once per patch.
-    """
-    valid = np.ones(image.shape[:2], dtype=bool)
-    if image.dtype.kind == "f":
-        for c in range(image.shape[-1]):
-            valid &= np.isfinite(image[..., c])
-    nd = nodata_value(nodata, image.dtype)
-    if nd is not None:
-        nodata_everywhere = image[..., 0] == nd
-        for c in range(1, image.shape[-1]):
-            nodata_everywhere &= image[..., c] == nd
-        valid &= ~nodata_everywhere
-    return valid
+from satseg_jax.raster.io import valid_pixels
 
 
 class BandStats:
@@ -171,7 +135,7 @@ class DatasetStats:
             self.class_counts[split] += counts
             self.ignored[split] += ignored
         if split == self.stats_split:
-            self.bands.update(image, valid_pixels(image, self.nodata))
+            self.bands.update(image, valid_pixels(image, self.nodata, channels_last=True))
 
     def merge(self, other: DatasetStats) -> DatasetStats:
         """Add another partial result (same bands, classes, nodata) into this one; return self.

@@ -15,15 +15,12 @@ Memory: the output is written by windows one row of 256-px tiles high and at mos
 with the scene. The file is written under a temporary name and renamed at the end: a
 failure (corrupt input half way through, Ctrl-C) leaves nothing behind.
 
-``open_raster`` and ``read_window`` are the project's guarded rasterio entry points:
-every other module opens and reads rasters through them so that a missing, truncated
-or corrupt file is a one-line SatsegError naming the file, never a GDAL traceback.
+Opening, reading and grid comparison come from :mod:`satseg_jax.raster.io`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -31,121 +28,19 @@ import numpy as np
 
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_path
+from satseg_jax.raster.io import (
+    BLOCK,
+    block_windows,
+    gdal_env,
+    grid_mismatch,
+    open_raster,
+    read_window,
+    valid_pixels,
+)
 
-BLOCK = 256  # output tile size
-CHUNK_COLS = 8 * BLOCK  # widest window read/written at once (memory bound per window)
 RESAMPLING = ("nearest", "bilinear", "cubic", "average")
-# GDAL's block cache defaults to 5% of RAM and keeps written tiles until it is full, so
-# peak memory would grow with the scene (up to gigabytes on a big machine). A fixed cache
-# keeps it flat at no cost in speed; set GDAL_CACHEMAX in the environment to override.
-CACHE_MB = 256
-# Two grids are the same when their transforms differ by less than this, in pixels (see
-# grid_mismatch): far above float64 round-off, far below any real misalignment.
-GRID_TOL_PX = 1e-6
 # --dtype choices: the GeoTIFF sample types the rest of the project reads.
 DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-
-
-def gdal_env():
-    """``rasterio.Env`` with a bounded block cache (unless GDAL_CACHEMAX is set)."""
-    import rasterio
-
-    if os.environ.get("GDAL_CACHEMAX"):
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=CACHE_MB)
-
-
-def open_raster(path: str | Path):
-    """``rasterio.open`` with a SatsegError naming the file when missing or unreadable."""
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    path = Path(path)
-    if not path.exists():
-        raise SatsegError(f"{path}: file not found")
-    if path.is_dir():
-        raise SatsegError(f"{path}: is a folder, expected a raster file")
-    try:
-        return rasterio.open(path)
-    except RasterioError as e:
-        raise SatsegError(f"{path}: cannot be read as a raster ({_one_line(e)}); is it a "
-                          "complete GeoTIFF? Re-download or re-export it") from None
-
-
-def read_window(ds, window, path: str | Path, indexes=None, **kwargs) -> np.ndarray:
-    """``ds.read`` that turns a corrupt/truncated file into a SatsegError naming it."""
-    from rasterio.errors import RasterioError
-
-    try:
-        return ds.read(indexes, window=window, **kwargs)
-    except RasterioError as e:
-        raise SatsegError(f"{path}: pixel data is corrupt or truncated ({_one_line(e)}); "
-                          "re-download or re-export the file") from None
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def transform_offset(ref_t, ds_t, width: int, height: int) -> tuple[float, float]:
-    """How far ``ds_t`` is from ``ref_t``, in pixels of ``ref_t``: ``(coef, worst)``.
-
-    Both transforms are compared in ``ref_t``'s pixel frame: ``~ref_t * ds_t`` would be
-    the identity for aligned grids; it is computed as ``inv(L_ref) @ (ds - ref)`` (the
-    difference first, so large map coordinates cost no precision). ``coef`` is its
-    largest coefficient away from the identity: the origin shift in pixels and the
-    difference of the pixel size / rotation terms in pixels per pixel. ``worst`` is the
-    largest displacement of any pixel of a ``width`` x ``height`` raster (the affine
-    difference is linear, so it peaks at a corner), used to tell the user how far off a
-    refused grid is. A singular ``ref_t`` has no pixel frame: exact equality only.
-    """
-    ref = np.array([[ref_t.a, ref_t.b, ref_t.c], [ref_t.d, ref_t.e, ref_t.f]], np.float64)
-    oth = np.array([[ds_t.a, ds_t.b, ds_t.c], [ds_t.d, ds_t.e, ds_t.f]], np.float64)
-    lin = ref[:, :2]
-    if not np.isfinite(ref).all() or np.linalg.det(lin) == 0:
-        same = bool(np.array_equal(ref, oth))
-        return (0.0, 0.0) if same else (math.inf, math.inf)
-    diff = np.linalg.inv(lin) @ (oth - ref)  # 2x3, in reference pixels
-    coef = float(np.abs(diff).max())
-    corners = np.array([[0, 0, 1], [width, 0, 1], [0, height, 1], [width, height, 1]],
-                       np.float64)
-    worst = float(np.hypot(*(diff @ corners.T)).max())
-    return coef, worst
-
-
-def grid_mismatch(ref, ds) -> str | None:
-    """The first grid field of ``ds`` that differs from ``ref`` ("crs ...", "size ...",
-    "transform ... differs from ... by up to N pixels"), or None when the two rasters
-    are pixel-aligned.
-
-    CRS and size must be equal. Transforms are equal up to ``GRID_TOL_PX``: every
-    coefficient of ``~ref.transform * ds.transform`` is within 1e-6 of the identity,
-    i.e. the origins differ by less than 1e-6 of a pixel and the pixel size / rotation
-    terms by less than 1e-6 of a pixel per pixel (see ``transform_offset``). Why: real
-    datasets (tiles exported by different tools, label rasters written from another
-    library) carry transforms that differ in their last digits, which is no
-    misalignment; a shift by a fraction of a pixel (half a pixel is a common
-    pixel-is-area vs pixel-is-point confusion) is one, and must be refused.
-    Takes any two open datasets (``.crs``, ``.width``, ``.height``, ``.transform``).
-    """
-    if ref.crs != ds.crs:
-        return f"crs {ds.crs} differs from {ref.crs}"
-    if (ref.width, ref.height) != (ds.width, ds.height):
-        return f"size {ds.width}x{ds.height} differs from {ref.width}x{ref.height}"
-    coef, worst = transform_offset(ref.transform, ds.transform, ref.width, ref.height)
-    if not coef < GRID_TOL_PX:
-        return (f"transform {tuple(ds.transform)[:6]} differs from "
-                f"{tuple(ref.transform)[:6]} by up to {worst:.3g} pixels")
-    return None
-
-
-def block_windows(height: int, width: int, block: int = BLOCK, max_cols: int = CHUNK_COLS):
-    """Row-major rasterio windows, ``block`` rows high, aligned to ``block``-px tiles."""
-    from rasterio.windows import Window
-
-    step = max(block, (max_cols // block) * block)
-    return [Window(c, r, min(step, width - c), min(block, height - r))
-            for r in range(0, height, block) for c in range(0, width, step)]
 
 
 def _nodata_key(v: float | None):
@@ -275,6 +170,107 @@ def _nodata_groups(srcs: list, nodatas: list[float | None]) -> list[tuple[list[i
     return groups + list(single.values())
 
 
+def _check_options(bands: list[Path], out: Path, resampling: str, dtype: str | None):
+    """Refuse bad options before any file is opened; return the rasterio Resampling."""
+    from rasterio.enums import Resampling
+
+    if not bands:
+        raise SatsegError("compose: give at least one band file with --bands")
+    if resampling not in RESAMPLING:
+        raise SatsegError(f"--resampling {resampling!r}: expected one of {', '.join(RESAMPLING)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise SatsegError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if any(out.resolve() == b.resolve() for b in bands):
+        raise SatsegError(f"{out}: the output is one of the input bands; choose another --out")
+    return Resampling[resampling]
+
+
+def _band_names(bands: list[Path], srcs: list, names: list[str] | None, total: int
+                ) -> list[str]:
+    """The user's ``names`` (one per output band, unique) or ``_default_names``."""
+    if not names:
+        return _default_names(bands, srcs)
+    names = list(names)
+    if len(names) != total:
+        raise SatsegError(f"--names has {len(names)} names for {total} bands "
+                          f"({len(bands)} files); give one name per band")
+    if len(set(names)) != len(names):
+        raise SatsegError(f"--names: band names must be unique, got {names}")
+    return names
+
+
+def _input_nodatas(bands: list[Path], srcs: list) -> list[float | None]:
+    """Each input's one nodata value (an input whose bands disagree is refused)."""
+    nodatas = []
+    for path, ds in zip(bands, srcs):
+        if len({_nodata_key(v) for v in ds.nodatavals}) > 1:
+            raise SatsegError(f"{path}: its bands have different nodata values "
+                              f"{ds.nodatavals}; set one (gdal_edit.py -a_nodata VALUE)")
+        nodatas.append(ds.nodata)
+    return nodatas
+
+
+def _reproject_inputs(stack: ExitStack, bands: list[Path], srcs: list, resample_to: Path,
+                      method) -> tuple[list, dict]:
+    """Inputs off the reference grid wrapped in a WarpedVRT onto it; (inputs, grid)."""
+    from rasterio.vrt import WarpedVRT
+
+    ref = stack.enter_context(open_raster(Path(resample_to)))
+    grid = {"crs": ref.crs, "transform": ref.transform, "width": ref.width,
+            "height": ref.height}
+    if ref.crs is None:
+        raise SatsegError(f"{resample_to}: reference raster has no crs; pick a "
+                          "georeferenced --resample-to")
+    for path, ds in zip(bands, srcs):
+        if grid_mismatch(ref, ds) and ds.crs is None:
+            raise SatsegError(f"{path}: has no crs, so it cannot be reprojected onto "
+                              f"{resample_to}; georeference it first")
+    warped = [stack.enter_context(WarpedVRT(ds, resampling=method, **grid))
+              if grid_mismatch(ref, ds) else ds for ds in srcs]
+    return warped, grid
+
+
+def _check_aligned(bands: list[Path], srcs: list) -> dict:
+    """Every input on the first one's grid (else SatsegError); that grid."""
+    first = srcs[0]
+    for path, ds in zip(bands[1:], srcs[1:]):
+        problem = grid_mismatch(first, ds)
+        if problem:
+            raise SatsegError(f"{path}: {problem} of {bands[0]}; align the bands "
+                              "or pass --resample-to REFERENCE.tif")
+    return {"crs": first.crs, "transform": first.transform, "width": first.width,
+            "height": first.height}
+
+
+def _scene_profile(grid: dict, count: int, dtype: np.dtype, nodata: float | None) -> dict:
+    """The stacked scene's GeoTIFF profile: tiled, deflate with the dtype's predictor."""
+    return {
+        "driver": "GTiff", "height": grid["height"], "width": grid["width"], "count": count,
+        "dtype": dtype.name, "crs": grid["crs"], "transform": grid["transform"],
+        "nodata": nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+        "compress": "deflate", "predictor": 3 if dtype.kind == "f" else 2,
+        "interleave": "pixel", "BIGTIFF": "IF_SAFER",
+    }
+
+
+def _read_stacked(bands: list[Path], srcs: list, window, count: int, dtype: np.dtype,
+                  groups: list | None, out_nodata: float | None) -> np.ndarray:
+    """One window of every input stacked in order; with ``groups``, every pixel that is
+    nodata in one unit (see ``_nodata_groups``) set to ``out_nodata`` in all bands."""
+    chunk = np.empty((count, int(window.height), int(window.width)), dtype)
+    pos = 0
+    for path, ds in zip(bands, srcs):
+        # dtype: exact, since _output_dtype only allows safe casts.
+        chunk[pos:pos + ds.count] = read_window(ds, window, path, out_dtype=dtype.name)
+        pos += ds.count
+    if groups is not None:
+        invalid = np.zeros(chunk.shape[1:], bool)
+        for idx, nd in groups:
+            invalid |= ~valid_pixels(chunk[idx], nd)
+        chunk[:, invalid] = out_nodata
+    return chunk
+
+
 def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                   resample_to: Path | None = None, resampling: str = "bilinear",
                   progress: bool = True, dtype: str | None = None,
@@ -297,100 +293,36 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
     unchanged.
     """
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
     from tqdm import tqdm
-
-    # Lazy: patches imports this module (open_raster, grid_mismatch) at import time.
-    from satseg_jax.raster.patches import valid_pixels
 
     bands = [Path(b) for b in bands]
     out = Path(out)
-    if not bands:
-        raise SatsegError("compose: give at least one band file with --bands")
-    if resampling not in RESAMPLING:
-        raise SatsegError(f"--resampling {resampling!r}: expected one of {', '.join(RESAMPLING)}")
-    if dtype is not None and dtype not in DTYPES:
-        raise SatsegError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    method = Resampling[resampling]
-    if any(out.resolve() == b.resolve() for b in bands):
-        raise SatsegError(f"{out}: the output is one of the input bands; choose another --out")
-
+    method = _check_options(bands, out, resampling, dtype)
     with ExitStack() as stack:
         stack.enter_context(gdal_env())
         srcs = [stack.enter_context(open_raster(b)) for b in bands]
         total = sum(ds.count for ds in srcs)
-        if names:
-            names = list(names)
-            if len(names) != total:
-                raise SatsegError(f"--names has {len(names)} names for {total} bands "
-                                  f"({len(bands)} files); give one name per band")
-            if len(set(names)) != len(names):
-                raise SatsegError(f"--names: band names must be unique, got {names}")
-        else:
-            names = _default_names(bands, srcs)
-        nodatas = []
-        for path, ds in zip(bands, srcs):
-            if len({_nodata_key(v) for v in ds.nodatavals}) > 1:
-                raise SatsegError(f"{path}: its bands have different nodata values "
-                                  f"{ds.nodatavals}; set one (gdal_edit.py -a_nodata VALUE)")
-            nodatas.append(ds.nodata)
-        first = srcs[0]
+        names = _band_names(bands, srcs, names, total)
+        nodatas = _input_nodatas(bands, srcs)
         if resample_to is not None:
-            ref = stack.enter_context(open_raster(Path(resample_to)))
-            grid = {"crs": ref.crs, "transform": ref.transform, "width": ref.width,
-                    "height": ref.height}
-            if ref.crs is None:
-                raise SatsegError(f"{resample_to}: reference raster has no crs; pick a "
-                                  "georeferenced --resample-to")
-            for path, ds in zip(bands, srcs):
-                if grid_mismatch(ref, ds) and ds.crs is None:
-                    raise SatsegError(f"{path}: has no crs, so it cannot be reprojected onto "
-                                      f"{resample_to}; georeference it first")
+            warped, grid = _reproject_inputs(stack, bands, srcs, resample_to, method)
             out_dtype = _output_dtype(bands, srcs, dtype)
-            srcs = [stack.enter_context(WarpedVRT(ds, resampling=method, **grid))
-                    if grid_mismatch(ref, ds) else ds for ds in srcs]
-            height, width, crs, transform = ref.height, ref.width, ref.crs, ref.transform
+            srcs = warped
         else:
-            for path, ds in zip(bands[1:], srcs[1:]):
-                problem = grid_mismatch(first, ds)
-                if problem:
-                    raise SatsegError(f"{path}: {problem} of {bands[0]}; align the bands "
-                                      "or pass --resample-to REFERENCE.tif")
+            grid = _check_aligned(bands, srcs)
             out_dtype = _output_dtype(bands, srcs, dtype)
-            height, width = first.height, first.width
-            crs, transform = first.crs, first.transform
-
         out_nodata = _output_nodata(bands, nodatas, out_dtype, nodata)
         groups = _nodata_groups(srcs, nodatas)
         # One unit already marked with the output's value: rewriting would be a no-op.
         rewrite = out_nodata is not None and not (
             len(groups) == 1 and _nodata_key(groups[0][1]) == _nodata_key(out_nodata))
-        profile = {
-            "driver": "GTiff", "height": height, "width": width, "count": total,
-            "dtype": out_dtype.name, "crs": crs, "transform": transform,
-            "nodata": out_nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
-            "compress": "deflate", "predictor": 3 if out_dtype.kind == "f" else 2,
-            "interleave": "pixel", "BIGTIFF": "IF_SAFER",
-        }
-        windows = block_windows(height, width)
-        with atomic_path(out) as tmp:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                for i, n in enumerate(names, start=1):
-                    dst.set_band_description(i, n)
-                for w in tqdm(windows, desc=f"compose {out.name}", unit="win",
-                              disable=not progress, leave=False):
-                    chunk = np.empty((total, int(w.height), int(w.width)), out_dtype)
-                    pos = 0
-                    for path, ds in zip(bands, srcs):
-                        # out_dtype: exact, since _output_dtype only allows safe casts.
-                        chunk[pos:pos + ds.count] = read_window(ds, w, path,
-                                                                out_dtype=out_dtype.name)
-                        pos += ds.count
-                    if rewrite:
-                        invalid = np.zeros(chunk.shape[1:], bool)
-                        for idx, nd in groups:
-                            invalid |= ~valid_pixels(chunk[idx], nd)
-                        chunk[:, invalid] = out_nodata
-                    dst.write(chunk, window=w)
+        profile = _scene_profile(grid, total, out_dtype, out_nodata)
+        windows = block_windows(grid["height"], grid["width"])
+        with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            for i, n in enumerate(names, start=1):
+                dst.set_band_description(i, n)
+            for w in tqdm(windows, desc=f"compose {out.name}", unit="win",
+                          disable=not progress, leave=False):
+                dst.write(_read_stacked(bands, srcs, w, total, out_dtype,
+                                        groups if rewrite else None, out_nodata), window=w)
     return out

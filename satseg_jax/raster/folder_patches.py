@@ -5,7 +5,7 @@ Each source image is tiled exactly like a scene (same ``size``/``stride``/``edge
 an ordinary patches folder that ``satseg build`` reads. Differences from scene input:
 
 - patch ids are ``<source key>__r{row}_c{col}`` (keys from
-  :mod:`satseg_jax.datasets.pairing`, '/' → '__'), and index.csv gains ``source`` (the
+  :mod:`satseg_jax.raster.pairing`, '/' → '__'), and index.csv gains ``source`` (the
   key) and ``source_image`` (the file) so splits can keep a source together;
 - ``row``/``col`` are offsets inside the source image;
 - sources may be plain PNG/JPEG without georeferencing: their patches are written
@@ -20,28 +20,29 @@ nothing behind.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from satseg_jax.classes import load_classes
-from satseg_jax.datasets.pairing import Pair, find_pairs, safe_id
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_dir
-from satseg_jax.raster.compose import gdal_env, grid_mismatch, open_raster
+from satseg_jax.raster.io import gdal_env, grid_mismatch, open_raster
 from satseg_jax.raster.masks import MaskReader, quiet_georeference
+from satseg_jax.raster.pairing import Pair, find_pairs, safe_id
 from satseg_jax.raster.patches import (
     FORMAT_VERSION,
     PatchWriter,
     Tiler,
     check_tiling,
-    default_write_threads,
     fill_value,
     json_nodata,
     patch_profile,
+    throughput,
+    write_threads,
 )
 from satseg_jax.raster.windows import patch_windows
 
@@ -88,6 +89,112 @@ def _check_pair(pair: Pair, img, mask, ref: dict | None) -> dict:
     return head
 
 
+def _check_pairs(pairs: list[Pair], classes, mask_mode: str, colour_tolerance: int | None,
+                 progress: bool) -> tuple[list[dict], Counter]:
+    """Every pair's header checked against the first before any patch is written: the
+    headers (size, crs, bands...) and how many masks are of each kind."""
+    from tqdm import tqdm
+
+    ref = None
+    heads = []
+    kinds: Counter = Counter()
+    for p in tqdm(pairs, desc="checking pairs", unit="pair", disable=not progress,
+                  leave=False):
+        with open_raster(p.image) as img, open_raster(p.mask) as mask:
+            head = _check_pair(p, img, mask, ref)
+            kinds[MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance).kind] += 1
+            head.update(width=img.width, height=img.height,
+                        crs=img.crs.to_wkt() if img.crs else None)
+        ref = ref or head
+        heads.append(head)
+    return heads, kinds
+
+
+@dataclass
+class _Tiled:
+    """What tiling the sources gave: one summary per source, windows, bytes read."""
+
+    sources: list[dict] = field(default_factory=list)
+    n_windows: int = 0
+    in_bytes: int = 0
+    too_small: list[str] = field(default_factory=list)
+
+
+def _tile_pairs(tiler: Tiler, pairs: list[Pair], heads: list[dict], mask_mode: str,
+                colour_tolerance: int | None, stride: int, edge: str,
+                progress: bool) -> _Tiled:
+    """Tile each source through ``tiler`` like a scene, with its mask read per window."""
+    from tqdm import tqdm
+
+    size, ref = tiler.size, heads[0]
+    dtype, band_names = ref["dtypes"][0], ref["bands"]
+    img_fill = fill_value(ref["nodata"], dtype)
+    done = _Tiled()
+    for p, head in tqdm(list(zip(pairs, heads)), desc="patches", unit="image",
+                        disable=not progress):
+        with open_raster(p.image) as src, open_raster(p.mask) as mask:
+            reader = MaskReader(mask, p.mask, tiler.classes, mask_mode, colour_tolerance)
+            wins = patch_windows(src.height, src.width, size, stride, edge)
+            done.n_windows += len(wins)
+            done.in_bytes += src.width * src.height * src.count * np.dtype(dtype).itemsize
+            if not wins:
+                done.too_small.append(str(p.image))
+            profile = patch_profile(src, size, src.count, dtype, src.nodata)
+            kept = tiler.tile(
+                src, p.image, wins,
+                lambda w, valid, r=reader: r.read(w, size, valid),
+                profile, img_fill, band_names, progress=False,
+                id_prefix=safe_id(p.key) + "__",
+                extra_fields={"source": p.key, "source_image": str(p.image)})
+        done.sources.append({"key": p.key, "image": str(p.image), "mask": str(p.mask),
+                             "width": head["width"], "height": head["height"],
+                             "crs": head["crs"], "mask_kind": reader.kind,
+                             "patches": kept})
+    return done
+
+
+def _folder_info(done: _Tiled, ref: dict, *, images, masks, pair: str | None, size: int,
+                 stride: int, edge: str, min_valid: float, num_patches: int, kinds: Counter,
+                 colour_tolerance: int | None, scene_label: bool, purity: float,
+                 skipped: list[str]) -> dict:
+    """patches.json of a folder set: the scene fields are null (there is no one scene),
+    the CRS is the sources' common one, and every source is listed with its counts."""
+    crss = {s["crs"] for s in done.sources}
+    return {
+        "format_version": FORMAT_VERSION,
+        "input": "folders",
+        "image": None,
+        "images": str(images),
+        "masks": str(masks),
+        "pair": pair,
+        "bands": ref["bands"],
+        "dtype": ref["dtypes"][0],
+        "nodata": ref["nodata"],
+        "crs": crss.pop() if len(crss) == 1 else None,
+        "georeferenced": all(s["crs"] for s in done.sources),
+        "scene_transform": None,
+        "scene_height": None,
+        "scene_width": None,
+        "size": size,
+        "stride": stride,
+        "edge": edge,
+        "min_valid": min_valid,
+        "num_windows": done.n_windows,
+        "num_patches": num_patches,
+        "num_sources": len(done.sources),
+        "label_source": str(masks),
+        "label_type": "mask_folder",
+        "mask_kinds": dict(kinds),
+        "colour_tolerance": colour_tolerance,
+        "class_field": None,
+        "task": "classification" if scene_label else "segmentation",
+        "purity": purity if scene_label else None,
+        "skipped_unpaired": skipped,
+        "smaller_than_size": done.too_small,
+        "sources": done.sources,
+    }
+
+
 def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
                         classes_path: Path, pair: str | None = None,
                         skip_unpaired: bool = False, colour_tolerance: int | None = None,
@@ -104,8 +211,6 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
     :class:`MaskReader`. The other options mean what they mean for a scene
     (:func:`satseg_jax.raster.patches.make_patches`). Returns a JSON-able summary.
     """
-    from tqdm import tqdm
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     stride = check_tiling(size, stride, min_valid, edge)
@@ -114,111 +219,39 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
     classes = load_classes(classes_path)
     pairing = find_pairs(images, masks, pair)
     skipped = pairing.check_complete(skip_unpaired)
-    threads = default_write_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise SatsegError(f"--threads {threads}: must be 1 or more")
+    threads = write_threads(threads)
 
     with gdal_env(), quiet_georeference():
-        ref = None
-        heads = []
-        kinds: Counter = Counter()
-        for p in tqdm(pairing.pairs, desc="checking pairs", unit="pair", disable=not progress,
-                      leave=False):
-            with open_raster(p.image) as img, open_raster(p.mask) as mask:
-                head = _check_pair(p, img, mask, ref)
-                kinds[MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance).kind] += 1
-                head.update(width=img.width, height=img.height,
-                            crs=img.crs.to_wkt() if img.crs else None)
-            ref = ref or head
-            heads.append(head)
-        dtype, nodata = ref["dtypes"][0], ref["nodata"]
-        band_names = ref["bands"]
-        img_fill = fill_value(nodata, dtype)
-        sources = []
-        n_windows = 0
-        in_bytes = 0
-        too_small = []
+        heads, kinds = _check_pairs(pairing.pairs, classes, mask_mode, colour_tolerance,
+                                    progress)
+        ref = heads[0]
         with atomic_dir(out_dir, overwrite=overwrite) as tmp, PatchWriter(threads) as writer:
             tiler = Tiler(tmp, writer, classes, size, min_valid, scene_label, purity)
-            bar = tqdm(list(zip(pairing.pairs, heads)), desc="patches", unit="image",
-                       disable=not progress)
-            for p, head in bar:
-                with open_raster(p.image) as src, open_raster(p.mask) as mask:
-                    reader = MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance)
-                    wins = patch_windows(src.height, src.width, size, stride, edge)
-                    n_windows += len(wins)
-                    in_bytes += src.width * src.height * src.count * np.dtype(dtype).itemsize
-                    if not wins:
-                        too_small.append(str(p.image))
-                    profile = patch_profile(src, size, src.count, dtype, src.nodata)
-                    kept = tiler.tile(
-                        src, p.image, wins,
-                        lambda w, valid, r=reader: r.read(w, size, valid),
-                        profile, img_fill, band_names, progress=False,
-                        id_prefix=safe_id(p.key) + "__",
-                        extra_fields={"source": p.key, "source_image": str(p.image)})
-                sources.append({"key": p.key, "image": str(p.image), "mask": str(p.mask),
-                                "width": head["width"], "height": head["height"],
-                                "crs": head["crs"], "mask_kind": reader.kind,
-                                "patches": kept})
+            done = _tile_pairs(tiler, pairing.pairs, heads, mask_mode, colour_tolerance,
+                               stride, edge, progress)
             if not tiler.rows:
                 raise SatsegError(
                     f"{images}: no patch was kept from {len(pairing.pairs)} image(s) "
-                    f"({n_windows} windows; {len(too_small)} image(s) smaller than --size "
-                    f"{size}); use a smaller --size, --edge pad, or a lower --min-valid")
-            tiler.check_ids(masks)
-            tiler.write_index(extra=("source", "source_image"))
-            classes.save(tmp / "classes.json")
-            crss = {s["crs"] for s in sources}
-            info = {
-                "format_version": FORMAT_VERSION,
-                "input": "folders",
-                "image": None,
-                "images": str(images),
-                "masks": str(masks),
-                "pair": pair,
-                "bands": band_names,
-                "dtype": dtype,
-                "nodata": nodata,
-                "crs": crss.pop() if len(crss) == 1 else None,
-                "georeferenced": all(s["crs"] for s in sources),
-                "scene_transform": None,
-                "scene_height": None,
-                "scene_width": None,
-                "size": size,
-                "stride": stride,
-                "edge": edge,
-                "min_valid": min_valid,
-                "num_windows": n_windows,
-                "num_patches": len(tiler.rows),
-                "num_sources": len(sources),
-                "label_source": str(masks),
-                "label_type": "mask_folder",
-                "mask_kinds": dict(kinds),
-                "colour_tolerance": colour_tolerance,
-                "class_field": None,
-                "task": "classification" if scene_label else "segmentation",
-                "purity": purity if scene_label else None,
-                "skipped_unpaired": skipped,
-                "smaller_than_size": too_small,
-                "sources": sources,
-            }
-            (tmp / "patches.json").write_text(json.dumps(info, indent=2) + "\n")
-    totals = tiler.totals
-    seconds = time.perf_counter() - t_start
+                    f"({done.n_windows} windows; {len(done.too_small)} image(s) smaller "
+                    f"than --size {size}); use a smaller --size, --edge pad, or a lower "
+                    "--min-valid")
+            info = _folder_info(done, ref, images=images, masks=masks, pair=pair, size=size,
+                                stride=stride, edge=edge, min_valid=min_valid,
+                                num_patches=len(tiler.rows), kinds=kinds,
+                                colour_tolerance=colour_tolerance, scene_label=scene_label,
+                                purity=purity, skipped=skipped)
+            tiler.finish(masks, info, extra=("source", "source_image"))
     return {
         "out": str(out_dir),
-        "num_sources": len(sources),
-        "num_windows": n_windows,
+        "num_sources": len(done.sources),
+        "num_windows": done.n_windows,
         "num_patches": len(tiler.rows),
-        "skipped_low_valid": n_windows - len(tiler.rows),
+        "skipped_low_valid": done.n_windows - len(tiler.rows),
         "skipped_unpaired": skipped,
-        "smaller_than_size": too_small,
-        "bands": band_names,
+        "smaller_than_size": done.too_small,
+        "bands": ref["bands"],
         "georeferenced": info["georeferenced"],
         "mask_kinds": dict(kinds),
-        "class_pixel_counts": {n: int(totals[i]) for i, n in enumerate(classes.names)},
-        "ignored_pixels": int(totals[255]),
-        "seconds": round(seconds, 3),
-        "input_mb_per_s": round(in_bytes / 1e6 / max(seconds, 1e-9), 1),
+        **tiler.pixel_counts(),
+        **throughput(t_start, done.in_bytes),
     }

@@ -28,6 +28,7 @@ import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL, ClassSet, pack_colours
 from satseg_jax.errors import SatsegError
+from satseg_jax.raster.io import block_windows, read_window
 from satseg_jax.raster.windows import Win, to_rasterio
 
 MASK_MODES = ("auto", "index", "colour")
@@ -134,8 +135,6 @@ class MaskReader:
 
     def read(self, win: Win, size: int, valid: np.ndarray) -> np.ndarray:
         """Class ids of ``win`` padded to size×size; 255 where ``valid`` is False."""
-        from satseg_jax.raster.compose import read_window
-
         raw = read_window(self.ds, to_rasterio(win), self.path)
         keys = self._keys(raw)
         out = np.full((size, size), IGNORE_LABEL, np.uint8)
@@ -154,8 +153,6 @@ class MaskReader:
     def _raise_for_whole_file(self) -> None:
         """Count every undeclared value/colour over the whole file (strip by strip, so
         memory stays bounded) and raise one error with the totals."""
-        from satseg_jax.raster.compose import block_windows, read_window
-
         totals: Counter = Counter()
         for w in block_windows(self.ds.height, self.ds.width):
             raw = read_window(self.ds, w, self.path)

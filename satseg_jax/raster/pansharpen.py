@@ -22,6 +22,7 @@ import numpy as np
 
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_path
+from satseg_jax.raster.io import open_raster, read_window
 
 METHODS = ("brovey", "weighted", "ihs")
 BLOCK = 512
@@ -49,8 +50,6 @@ def pansharpen(bands: list[Path], pan: Path, out: Path, method: str = "brovey",
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
     from tqdm import tqdm
-
-    from satseg_jax.raster.compose import open_raster, read_window
 
     if method not in METHODS:
         raise SatsegError(f"--method {method!r}: expected one of {METHODS}")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import time
 from collections import deque
@@ -41,7 +40,15 @@ import numpy as np
 from satseg_jax.classes import IGNORE_LABEL, ClassSet, load_classes
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_dir
-from satseg_jax.raster.compose import gdal_env, grid_mismatch, open_raster, read_window
+from satseg_jax.raster.io import (
+    gdal_env,
+    grid_mismatch,
+    is_nan,
+    open_raster,
+    read_window,
+    valid_pixels,
+)
+from satseg_jax.raster.vectors import load_vector_labels
 from satseg_jax.raster.windows import EDGES, Win, patch_windows, to_rasterio
 
 FORMAT_VERSION = 1
@@ -50,344 +57,6 @@ FORMAT_VERSION = 1
 def patch_id(row: int, col: int) -> str:
     """The id of the patch whose upper-left pixel is (row, col) in the scene."""
     return f"r{row:06d}_c{col:06d}"
-
-
-def _is_nan(v) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
-def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(H, W) True where the pixel has data.
-
-    A pixel is nodata when *all* its bands equal ``nodata`` (a dark water pixel may be
-    0 in one band and still be data), or when any band is NaN/inf (float scenes).
-    """
-    valid = np.ones(image.shape[1:], dtype=bool)
-    if np.issubdtype(image.dtype, np.floating):
-        valid &= np.isfinite(image).all(axis=0)
-    if nodata is not None and not _is_nan(nodata):
-        if np.issubdtype(image.dtype, np.integer):
-            info = np.iinfo(image.dtype)
-            if not (info.min <= nodata <= info.max and float(nodata).is_integer()):
-                return valid  # nodata not representable: no pixel can equal it
-        valid &= ~(image == np.asarray(nodata, dtype=image.dtype)).all(axis=0)
-    return valid
-
-
-# ----------------------------------------------------------------------------- vectors
-
-
-class VectorLabels:
-    """Label polygons in the scene CRS with their class ids, queried by window bounds."""
-
-    def __init__(self, geoms: list[dict], ids: np.ndarray):
-        from rasterio import features
-
-        self.geoms = geoms
-        self.ids = ids.astype(np.uint8)
-        self.repaired = 0  # geometries repaired while loading (open rings closed)
-        b = np.array([features.bounds(g) for g in geoms], dtype=np.float64).reshape(-1, 4)
-        self.x0, self.y0, self.x1, self.y1 = b.T
-        self._strip_key: tuple | None = None
-        self._strip: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.geoms)
-
-    def mask(self, transform, height: int, width: int | None = None) -> np.ndarray:
-        """(height, width) uint8 class ids (255 where no polygon) on the grid ``transform``.
-
-        Only the features whose bounds meet the area are passed to GDAL; pixels are
-        burnt where their centre falls inside a polygon, so any sub-grid of the scene
-        grid gives exactly the pixels of rasterizing the whole layer at once.
-        """
-        from rasterio import features
-
-        width = height if width is None else width
-        xs = (transform.c, transform.c + transform.a * width)
-        ys = (transform.f, transform.f + transform.e * height)
-        hit = np.flatnonzero((self.x0 <= max(xs)) & (self.x1 >= min(xs))
-                             & (self.y0 <= max(ys)) & (self.y1 >= min(ys)))
-        if hit.size == 0:
-            return np.full((height, width), IGNORE_LABEL, dtype=np.uint8)
-        return features.rasterize(
-            ((self.geoms[i], int(self.ids[i])) for i in hit), out_shape=(height, width),
-            transform=transform, fill=IGNORE_LABEL, dtype="uint8")
-
-    def window_mask(self, win: Win, size: int, scene_transform, scene_width: int
-                    ) -> np.ndarray:
-        """The (size, size) mask of the patch at ``win``, cut from a strip of rows.
-
-        Why strips: GDAL converts and scans every polygon passed to it, and the large
-        natural regions meet many windows; rasterizing one strip per row of windows
-        (windows come row-major) instead of one call per window cut vector patching
-        from 31 s to a few seconds on a 4096² scene. Memory: ``size × (width + size)``
-        bytes, independent of the scene height.
-        """
-        from affine import Affine
-
-        key = (win.row, size)
-        if self._strip_key != key:
-            t = scene_transform * Affine.translation(0, win.row)
-            self._strip = self.mask(t, size, scene_width + size)  # + size: padded edges
-            self._strip_key = key
-        return self._strip[:, win.col:win.col + size].copy()
-
-
-def _geojson_crs(collection: dict, path: Path):
-    """CRS of a GeoJSON: its legacy ``crs`` member, else WGS 84 (RFC 7946)."""
-    from rasterio.crs import CRS
-
-    crs = collection.get("crs")
-    if not crs:
-        return CRS.from_epsg(4326)
-    name = (crs.get("properties") or {}).get("name") if isinstance(crs, dict) else None
-    if not isinstance(name, str):
-        raise SatsegError(f"{path}: cannot understand its \"crs\" member {crs!r}; use "
-                          "{\"type\": \"name\", \"properties\": {\"name\": \"EPSG:XXXX\"}}")
-    if name.upper().endswith("CRS84"):
-        return CRS.from_epsg(4326)
-    for candidate in (name, name.replace("urn:ogc:def:crs:", "").replace("::", ":")):
-        try:
-            return CRS.from_user_input(candidate)
-        except Exception:  # noqa: BLE001 - any parse failure: try the next spelling
-            continue
-    raise SatsegError(f"{path}: cannot understand its crs {name!r}; use e.g. "
-                      "\"urn:ogc:def:crs:EPSG::32723\"")
-
-
-def _read_features(path: Path) -> tuple[list[dict], object]:
-    """([{"geometry": ..., "properties": ...}], crs) from GeoJSON, or via fiona/pyogrio."""
-    from rasterio.crs import CRS
-
-    if path.suffix.lower() in (".geojson", ".json"):
-        try:
-            collection = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SatsegError(f"{path}: not valid GeoJSON ({e})") from None
-        if isinstance(collection, dict) and collection.get("type") == "Feature":
-            collection = {"type": "FeatureCollection", "features": [collection]}
-        feats = collection.get("features") if isinstance(collection, dict) else None
-        if not isinstance(feats, list):
-            raise SatsegError(f"{path}: not a GeoJSON FeatureCollection (no \"features\" list)")
-        return feats, _geojson_crs(collection, path)
-    try:
-        import fiona
-    except ImportError:
-        fiona = None
-    if fiona is not None:
-        try:
-            with fiona.open(path) as src:
-                crs = CRS.from_user_input(src.crs_wkt) if src.crs_wkt else CRS.from_epsg(4326)
-                feats = [{"geometry": dict(f["geometry"]) if f["geometry"] else None,
-                          "properties": dict(f["properties"])} for f in src]
-        except Exception as e:  # noqa: BLE001 - fiona raises many types for bad files
-            raise SatsegError(f"{path}: cannot be read as a vector file ({e})") from None
-        return feats, crs
-    try:
-        import pyogrio
-        import shapely
-    except ImportError:
-        raise SatsegError(
-            f"{path}: reading {path.suffix or 'this'} vector files needs fiona or pyogrio "
-            "(pip install pyogrio shapely), or convert it to GeoJSON "
-            "(ogr2ogr -f GeoJSON labels.geojson INPUT)") from None
-    try:
-        meta, _, geoms, field_data = pyogrio.raw.read(path)
-    except Exception as e:  # noqa: BLE001 - pyogrio raises many types for bad files
-        raise SatsegError(f"{path}: cannot be read as a vector file ({e})") from None
-    fields = list(meta["fields"])
-    feats = [{"geometry": shapely.geometry.mapping(shapely.from_wkb(g)) if g is not None
-              else None,
-              "properties": {f: _plain(field_data[i][j]) for i, f in enumerate(fields)}}
-             for j, g in enumerate(geoms)]
-    crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else CRS.from_epsg(4326)
-    return feats, crs
-
-
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def _class_lookup(classes: ClassSet) -> dict:
-    """Attribute value -> class id (255 for ignore values); names match too."""
-    lookup: dict = {}
-    for c in classes.classes:
-        lookup[c.value] = c.id
-        lookup[c.name] = c.id
-    for v in classes.ignore_values:
-        lookup[v] = IGNORE_LABEL
-    return lookup
-
-
-def _normalise_value(v):
-    """Integer-like attribute values (3, 3.0, "3") -> int; other strings stay strings."""
-    if isinstance(v, bool) or v is None:
-        return v
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str):
-        s = v.strip()
-        try:
-            return int(s)
-        except ValueError:
-            return s
-    return v
-
-
-_POLYGONAL = ("Polygon", "MultiPolygon", "GeometryCollection")
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-def _check_ring(ring, where: str) -> tuple[list, bool]:
-    """(the ring, closed if it was not; whether it was closed here) or SatsegError text.
-
-    GeoJSON rings must be closed (last position = first); an open ring is closed here
-    (an unambiguous repair); fewer than 3 distinct corners, non-numeric or non-finite
-    coordinates are reported, since GDAL would silently burn nothing or crash on them.
-    """
-    if not isinstance(ring, (list, tuple)):
-        raise ValueError(f"{where} is {type(ring).__name__}, expected a list of positions")
-    for i, pos in enumerate(ring):
-        if (not isinstance(pos, (list, tuple)) or len(pos) < 2
-                or not all(_is_number(c) for c in pos)):
-            raise ValueError(f"{where} position {i} is {pos!r}, expected [x, y] numbers")
-        if not all(math.isfinite(c) for c in pos):
-            raise ValueError(f"{where} position {i} {list(pos)} is not finite")
-    ring = [list(p) for p in ring]
-    repaired = bool(ring) and ring[0][:2] != ring[-1][:2]
-    if repaired:
-        ring.append(list(ring[0]))
-    if len({tuple(p[:2]) for p in ring}) < 3:
-        raise ValueError(f"{where} has {len(ring)} position(s) and fewer than 3 distinct "
-                         "corners; a polygon ring needs at least 4 positions, the last equal "
-                         "to the first")
-    return ring, repaired
-
-
-def check_geometry(geom) -> tuple[dict | None, bool]:
-    """(a rasterizable polygonal geometry or None when empty, whether it was repaired).
-
-    Raises ValueError saying what is wrong. Why checked here: GDAL's rasterizer crashes
-    the process on malformed coordinates, burns nothing for NaN ones and burns lines and
-    points as thin strokes, all without an error. Self-intersecting rings (a "bowtie")
-    are kept: they are rasterized by the even-odd rule, which gives the same pixels as
-    ``shapely.make_valid`` (the bowtie becomes its two triangles).
-    """
-    if not isinstance(geom, dict) or geom.get("type") not in _POLYGONAL:
-        kind = geom.get("type") if isinstance(geom, dict) else type(geom).__name__
-        raise ValueError(f"geometry type {kind!r}; label features must be "
-                         f"{', '.join(_POLYGONAL)}")
-    if geom["type"] == "GeometryCollection":
-        parts = geom.get("geometries")
-        if not isinstance(parts, list):
-            raise ValueError("GeometryCollection without a \"geometries\" list")
-        out, repaired = [], False
-        for i, g in enumerate(parts):
-            try:
-                g2, r = check_geometry(g)
-            except ValueError as e:
-                raise ValueError(f"member {i}: {e}") from None
-            repaired |= r
-            if g2 is not None:
-                out.append(g2)
-        return ({"type": "GeometryCollection", "geometries": out} if out else None), repaired
-    coords = geom.get("coordinates")
-    if not isinstance(coords, (list, tuple)):
-        raise ValueError(f"{geom['type']} coordinates are {type(coords).__name__}, "
-                         "expected nested lists of positions")
-    polys = [coords] if geom["type"] == "Polygon" else coords
-    out_polys, repaired = [], False
-    for j, poly in enumerate(polys):
-        if not isinstance(poly, (list, tuple)):
-            raise ValueError(f"polygon {j} is {type(poly).__name__}, expected a list of rings")
-        rings = []
-        for k, ring in enumerate(poly):
-            name = f"polygon {j} ring {k}" if geom["type"] == "MultiPolygon" else f"ring {k}"
-            ring, r = _check_ring(ring, name)
-            repaired |= r
-            rings.append(ring)
-        if rings:
-            out_polys.append(rings)
-    if not out_polys:
-        return None, repaired  # empty geometry: nothing to burn, like a null geometry
-    if geom["type"] == "Polygon":
-        return {"type": "Polygon", "coordinates": out_polys[0]}, repaired
-    return {"type": "MultiPolygon", "coordinates": out_polys}, repaired
-
-
-def load_vector_labels(path: Path, class_field: str, classes: ClassSet, scene_crs
-                       ) -> VectorLabels:
-    """Read label polygons, map ``class_field`` through ``classes``, reproject to the scene.
-
-    The attribute may hold the class ``value`` (as classes.json) or the class name.
-    Features with a value not declared in classes.json are an error listing the values
-    and how many features carry them: labels are never silently dropped or remapped.
-    Geometries are checked by :func:`check_geometry`: a malformed one is an error naming
-    the feature's index; open rings are closed (counted in ``.repaired``).
-    """
-    from rasterio.warp import transform_geom
-
-    path = Path(path)
-    if not path.exists():
-        raise SatsegError(f"{path}: vector label file not found")
-    feats, src_crs = _read_features(path)
-    if not feats:
-        raise SatsegError(f"{path}: has no features; nothing to rasterize")
-    lookup = _class_lookup(classes)
-    geoms: list[dict] = []
-    ids: list[int] = []
-    bad: dict = {}
-    repaired = 0
-    for n, f in enumerate(feats):
-        props = (f.get("properties") or {}) if isinstance(f, dict) else {}
-        if class_field not in props:
-            available = sorted({k for g in feats[:100] if isinstance(g, dict)
-                                for k in (g.get("properties") or {})})
-            raise SatsegError(f"{path}: feature {n} has no attribute {class_field!r}; "
-                              f"available: {available}. Pass --class-field NAME")
-        value = _normalise_value(props[class_field])
-        try:
-            cid = lookup.get(value)
-        except TypeError:  # unhashable (list/dict attribute)
-            cid = None
-        if cid is None:
-            bad[repr(value)] = bad.get(repr(value), 0) + 1
-            continue
-        geom = f.get("geometry")
-        if not geom:
-            continue
-        try:
-            geom, was_repaired = check_geometry(geom)
-        except ValueError as e:
-            raise SatsegError(
-                f"{path}: feature {n} ({class_field}={props[class_field]!r}) has an invalid "
-                f"geometry: {e}. Fix or remove that feature (QGIS: Fix Geometries; "
-                "ogr2ogr -makevalid)") from None
-        if geom is None:
-            continue
-        repaired += was_repaired
-        geoms.append(geom)
-        ids.append(cid)
-    if bad:
-        listing = ", ".join(f"{v} ({n} features)" for v, n in sorted(bad.items()))
-        raise SatsegError(f"{path} attribute {class_field!r}: values not declared in "
-                          f"{classes.source}: {listing}. Add them to {classes.source} (as a "
-                          "class \"value\" or with \"ignore\": true)")
-    if scene_crs is not None and src_crs != scene_crs:
-        try:
-            geoms = [transform_geom(src_crs, scene_crs, g) for g in geoms]
-        except Exception as e:  # noqa: BLE001 - PROJ errors come in several types
-            raise SatsegError(f"{path}: cannot reproject from {src_crs} to the scene crs "
-                              f"{scene_crs} ({e})") from None
-    labels = VectorLabels(geoms, np.array(ids, dtype=np.int64))
-    labels.repaired = repaired
-    return labels
 
 
 # ----------------------------------------------------------------------------- main
@@ -491,7 +160,7 @@ def check_tiling(size: int, stride: int | None, min_valid: float, edge: str) -> 
 
 def fill_value(nodata, dtype: str):
     """What pads a partial edge window: nodata when the dtype can hold it, else 0."""
-    if nodata is not None and not (_is_nan(nodata) and np.dtype(dtype).kind != "f"):
+    if nodata is not None and not (is_nan(nodata) and np.dtype(dtype).kind != "f"):
         return nodata
     return 0
 
@@ -595,6 +264,131 @@ class Tiler:
             raise SatsegError(f"{label_source}: produced class ids outside 0..K-1")
 
 
+    def finish(self, label_source, info: dict, extra: tuple[str, ...] = ()) -> None:
+        """Write what completes a patches folder besides the patch files: index.csv,
+        classes.json and ``info`` as patches.json (after checking the class ids)."""
+        self.check_ids(label_source)
+        self.write_index(extra)
+        self.classes.save(self.tmp / "classes.json")
+        (self.tmp / "patches.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def pixel_counts(self) -> dict:
+        """The summary's class pixel totals over every kept patch, and the ignored ones."""
+        return {"class_pixel_counts": {n: int(self.totals[i])
+                                       for i, n in enumerate(self.classes.names)},
+                "ignored_pixels": int(self.totals[IGNORE_LABEL])}
+
+
+def write_threads(threads: int | None) -> int:
+    """``--threads`` checked (1 or more), or :func:`default_write_threads` for None."""
+    threads = default_write_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise SatsegError(f"--threads {threads}: must be 1 or more")
+    return threads
+
+
+def throughput(t_start: float, in_bytes: int) -> dict:
+    """The summary's timing: seconds since ``t_start`` and input MB read per second."""
+    seconds = time.perf_counter() - t_start
+    return {"seconds": round(seconds, 3),
+            "input_mb_per_s": round(in_bytes / 1e6 / max(seconds, 1e-9), 1)}
+
+
+class LabelRaster:
+    """A label raster on the scene grid, read per window into class-id masks.
+
+    Why checked on open: a label raster on another grid, with several bands or float
+    values would give silently wrong masks, so each is an error naming the file.
+    """
+
+    def __init__(self, ds, path: Path, scene, image: Path, classes: ClassSet, size: int):
+        if ds.count != 1:
+            raise SatsegError(f"{path}: band count is {ds.count}; a label raster "
+                              "has one band of class values")
+        problem = grid_mismatch(scene, ds)
+        if problem:
+            raise SatsegError(f"{path}: label raster {problem} of {image}; "
+                              "rasterize or warp the labels onto the scene grid")
+        if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+            raise SatsegError(f"{path}: dtype {ds.dtypes[0]}; label rasters must "
+                              "hold integer class values")
+        declared = {c.value for c in classes.classes}
+        nodata = ds.nodata
+        if nodata is not None and (is_nan(nodata) or nodata in declared):
+            # A declared class wins over the file's nodata tag: classes.json is explicit.
+            nodata = None
+        self.ds, self.path, self.classes, self.size, self.nodata = ds, path, classes, size, nodata
+
+    def mask(self, w: Win, valid: np.ndarray) -> np.ndarray:
+        """(size, size) class ids of window ``w``; 255 where invalid or label nodata."""
+        size = self.size
+        raw = _read_padded(self.ds, w, size, self.path, 0, 1)
+        valid_lab = valid & (raw != self.nodata) if self.nodata is not None else valid
+        mask = np.full((size, size), IGNORE_LABEL, np.uint8)
+        mask[valid_lab] = self.classes.value_to_id(
+            raw[valid_lab], what=f"{self.path} (window row {w.row}, col {w.col})")
+        return mask
+
+
+def _vector_mask_fn(vec, src, size: int):
+    """``label_mask(w, valid)`` for vector labels: the rasterized window, 255 off-data."""
+    def label_mask(w: Win, valid: np.ndarray) -> np.ndarray:
+        mask = vec.window_mask(w, size, src.transform, src.width)
+        mask[~valid] = IGNORE_LABEL
+        return mask
+    return label_mask
+
+
+def _scene_dtype(src, image: Path) -> str:
+    """The scene's one dtype (a scene whose bands differ must be re-composed)."""
+    if len(set(src.dtypes)) > 1:
+        raise SatsegError(f"{image}: bands have different dtypes {src.dtypes}; "
+                          "re-compose the scene with one dtype")
+    return src.dtypes[0]
+
+
+def _no_patch_error(image: Path, scene_label: bool, purity: float, min_valid: float,
+                    n_windows: int, nodata) -> SatsegError:
+    """Why a scene gave no patch, and what to change."""
+    if scene_label:
+        return SatsegError(f"{image}: no patch reaches --purity {purity} with valid "
+                           f"fraction >= {min_valid}; lower --purity or --size")
+    return SatsegError(
+        f"{image}: no patch has valid fraction >= min_valid {min_valid} "
+        f"({n_windows} windows checked, nodata={nodata}); is the scene all "
+        "nodata? Check the file's nodata value or lower --min-valid")
+
+
+def _scene_info(src, image: Path, band_names: list[str], dtype: str, *, size: int,
+                stride: int, edge: str, min_valid: float, num_windows: int, num_patches: int,
+                label_source: Path, vector: bool, class_field: str, scene_label: bool,
+                purity: float) -> dict:
+    """patches.json of a scene: its grid, bands and nodata, the tiling parameters and
+    the label source, so ``satseg build`` and ``inspect`` know what the patches hold."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "image": str(image.absolute()),
+        "bands": band_names,
+        "dtype": dtype,
+        "nodata": json_nodata(src.nodata, dtype),
+        "crs": src.crs.to_wkt() if src.crs else None,
+        "scene_transform": list(src.transform)[:6],
+        "scene_height": src.height,
+        "scene_width": src.width,
+        "size": size,
+        "stride": stride,
+        "edge": edge,
+        "min_valid": min_valid,
+        "num_windows": num_windows,
+        "num_patches": num_patches,
+        "label_source": str(label_source.absolute()),
+        "label_type": "vector" if vector else "raster",
+        "class_field": class_field if vector else None,
+        "task": "classification" if scene_label else "segmentation",
+        "purity": purity if scene_label else None,
+    }
+
+
 def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256,
                  stride: int | None = None, min_valid: float = 0.5, edge: str = "drop",
                  labels: Path | None = None, vector: Path | None = None,
@@ -627,114 +421,48 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
         stack.enter_context(gdal_env())
         src = stack.enter_context(open_raster(image))
         nodata = src.nodata
-        if len(set(src.dtypes)) > 1:
-            raise SatsegError(f"{image}: bands have different dtypes {src.dtypes}; "
-                              "re-compose the scene with one dtype")
-        dtype = src.dtypes[0]
+        dtype = _scene_dtype(src, image)
         band_names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
-        lab = None
         vec = None
-        label_nodata = None
         if labels is not None:
-            lab = stack.enter_context(open_raster(label_source))
-            if lab.count != 1:
-                raise SatsegError(f"{label_source}: band count is {lab.count}; a label raster "
-                                  "has one band of class values")
-            problem = grid_mismatch(src, lab)
-            if problem:
-                raise SatsegError(f"{label_source}: label raster {problem} of {image}; "
-                                  "rasterize or warp the labels onto the scene grid")
-            if not np.issubdtype(np.dtype(lab.dtypes[0]), np.integer):
-                raise SatsegError(f"{label_source}: dtype {lab.dtypes[0]}; label rasters must "
-                                  "hold integer class values")
-            declared = {c.value for c in classes.classes}
-            label_nodata = lab.nodata
-            if label_nodata is not None and (_is_nan(label_nodata) or label_nodata in declared):
-                # A declared class wins over the file's nodata tag: classes.json is explicit.
-                label_nodata = None
+            label_mask = LabelRaster(stack.enter_context(open_raster(label_source)),
+                                     label_source, src, image, classes, size).mask
         else:
             vec = load_vector_labels(label_source, class_field, classes, src.crs)
+            label_mask = _vector_mask_fn(vec, src, size)
         wins = patch_windows(src.height, src.width, size, stride, edge)
         if not wins:
             raise SatsegError(f"{image}: scene {src.width}x{src.height} is smaller than one "
                               f"{size}-px patch; use a smaller --size or --edge pad")
         img_profile = patch_profile(src, size, src.count, dtype, nodata)
-
-        def label_mask(w: Win, valid: np.ndarray) -> np.ndarray:
-            if lab is not None:
-                raw = _read_padded(lab, w, size, label_source, 0, 1)
-                valid_lab = valid & (raw != label_nodata) if label_nodata is not None else valid
-                mask = np.full((size, size), IGNORE_LABEL, np.uint8)
-                mask[valid_lab] = classes.value_to_id(
-                    raw[valid_lab], what=f"{label_source} (window row {w.row}, col {w.col})")
-                return mask
-            mask = vec.window_mask(w, size, src.transform, src.width)
-            mask[~valid] = IGNORE_LABEL
-            return mask
-
-        img_fill = fill_value(nodata, dtype)
-        names = classes.names
-        threads = default_write_threads() if threads is None else int(threads)
-        if threads < 1:
-            raise SatsegError(f"--threads {threads}: must be 1 or more")
+        threads = write_threads(threads)
         with atomic_dir(out_dir, overwrite=overwrite) as tmp, PatchWriter(threads) as patch_writer:
             tiler = Tiler(tmp, patch_writer, classes, size, min_valid, scene_label, purity)
-            tiler.tile(src, image, wins, label_mask, img_profile, img_fill, band_names,
-                       progress=progress)
-            rows, totals = tiler.rows, tiler.totals
-            if not rows and scene_label:
-                raise SatsegError(f"{image}: no patch reaches --purity {purity} with valid "
-                                  f"fraction >= {min_valid}; lower --purity or --size")
-            if not rows:
-                raise SatsegError(
-                    f"{image}: no patch has valid fraction >= min_valid {min_valid} "
-                    f"({len(wins)} windows checked, nodata={nodata}); is the scene all "
-                    "nodata? Check the file's nodata value or lower --min-valid")
-            tiler.check_ids(label_source)
-            tiler.write_index()
-            classes.save(tmp / "classes.json")
-            info = {
-                "format_version": FORMAT_VERSION,
-                "image": str(image.absolute()),
-                "bands": band_names,
-                "dtype": dtype,
-                "nodata": json_nodata(nodata, dtype),
-                "crs": src.crs.to_wkt() if src.crs else None,
-                "scene_transform": list(src.transform)[:6],
-                "scene_height": src.height,
-                "scene_width": src.width,
-                "size": size,
-                "stride": stride,
-                "edge": edge,
-                "min_valid": min_valid,
-                "num_windows": len(wins),
-                "num_patches": len(rows),
-                "label_source": str(label_source.absolute()),
-                "label_type": "raster" if lab is not None else "vector",
-                "class_field": class_field if vec is not None else None,
-                "task": "classification" if scene_label else "segmentation",
-                "purity": purity if scene_label else None,
-            }
-            (tmp / "patches.json").write_text(json.dumps(info, indent=2) + "\n")
+            tiler.tile(src, image, wins, label_mask, img_profile, fill_value(nodata, dtype),
+                       band_names, progress=progress)
+            if not tiler.rows:
+                raise _no_patch_error(image, scene_label, purity, min_valid, len(wins), nodata)
+            tiler.finish(label_source, _scene_info(
+                src, image, band_names, dtype, size=size, stride=stride, edge=edge,
+                min_valid=min_valid, num_windows=len(wins), num_patches=len(tiler.rows),
+                label_source=label_source, vector=vec is not None, class_field=class_field,
+                scene_label=scene_label, purity=purity))
         scene_bytes = src.width * src.height * src.count * np.dtype(dtype).itemsize
-    seconds = time.perf_counter() - t_start
     return {
         "out": str(out_dir),
         "num_windows": len(wins),
-        "num_patches": len(rows),
-        "skipped_low_valid": len(wins) - len(rows),
+        "num_patches": len(tiler.rows),
+        "skipped_low_valid": len(wins) - len(tiler.rows),
         "bands": band_names,
-        "class_pixel_counts": {n: int(totals[i]) for i, n in enumerate(names)},
-        "ignored_pixels": int(totals[IGNORE_LABEL]),
+        **tiler.pixel_counts(),
         "repaired_geometries": vec.repaired if vec is not None else 0,
-        "seconds": round(seconds, 3),
-        "input_mb_per_s": round(scene_bytes / 1e6 / max(seconds, 1e-9), 1),
+        **throughput(t_start, scene_bytes),
     }
 
 
 def json_nodata(nodata, dtype: str):
     """nodata as JSON: null for none/NaN, an int for integer dtypes."""
-    if nodata is None or _is_nan(nodata):
+    if nodata is None or is_nan(nodata):
         return None
     if np.dtype(dtype).kind in "iu" and float(nodata).is_integer():
         return int(nodata)

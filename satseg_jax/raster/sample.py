@@ -217,6 +217,73 @@ class SampleScene:
         return x
 
 
+def _scene_labels(scene: SampleScene, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, variant fraction quantised to uint8, footprint) of the whole scene,
+    computed strip by strip; kept whole because the bands' blurs need their halo."""
+    labels = np.empty((size, size), np.uint8)
+    variant = np.empty((size, size), np.uint8)  # quantised 0..255 to stay small
+    valid = np.empty((size, size), bool)
+    for r0 in range(0, size, STRIP):
+        r1 = min(size, r0 + STRIP)
+        lab, var = scene.labels_rows(r0, r1)
+        labels[r0:r1], variant[r0:r1] = lab, np.rint(var * 255)
+        valid[r0:r1] = scene.footprint_rows(r0, r1)
+    return labels, variant, valid
+
+
+def _write_bands(tmp: Path, scene: SampleScene, base: dict, labels: np.ndarray,
+                 variant: np.ndarray, valid: np.ndarray) -> None:
+    """The four uint16 band files (0 = nodata outside the footprint), strip by strip with
+    a halo of context rows, so memory holds one strip of bands at a time."""
+    import rasterio
+    from rasterio.windows import Window
+
+    size = base["width"]
+    dsts = [rasterio.open(tmp / f"{name}.tif", "w", dtype="uint16", nodata=0, **base)
+            for name in BANDS]
+    try:
+        for name, dst in zip(BANDS, dsts):
+            dst.set_band_description(1, name)
+            dst.update_tags(1, units="reflectance x 10000")
+        for r0 in range(0, size, STRIP):
+            r1 = min(size, r0 + STRIP)
+            a, b = max(0, r0 - HALO), min(size, r1 + HALO)
+            x = scene.bands_rows(labels[a:b], variant[a:b].astype(np.float32) / 255,
+                                 r0, r1, a)
+            x = np.clip(np.rint(x), 1, 65535).astype(np.uint16)  # 0 is nodata
+            x[:, ~valid[r0:r1]] = 0
+            win = Window(0, r0, size, r1 - r0)
+            for i, dst in enumerate(dsts):
+                dst.write(x[i], 1, window=win)
+    finally:
+        for dst in dsts:
+            dst.close()
+
+
+def _write_labels(tmp: Path, base: dict, labels: np.ndarray, classes) -> None:
+    """labels.tif (with a colour table) and the same labels as polygons, labels.geojson
+    in the scene CRS (a legacy ``crs`` member, so vector patching is exercised too)."""
+    import rasterio
+    from rasterio import features
+
+    with rasterio.open(tmp / "labels.tif", "w", dtype="uint8", nodata=IGNORE_LABEL,
+                       **base) as dst:
+        dst.write(labels, 1)
+        dst.set_band_description(1, "class")
+        dst.write_colormap(1, {c.id: (*c.colour, 255) for c in classes.classes})
+    feats = [
+        {"type": "Feature", "properties": {"class": int(v)}, "geometry": geom}
+        for geom, v in features.shapes(labels, mask=labels != IGNORE_LABEL,
+                                       transform=base["transform"])
+    ]
+    epsg = SAMPLE_CRS.split(":")[1]
+    collection = {"type": "FeatureCollection", "name": "labels",
+                  "crs": {"type": "name",
+                          "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
+                  "features": feats}
+    (tmp / "labels.geojson").write_text(json.dumps(collection, separators=(",", ":")))
+
+
 def write_sample_scene(out_dir: str | Path, size: int = 1024, seed: int = 0,
                        pixel_size: float = 8.0, overwrite: bool = False) -> dict[str, Path]:
     """Write the sample scene into ``out_dir``; return the paths by role.
@@ -226,10 +293,7 @@ def write_sample_scene(out_dir: str | Path, size: int = 1024, seed: int = 0,
     scene CRS) and ``classes.json``. Deterministic for a given ``seed``. Keys of the
     result: blue, green, red, nir, labels, vector, classes.
     """
-    import rasterio
-    from rasterio import features
     from rasterio.transform import from_origin
-    from rasterio.windows import Window
 
     if int(size) != size or size < 64:
         raise SatsegError(f"--size {size}: the sample scene needs at least 64 pixels")
@@ -247,54 +311,12 @@ def write_sample_scene(out_dir: str | Path, size: int = 1024, seed: int = 0,
         [{"id": cid, "name": name, "colour": colour} for cid, name, colour in SAMPLE_CLASSES],
         source="sample classes",
     )
-    # Labels (and the per-pixel variant fraction) for the whole scene, strip by strip.
-    labels = np.empty((size, size), np.uint8)
-    variant = np.empty((size, size), np.uint8)  # quantised 0..255 to stay small
-    valid = np.empty((size, size), bool)
-    for r0 in range(0, size, STRIP):
-        r1 = min(size, r0 + STRIP)
-        lab, var = scene.labels_rows(r0, r1)
-        labels[r0:r1], variant[r0:r1] = lab, np.rint(var * 255)
-        valid[r0:r1] = scene.footprint_rows(r0, r1)
-
+    labels, variant, valid = _scene_labels(scene, size)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        dsts = [rasterio.open(tmp / f"{name}.tif", "w", dtype="uint16", nodata=0, **base)
-                for name in BANDS]
-        try:
-            for name, dst in zip(BANDS, dsts):
-                dst.set_band_description(1, name)
-                dst.update_tags(1, units="reflectance x 10000")
-            for r0 in range(0, size, STRIP):
-                r1 = min(size, r0 + STRIP)
-                a, b = max(0, r0 - HALO), min(size, r1 + HALO)
-                x = scene.bands_rows(labels[a:b], variant[a:b].astype(np.float32) / 255,
-                                     r0, r1, a)
-                x = np.clip(np.rint(x), 1, 65535).astype(np.uint16)  # 0 is nodata
-                x[:, ~valid[r0:r1]] = 0
-                win = Window(0, r0, size, r1 - r0)
-                for i, dst in enumerate(dsts):
-                    dst.write(x[i], 1, window=win)
-        finally:
-            for dst in dsts:
-                dst.close()
+        _write_bands(tmp, scene, base, labels, variant, valid)
         labels[~valid] = IGNORE_LABEL
         del variant, valid
-        with rasterio.open(tmp / "labels.tif", "w", dtype="uint8", nodata=IGNORE_LABEL,
-                           **base) as dst:
-            dst.write(labels, 1)
-            dst.set_band_description(1, "class")
-            dst.write_colormap(1, {c.id: (*c.colour, 255) for c in classes.classes})
-        feats = [
-            {"type": "Feature", "properties": {"class": int(v)}, "geometry": geom}
-            for geom, v in features.shapes(labels, mask=labels != IGNORE_LABEL,
-                                           transform=transform)
-        ]
-        epsg = SAMPLE_CRS.split(":")[1]
-        collection = {"type": "FeatureCollection", "name": "labels",
-                      "crs": {"type": "name",
-                              "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
-                      "features": feats}
-        (tmp / "labels.geojson").write_text(json.dumps(collection, separators=(",", ":")))
+        _write_labels(tmp, base, labels, classes)
         classes.save(tmp / "classes.json")
     names = {**{b: f"{b}.tif" for b in BANDS}, "labels": "labels.tif",
              "vector": "labels.geojson", "classes": "classes.json"}

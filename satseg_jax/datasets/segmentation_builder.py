@@ -38,11 +38,17 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from satseg_jax.datasets.patches_folder import (
+    PatchLayout,
+    check_example,
+    read_patch,
+    read_patches_folder,
+)
+from satseg_jax.datasets.splits import SPLITS
 from satseg_jax.datasets.tfenv import import_tfds
 from satseg_jax.errors import SatsegError
 
@@ -53,16 +59,6 @@ VERSION = "1.0.0"
 
 # on_example(split, example): how build_dataset sees every example as it is written.
 ExampleCallback = Callable[[str, dict], None]
-
-
-@dataclass(frozen=True)
-class PatchLayout:
-    """What the features depend on: patch size S, band names (C of them) and the dtype."""
-
-    size: int
-    bands: tuple[str, ...]
-    dtype: str
-    nodata: float | int | None = None
 
 
 def features_for(layout: PatchLayout):
@@ -158,9 +154,6 @@ class SatsegPatches(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        from satseg_jax.datasets.folder import read_patches_folder
-        from satseg_jax.datasets.splits import SPLITS
-
         folder = read_patches_folder(Path(dl_manager.manual_dir))
         index = {p.patch_id: p for p in folder.patches}
         unknown = sorted(set(self._assignment) - set(index))
@@ -213,51 +206,3 @@ class SatsegPatches(tfds.core.GeneratorBasedBuilder):
                     self._on_example(split, ex)
                 bar.update()
                 yield ex["patch_id"], ex
-
-
-def check_example(example: dict, layout: PatchLayout, root: Path) -> None:
-    """The image must match patches.json (size, band count, dtype): name the file if not."""
-    want = (layout.size, layout.size, len(layout.bands))
-    image = example["image"]
-    if image.shape != want or image.dtype != np.dtype(layout.dtype):
-        raise SatsegError(
-            f"{root / 'images' / (example['patch_id'] + '.tif')}: {image.shape[2]} band(s) of "
-            f"{image.shape[0]}x{image.shape[1]} {image.dtype}, but patches.json says "
-            f"{want[2]} band(s) of {want[0]}x{want[1]} {layout.dtype}; re-run satseg patches")
-
-
-def read_patch(root: str | Path, patch_id: str, row: int, col: int) -> dict:
-    """One example from ``images/<id>.tif`` and ``masks/<id>.tif`` (image channels-last).
-
-    Both files must be on the same grid; the pixels are returned exactly as stored.
-    """
-    from satseg_jax.datasets.geotiff import open_raster, same_grid
-
-    root = Path(root)
-    ipath, mpath = root / "images" / f"{patch_id}.tif", root / "masks" / f"{patch_id}.tif"
-    with open_raster(ipath) as src:
-        image = src.read()
-        crs = src.crs.to_wkt() if src.crs else ""
-        transform = src.transform
-    with open_raster(mpath) as src:
-        if src.count != 1:
-            raise SatsegError(f"{mpath}: has {src.count} bands, a mask has 1; re-run "
-                              "satseg patches")
-        mask = src.read(1)
-        mask_transform = src.transform
-    if mask.dtype != np.uint8:
-        raise SatsegError(f"{mpath}: dtype {mask.dtype}, masks are uint8 (255 = ignore); "
-                          "re-run satseg patches")
-    if mask.shape != image.shape[1:] or not same_grid(mask_transform, transform):
-        raise SatsegError(f"{mpath}: not on the grid of {ipath} ({mask.shape} vs "
-                          f"{image.shape[1:]}, transform {tuple(mask_transform)[:6]} vs "
-                          f"{tuple(transform)[:6]}); re-run satseg patches")
-    return {
-        "image": np.ascontiguousarray(np.moveaxis(image, 0, -1)),
-        "mask": mask,
-        "patch_id": patch_id,
-        "crs": crs,
-        "transform": np.array(tuple(transform)[:6], np.float64),
-        "row": np.int32(row),
-        "col": np.int32(col),
-    }

@@ -15,7 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 from satseg_jax.cli import main
-from satseg_jax.raster.inspect import format_inspection, inspect_path
+from satseg_jax.inspection import format_inspection, inspect_path
 
 RED, GREEN, BLACK, MAGENTA = (255, 0, 0), (0, 255, 0), (0, 0, 0), (255, 0, 255)
 CLASSES = [{"id": 0, "name": "road", "colour": "#ff0000"},

@@ -25,15 +25,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from satseg_jax.classes import ClassSet, load_classes
 from satseg_jax.errors import SatsegError
+from satseg_jax.raster.io import PATCHES_FIX, open_raster, same_grid
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("patches.json", "index.csv", "classes.json")
 # dtypes a tfds Tensor feature stores bit for bit (GeoTIFF sample types numpy can hold).
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
                     "float64")
-_RERUN = "re-run satseg patches"
+_RERUN = PATCHES_FIX
 
 
 @dataclass(frozen=True)
@@ -232,3 +235,61 @@ def read_patches_folder(root: str | Path) -> PatchesFolder:
     _check_files(root, patches)
     return PatchesFolder(root=root, meta=meta, patches=patches, classes=classes)
 
+
+# ----------------------------------------------------------------------------- examples
+
+
+@dataclass(frozen=True)
+class PatchLayout:
+    """What the features depend on: patch size S, band names (C of them) and the dtype."""
+
+    size: int
+    bands: tuple[str, ...]
+    dtype: str
+    nodata: float | int | None = None
+
+
+def check_example(example: dict, layout: PatchLayout, root: Path) -> None:
+    """The image must match patches.json (size, band count, dtype): name the file if not."""
+    want = (layout.size, layout.size, len(layout.bands))
+    image = example["image"]
+    if image.shape != want or image.dtype != np.dtype(layout.dtype):
+        raise SatsegError(
+            f"{root / 'images' / (example['patch_id'] + '.tif')}: {image.shape[2]} band(s) of "
+            f"{image.shape[0]}x{image.shape[1]} {image.dtype}, but patches.json says "
+            f"{want[2]} band(s) of {want[0]}x{want[1]} {layout.dtype}; re-run satseg patches")
+
+
+def read_patch(root: str | Path, patch_id: str, row: int, col: int) -> dict:
+    """One example from ``images/<id>.tif`` and ``masks/<id>.tif`` (image channels-last).
+
+    Both files must be on the same grid; the pixels are returned exactly as stored.
+    """
+    root = Path(root)
+    ipath, mpath = root / "images" / f"{patch_id}.tif", root / "masks" / f"{patch_id}.tif"
+    with open_raster(ipath, PATCHES_FIX) as src:
+        image = src.read()
+        crs = src.crs.to_wkt() if src.crs else ""
+        transform = src.transform
+    with open_raster(mpath, PATCHES_FIX) as src:
+        if src.count != 1:
+            raise SatsegError(f"{mpath}: has {src.count} bands, a mask has 1; re-run "
+                              "satseg patches")
+        mask = src.read(1)
+        mask_transform = src.transform
+    if mask.dtype != np.uint8:
+        raise SatsegError(f"{mpath}: dtype {mask.dtype}, masks are uint8 (255 = ignore); "
+                          "re-run satseg patches")
+    if mask.shape != image.shape[1:] or not same_grid(mask_transform, transform):
+        raise SatsegError(f"{mpath}: not on the grid of {ipath} ({mask.shape} vs "
+                          f"{image.shape[1:]}, transform {tuple(mask_transform)[:6]} vs "
+                          f"{tuple(transform)[:6]}); re-run satseg patches")
+    return {
+        "image": np.ascontiguousarray(np.moveaxis(image, 0, -1)),
+        "mask": mask,
+        "patch_id": patch_id,
+        "crs": crs,
+        "transform": np.array(tuple(transform)[:6], np.float64),
+        "row": np.int32(row),
+        "col": np.int32(col),
+    }
