@@ -95,17 +95,18 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def print_wrote(paths: Iterable[Path | str], what: str = "wrote") -> None:
+def print_wrote(paths: Iterable[Path | str]) -> None:
     """One ``wrote PATH`` line per path: every command ends by naming what it wrote."""
     for p in paths:
-        print(f"{what} {p}")
+        print(f"wrote {p}")
 
 
 def print_table(rows: Sequence[tuple[str, Any]]) -> None:
-    """``label: value`` lines with the labels right-aligned, for a readable summary."""
+    """``label: value`` lines with the labels right-aligned, for a readable summary; a
+    blank label continues the row above."""
     width = max((len(k) for k, _ in rows), default=0)
     for k, v in rows:
-        print(f"{k:>{width}}: {v}")
+        print(f"{k:>{width}}: {v}" if k else f"{'':>{width}}  {v}")
 
 
 def run_script(add_arguments: Callable[[argparse.ArgumentParser], None], handler: Handler,

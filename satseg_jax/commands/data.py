@@ -52,6 +52,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print_table([(key, path) for key, path in paths.items()])
+    print_wrote([args.out])
     return 0
 
 
@@ -311,7 +312,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, split_file=args.split_file, progress=show_progress(),
             **beam)
     print(format_summary(info))
-    print_wrote([args.out])
+    print_wrote([f"{args.out} (tfds records, satseg_dataset.json)"])
     return 0
 
 
