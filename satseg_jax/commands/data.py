@@ -311,8 +311,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             seed=args.seed, split_by=args.split_by, block_size=args.block_size,
             overwrite=args.overwrite, split_file=args.split_file, progress=show_progress(),
             **beam)
-    print(format_summary(info))
-    print_wrote([f"{args.out} (tfds records, satseg_dataset.json)"])
+    print(format_summary(info))  # its first line names the records folder written
     return 0
 
 
