@@ -28,6 +28,7 @@ PANSHARPEN = ("satseg_jax.raster.pansharpen", "pansharpen")
 PATCHES = ("satseg_jax.raster.patches", "make_patches")
 FOLDER_PATCHES = ("satseg_jax.raster.folder_patches", "make_folder_patches")
 BUILD = ("satseg_jax.datasets.build", "build_dataset")
+CLASSIFICATION = ("satseg_jax.datasets.build", "build_classification_dataset")
 
 
 # ----------------------------------------------------------------------------- sample
@@ -289,7 +290,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         format_summary,
     )
 
-    beam = dict(beam_runner=args.beam_runner, beam_options=args.beam_options)
+    common = dict(beam_runner=args.beam_runner, beam_options=args.beam_options,
+                  overwrite=args.overwrite, progress=show_progress())
     if args.classification:
         if not args.images:
             raise SatsegError("satseg build --classification needs --images DIR "
@@ -298,9 +300,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise SatsegError("--split-file is for patches folders of several source images "
                               "(satseg patches --images/--masks), not --classification")
         info = build_classification_dataset(
-            Path(args.images), Path(args.out), split=args.split or (0.7, 0.15, 0.15),
+            Path(args.images), Path(args.out),
+            split=args.split or library_default(*CLASSIFICATION, "split"),
             seed=args.seed, split_by=args.split_by or "block", block_size=args.block_size,
-            overwrite=args.overwrite, **beam)
+            **common)
     else:
         if not args.patches:
             raise SatsegError("satseg build needs --patches DIR (or --classification --images)")
@@ -309,8 +312,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         info = build_dataset(
             patches_dir=Path(args.patches), out_dir=Path(args.out), split=args.split,
             seed=args.seed, split_by=args.split_by, block_size=args.block_size,
-            overwrite=args.overwrite, split_file=args.split_file, progress=show_progress(),
-            **beam)
+            split_file=args.split_file, **common)
     print(format_summary(info))  # its first line names the records folder written
     return 0
 
