@@ -12,6 +12,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from satseg_jax.errors import SatsegError
 
@@ -37,7 +38,7 @@ class Parser(argparse.ArgumentParser):
     from ``main`` (instead of a usage block and SystemExit), like every other error a
     user can cause. Subparsers inherit the class."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise SatsegError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 

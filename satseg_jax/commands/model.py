@@ -27,7 +27,8 @@ TRAIN_DOC = (
 EVALUATE_DOC = (
     "Evaluate a trained run on a split: confusion matrix over the whole split (ignore label "
     "255 excluded) -> pixel accuracy, per-class F1 and IoU, macro F1, mIoU. Writes "
-    "WORKDIR/metrics_SPLIT.json and a confusion-matrix PNG. The config is read from WORKDIR."
+    "WORKDIR/metrics_SPLIT.json and a confusion-matrix PNG. The config is read from WORKDIR. "
+    "Ends by naming every file it wrote."
 )
 OVERRIDES_DOC = (
     "Override any field of the config file: --config.KEY=VALUE or --config.KEY VALUE, e.g. "
