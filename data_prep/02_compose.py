@@ -12,42 +12,21 @@ not grow with the scene) and only appears when complete.
         --out runs/quickstart/scene.tif
 
 Next: 03_patches.py cuts the scene and its labels into training patches.
-Library call: satseg_jax.raster.compose.compose_bands (CLI: satseg compose).
+Library call: satseg_jax.raster.compose.compose_bands;
+options, defaults and output are those of `satseg compose` (one declaration, shared).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from satseg_jax.errors import SatsegError
-from satseg_jax.raster.compose import RESAMPLING, compose_bands
+from satseg_jax.commands.common import run_script
+from satseg_jax.commands.data import add_compose_arguments, cmd_compose
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bands", type=Path, nargs="+", required=True,
-                   help="band files (single- or multi-band), in output band order")
-    p.add_argument("--out", type=Path, required=True, help="output GeoTIFF")
-    p.add_argument("--names", default=None,
-                   help="comma-separated band names (default: the file stems)")
-    p.add_argument("--resample-to", type=Path, default=None,
-                   help="reference raster whose grid every band is reprojected onto")
-    p.add_argument("--resampling", choices=RESAMPLING, default="bilinear")
-    p.add_argument("--dtype", default=None,
-                   help="promote mixed inputs to this dtype, e.g. float32 for int16 + float32")
-    p.add_argument("--nodata", type=float, default=None, help="nodata of the output")
-    args = p.parse_args()
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
-    try:
-        out = compose_bands(args.bands, args.out, names=names, resample_to=args.resample_to,
-                            resampling=args.resampling, dtype=args.dtype, nodata=args.nodata)
-    except SatsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """The ``satseg`` subcommand's own options and handler: nothing declared twice."""
+    return run_script(add_compose_arguments, cmd_compose, __doc__, argv)
 
 
 if __name__ == "__main__":

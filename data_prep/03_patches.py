@@ -13,46 +13,21 @@ Windows whose valid fraction is below --min-valid are skipped.
 
 Output: images/, masks/, index.csv (one row per patch with class pixel counts),
 classes.json and patches.json (scene grid and parameters). Next: `satseg build`.
-Library call: satseg_jax.raster.patches.make_patches (CLI: satseg patches).
+Library call: satseg_jax.raster.patches.make_patches;
+options, defaults and output are those of `satseg patches` (one declaration, shared).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from satseg_jax.errors import SatsegError
-from satseg_jax.raster.patches import make_patches
+from satseg_jax.commands.common import run_script
+from satseg_jax.commands.data import add_patches_arguments, cmd_patches
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--image", type=Path, required=True, help="multi-band scene GeoTIFF")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--labels", type=Path, help="label raster on the scene grid")
-    src.add_argument("--vector", type=Path, help="label polygons (GeoJSON, ...)")
-    p.add_argument("--class-field", default="class", help="attribute holding the class")
-    p.add_argument("--classes", type=Path, required=True, help="classes.json")
-    p.add_argument("--size", type=int, default=256, help="patch size in pixels")
-    p.add_argument("--stride", type=int, default=None, help="step (default: --size)")
-    p.add_argument("--min-valid", type=float, default=0.5, help="minimum valid fraction")
-    p.add_argument("--edge", choices=["drop", "pad"], default="drop",
-                   help="partial windows at the right/bottom edge")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = p.parse_args()
-    try:
-        summary = make_patches(
-            image=args.image, out_dir=args.out, classes_path=args.classes, size=args.size,
-            stride=args.stride, min_valid=args.min_valid, edge=args.edge, labels=args.labels,
-            vector=args.vector, class_field=args.class_field, overwrite=args.overwrite)
-    except SatsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """The ``satseg`` subcommand's own options and handler: nothing declared twice."""
+    return run_script(add_patches_arguments, cmd_patches, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,10 @@ CONFIG_FIELDS: dict[str, frozenset[str] | None] = {
 }
 
 
-def load_config_file(path: str | Path):
-    """``get_config()`` of the Python file at ``path``; SatsegError naming the file when it
-    is missing, does not run, or defines no ``get_config``."""
+def load_config_file(path: str | Path, arg: str | None = None):
+    """``get_config()`` (``get_config(arg)`` when ``arg`` is given: the ``FILE.py:ARG``
+    form) of the Python file at ``path``; SatsegError naming the file when it is missing,
+    does not run, or defines no ``get_config``."""
     path = Path(path)
     if not path.is_file():
         raise SatsegError(f"{path}: config file not found (e.g. configs/unet_sample.py)")
@@ -54,7 +55,7 @@ def load_config_file(path: str | Path):
             from None
     if not hasattr(module, "get_config"):
         raise SatsegError(f"{path}: defines no get_config()")
-    return module.get_config()
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def _keys(node: Any) -> list[str] | None:

@@ -48,6 +48,7 @@ import rasterio
 from satseg_jax.cli import main
 from satseg_jax.raster.compose import compose_bands
 from satseg_jax.raster.sample import write_sample_scene
+from tests.helpers.printed import summary_lines
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -307,7 +308,7 @@ def test_self_intersecting_and_open_rings_are_repaired(sample, tmp_path, capsys)
     capsys.readouterr()
     assert run(["patches", "--image", sample["scene"], "--vector", a, "--classes",
                  sample["classes"], "--out", tmp_path / "a", *args]) == 0
-    assert json.loads(capsys.readouterr().out)["repaired_geometries"] == 1
+    assert summary_lines(capsys.readouterr().out)["repaired geometries"] == "1"
     assert run(["patches", "--image", sample["scene"], "--vector", b, "--classes",
                  sample["classes"], "--out", tmp_path / "b", *args]) == 0
     hits = 0

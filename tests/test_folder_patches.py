@@ -28,6 +28,7 @@ from tests.helpers.labelled_folders import (
     write_raw_palette_png,
     write_rgb_mask,
 )
+from tests.helpers.printed import summary_lines
 
 
 def _patches(root: Path, *extra: str, images: str | None = None, masks: str | None = None,
@@ -68,11 +69,14 @@ def colour_set(tmp_path_factory) -> tuple[Path, dict]:
 def test_jpeg_images_with_rgb_and_palette_masks(colour_set, capsys):
     root, truth = colour_set
     assert _patches(root, "--out", str(root / "p1")) == 0
-    summary = json.loads(capsys.readouterr().out)
+    printed = summary_lines(capsys.readouterr().out)  # readable lines, not JSON
     out = root / "p1"
+    meta = json.loads((out / "patches.json").read_text())
+    summary = {**meta, "ignored_pixels": int(printed["ignored pixels"].split()[0])}
+    assert printed["source images"] == "12 (without CRS; masks: colours 12)"
+    assert printed["bands"] == "red, green, blue"
     assert summary["num_sources"] == 12 and summary["mask_kinds"] == {"colours": 12}
     assert summary["georeferenced"] is False and summary["bands"] == ["red", "green", "blue"]
-    meta = json.loads((out / "patches.json").read_text())
     assert meta["crs"] is None and meta["num_sources"] == 12
     rows = list(csv.DictReader(open(out / "index.csv")))
     assert {r["source"] for r in rows} == set(truth)

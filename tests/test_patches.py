@@ -18,6 +18,7 @@ from satseg_jax.raster.compose import compose_bands
 from satseg_jax.raster.io import valid_pixels
 from satseg_jax.raster.patches import make_patches
 from satseg_jax.raster.sample import write_sample_scene
+from tests.helpers.printed import summary_lines
 
 PATCHES_KEYS = {"format_version", "image", "bands", "dtype", "nodata", "crs",
                 "scene_transform", "scene_height", "scene_width", "size", "stride", "edge",
@@ -278,8 +279,10 @@ def test_cli_patches(rgb, tmp_path, capsys):
     args = ["patches", "--image", str(image), "--labels", str(labels), "--classes",
             str(classes), "--size", "128", "--out", str(out)]
     assert main(args) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["num_windows"] == 30
+    text = capsys.readouterr().out  # readable lines; the JSON stays in patches.json
+    assert "of 30 windows" in summary_lines(text)["patches"]
+    assert json.loads((out / "patches.json").read_text())["num_windows"] == 30
+    assert f"wrote {out}" in text
     assert main(args) == 2  # exists
     err = capsys.readouterr().err.strip()
     assert err.startswith("satseg: error:") and "\n" not in err and str(out) in err

@@ -209,7 +209,7 @@ def test_cross_resolution_evaluation_resamples_to_the_training_gsd(trained, tmp_
     assert np.asarray(m["confusion_matrix"]).sum() <= info["num_examples"]["test"] * 16 * 16
 
 
-def test_evaluate_draws_overlays_of_real_patches(trained, monkeypatch):
+def test_evaluate_draws_overlays_of_real_patches(trained, monkeypatch, capsys):
     """--overlays N: N patches spread over the split, truth read back from the mask files,
     prediction identical to the saved prediction GeoTIFF, one figure row per patch."""
     from satseg_jax import plots
@@ -226,6 +226,10 @@ def test_evaluate_draws_overlays_of_real_patches(trained, monkeypatch):
     assert main(["evaluate", "--workdir", str(run), "--checkpoint", "latest", "--split",
                  "test", "--save_predictions", "--overlays", "3"]) == 0
     png = run / "overlays_test.png"
+    printed = capsys.readouterr().out  # every file written is named
+    for name in ("metrics_test.json", "confusion_test.png", "overlays_test.png"):
+        assert f"wrote {run / name}\n" in printed
+    assert f"wrote {run / 'predictions_test'}/" in printed
     samples = drawn["samples"]
     n_test = json.loads((root / "data" / "satseg_dataset.json").read_text())[
         "num_examples"]["test"]

@@ -37,6 +37,10 @@ def test_end_to_end_train_checkpoint_evaluate(tiny_dataset, tmp_path):
     assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard summaries written"
     m = evaluate_workdir(workdir, split="test", checkpoint="latest", save_predictions=True)
     saved = json.loads((workdir / "metrics_test.json").read_text())
+    # The library reports exactly what this call wrote (the CLI prints these lines).
+    assert m["written"] == [str(workdir / "metrics_test.json"),
+                            str(workdir / "confusion_test.png"),
+                            str(workdir / "predictions_test")]
     for key in ("pixel_accuracy", "mean_iou", "macro_f1", "iou_per_class", "f1_per_class",
                 "confusion_matrix", "class_names", "checkpoint_step"):
         assert key in saved, key
