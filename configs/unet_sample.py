@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 16  # global batch, split across all devices
     c.train.num_steps = 300
     c.train.compute_dtype = "float32"  # or bfloat16 (params stay float32)
-    # CPU convolutions: 'auto' = oneDNN's (models/onednn_conv.py; needs `apt-get install
+    # CPU convolutions: 'auto' = oneDNN's (cpu/onednn_conv.py; needs `apt-get install
     # libdnnl-dev g++`) on a one-device CPU run, XLA's otherwise; 'onednn' | 'xla' force.
     c.train.cpu_conv = "auto"
     c.train.log_every = 25

@@ -70,26 +70,13 @@ def _quiet_libraries() -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
-# Commands that run XLA steps on the model: they get the malloc settings. Data prep
-# (patches, build, ...) does not: its work is GDAL/tf.data threads, which a single malloc
-# arena slows slightly (`satseg patches` 4096²: median 2.86 s with, 2.76 s without).
-XLA_COMMANDS = ("train", "evaluate", "predict", "benchmark")
-
-
-def _keep_freed_memory(argv: Sequence[str]) -> None:
-    """malloc keeps XLA's freed step buffers (satseg_jax/host_memory.py: ~110k page faults
-    and 0.3 s of kernel time less per CPU train step). Only for XLA_COMMANDS and only
-    before JAX has started: a ``main()`` called from a process that already ran JAX
-    leaves malloc as it is."""
-    from satseg_jax import host_memory, xla_flags
-
-    if argv and argv[0] in XLA_COMMANDS and not xla_flags.backends_initialized():
-        host_memory.keep_freed_memory()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _keep_freed_memory(argv)
+    # CPU speed settings before JAX starts (XLA_FLAGS defaults; malloc for the XLA
+    # commands): the CLI applies them, importing satseg_jax does not.
+    from satseg_jax import cpu
+
+    cpu.setup_for_command(argv[0] if argv else None)
     _quiet_libraries()
     try:
         parser = build_parser()

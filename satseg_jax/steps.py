@@ -36,6 +36,7 @@ from jax import lax
 
 from satseg_jax import losses, metrics, parallel
 from satseg_jax.classes import IGNORE_LABEL
+from satseg_jax.cpu.convolution import conv_fn_for
 from satseg_jax.errors import SatsegError
 from satseg_jax.models import get_model
 
@@ -103,52 +104,6 @@ def compute_dtype(config):
     if name not in ("float32", "bfloat16"):
         raise SatsegError(f"config.train.compute_dtype={name!r}: expected float32 or bfloat16")
     return jnp.dtype(name)
-
-
-CPU_CONVS = ("auto", "onednn", "xla")
-
-
-@functools.cache
-def _say_once(message: str) -> None:
-    print(message, flush=True)
-
-
-def conv_fn_for(config):
-    """The convolution the model should use: oneDNN's on a single CPU device, else XLA's.
-
-    ``config.train.cpu_conv``: ``'xla'`` always uses ``lax.conv_general_dilated``;
-    ``'onednn'`` requires the oneDNN path (``models/onednn_conv.py``) on the CPU and fails
-    with the fix when it cannot be built; ``'auto'`` (the default) takes it on a
-    one-device CPU run when it builds, and says so either way. Why single device for
-    ``auto``: the custom call has no sharding rule (under ``jit`` over a mesh XLA would
-    gather its operands), and several CPU "devices" share the same cores anyway.
-    GPUs/TPUs never see it: the choice is made here, per backend.
-    """
-    choice = getattr(config.train, "cpu_conv", "xla")
-    if choice not in CPU_CONVS:
-        raise SatsegError(f"config.train.cpu_conv={choice!r}: expected one of {CPU_CONVS}")
-    if choice == "xla" or jax.default_backend() != "cpu":
-        return None
-    from satseg_jax.models import onednn_conv
-
-    if jax.device_count() > 1:
-        if choice == "onednn" and config.parallelism == "jit":
-            raise SatsegError(
-                f"config.train.cpu_conv='onednn' with {jax.device_count()} devices under "
-                "parallelism='jit': the oneDNN custom call has no sharding rule; use "
-                "parallelism='pmap', one device, or cpu_conv='auto'")
-        if choice == "auto":
-            return None
-    try:
-        onednn_conv.load()
-    except onednn_conv.OneDnnUnavailable as e:
-        if choice == "onednn":
-            raise SatsegError(f"config.train.cpu_conv='onednn': {e}") from None
-        _say_once(f"cpu_conv=auto: XLA's convolutions (oneDNN path unavailable: "
-                  f"{str(e).splitlines()[0]})")
-        return None
-    _say_once("cpu_conv: oneDNN convolutions (models/onednn_conv.py)")
-    return onednn_conv.conv_general_dilated
 
 
 def build_model(config, num_classes: int, axis_name: str | None = None):

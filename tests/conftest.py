@@ -26,6 +26,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# The CPU XLA_FLAGS defaults, as the `satseg` CLI applies them, for this session and every
+# subprocess that inherits its environment: the tests pin what the CLI runs (and compare
+# worker runs with `satseg train` runs), and importing satseg_jax no longer applies them.
+# Explicit here, before anything starts JAX; SATSEG_XLA_DEFAULTS=0 still switches them off.
+# The malloc settings are not made here: only the CLI and benchmark processes get those.
+from satseg_jax import cpu as _cpu  # noqa: E402
+
+_cpu.apply_xla_defaults()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SATSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -21,7 +21,9 @@ NORMS = ("batch", "group", "none")
 
 
 UPSAMPLES = ("transpose", "bilinear")
-# A ``lax.conv_general_dilated`` stand-in (``onednn_conv.conv_general_dilated``); None = XLA's.
+# A conv_fn: a ``lax.conv_general_dilated`` stand-in with its signature (an accelerated
+# conv, e.g. one chosen by ``satseg_jax.cpu.conv_fn_for``); None = XLA's own. It may carry
+# an optional ``batch_norm_relu`` attribute (see ``Norm``); the models use nothing else.
 ConvFn = Callable[..., jax.Array]
 
 
@@ -50,8 +52,8 @@ def check_unet_knobs(depth: int, base_width: int, norm: str, upsample: str, drop
 
 
 class FusedBatchNormReLU(nn.Module):
-    """``relu(nn.BatchNorm(use_running_average=False)(x))`` by a fused kernel (oneDNN's,
-    ``onednn_conv.batch_norm_relu``), with flax BatchNorm's variables, names, initial
+    """``relu(nn.BatchNorm(use_running_average=False)(x))`` by a fused kernel (``fn``, the
+    ``batch_norm_relu`` a conv_fn carries), with flax BatchNorm's variables, names, initial
     values and running-average rule — so parameters, ``batch_stats`` and checkpoints are
     the same as the unfused layer's, and evaluation (running averages) uses flax's.
 
@@ -91,9 +93,11 @@ class Norm(nn.Module):
     dtype: Any = jnp.float32
     axis_name: str | None = None
     relu: bool = False
-    # A conv_fn carrying ``batch_norm_relu`` (the oneDNN path does): used in training for
-    # float32 batch norm + ReLU on one device (no axis_name: the kernel's statistics are
-    # local). None / anything else: flax's BatchNorm, then nn.relu.
+    # A conv_fn may carry ``batch_norm_relu(x, scale, shift, epsilon) -> (y, mean, var)``:
+    # training-mode batch norm + ReLU as one fused kernel, ``mean``/``var`` the batch's
+    # (biased) statistics for the running averages. Used in training for float32 batch
+    # norm + ReLU on one CPU device (no axis_name: the kernel's statistics are local).
+    # None / a conv_fn without it: flax's BatchNorm, then nn.relu.
     conv_fn: ConvFn | None = None
 
     @nn.compact
@@ -124,7 +128,7 @@ class LevelBlock(nn.Module):
     momentum: float = 0.9
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    # lax.conv_general_dilated stand-in for every conv (None: XLA's); see onednn_conv.py.
+    # lax.conv_general_dilated stand-in for every conv (None: XLA's); see ConvFn above.
     conv_fn: ConvFn | None = None
 
 
@@ -209,8 +213,8 @@ class ConvTranspose2x2(nn.ConvTranspose):
     interchangeable; the kernel is applied flipped, as ``lax.conv_transpose`` does
     (forward equal to it; tests/test_models.py pins that).
 
-    ``conv_fn`` (the oneDNN path, ``models/onednn_conv.py``): the layer is handed to it
-    as ``lax.conv_transpose`` writes it, an input-dilated convolution, which oneDNN runs
+    ``conv_fn`` (an accelerated conv): the layer is handed to it as ``lax.conv_transpose``
+    writes it, an input-dilated convolution, which the CPU path (``satseg_jax.cpu``) runs
     as one strided data-gradient primitive writing NHWC directly — no depth-to-space
     transposes, which were most of this layer's time in the CPU train step (NOTES §13).
     """

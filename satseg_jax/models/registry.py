@@ -71,9 +71,9 @@ def get_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
     ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and
     logits are returned as float32. ``axis_name`` synchronises BatchNorm statistics
     across pmap replicas. ``conv_fn`` replaces ``lax.conv_general_dilated`` in every
-    convolution (``onednn_conv.conv_general_dilated`` on the CPU); parameters do not
-    depend on it. Unknown names and unknown knobs raise SatsegError listing the
-    valid choices.
+    convolution (an accelerated conv, e.g. what ``satseg_jax.cpu.conv_fn_for`` picks);
+    parameters do not depend on it. Unknown names and unknown knobs raise SatsegError
+    listing the valid choices.
     """
     cfg = _as_dict(model_config)
     name = cfg.pop("name", None)

@@ -37,7 +37,7 @@ def main(data_dir: str, mode: str, steps: int, batch: int) -> None:
     # XLA's convolutions and BatchNorm in every run: a one-device CPU run would otherwise
     # take the oneDNN kernels (cpu_conv='auto'), whose different but equally valid
     # arithmetic (two-pass variance) adds its own last-bit drift; their equality with
-    # XLA's is pinned in tests/test_onednn_conv.py.
+    # XLA's is pinned in tests/test_cpu_onednn_conv.py.
     config = tiny_config(data_dir, parallelism=mode, **{
         "train.batch_size": batch, "optimizer.name": "sgd", "optimizer.momentum": 0.9,
         "optimizer.learning_rate": 0.01, "train.cpu_conv": "xla"})
@@ -77,5 +77,8 @@ def main(data_dir: str, mode: str, steps: int, batch: int) -> None:
 
 
 if __name__ == "__main__":
+    from satseg_jax import cpu
+
+    cpu.apply_xla_defaults()  # XLA_FLAGS defaults as `satseg train` has them, before JAX starts
     for mode in sys.argv[2].split(","):
         main(sys.argv[1], mode, int(sys.argv[3]), int(sys.argv[4]))

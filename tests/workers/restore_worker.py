@@ -60,5 +60,8 @@ def main(workdir: str, mode: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    from satseg_jax import cpu
+
+    cpu.apply_xla_defaults()  # XLA_FLAGS defaults as `satseg train` has them, before JAX starts
     for m in sys.argv[2].split(","):
         main(sys.argv[1], m, sys.argv[3])

@@ -71,4 +71,7 @@ def main(data_dir: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
+    from satseg_jax import cpu
+
+    cpu.apply_xla_defaults()  # XLA_FLAGS defaults as `satseg train` has them, before JAX starts
     main(sys.argv[1], int(sys.argv[2]))

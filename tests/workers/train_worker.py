@@ -40,4 +40,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from satseg_jax import cpu
+
+    cpu.apply_xla_defaults()  # XLA_FLAGS defaults as `satseg train` has them, before JAX starts
     main(sys.argv[1:])

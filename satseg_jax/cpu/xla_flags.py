@@ -1,5 +1,9 @@
 """XLA_FLAGS defaults that make the CPU train step fast; applied before JAX starts.
 
+Applied by the ``satseg`` CLI and the benchmarks (``satseg_jax.cpu.setup_for_command``,
+``satseg_jax.cpu.apply_xla_defaults`` = :func:`apply_defaults`), never by importing the
+package: a library or notebook user keeps their own ``XLA_FLAGS`` unless they call it.
+
 Why this module exists: jaxlib 0.10.x routes every float32 2-D convolution on the CPU
 to YNNPACK (``--xla_cpu_experimental_ynn_fusion_type`` contains
 ``individual_convolution`` by default). On the 2-core AMD EPYC (AVX2) we measured
@@ -25,9 +29,11 @@ so it can run first.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import MutableMapping
+
+from satseg_jax.cpu.env import backends_initialized
+from satseg_jax.cpu.env import enabled_by_env as _enabled_by_env
 
 # Environment switch: "0", "false", "off", "no" (any case) disables the defaults.
 ENV_SWITCH = "SATSEG_XLA_DEFAULTS"
@@ -80,24 +86,6 @@ def flag_names(xla_flags: str) -> set[str]:
     return names
 
 
-def enabled_by_env(environ: MutableMapping[str, str] | None = None) -> bool:
-    """False when ``SATSEG_XLA_DEFAULTS`` says off (0/false/off/no), else True."""
-    environ = os.environ if environ is None else environ
-    return environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-def backends_initialized() -> bool:
-    """True when JAX has already created its backends (XLA_FLAGS would be ignored now)."""
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge
-    except ImportError:  # pragma: no cover - private module moved
-        return False
-    check = getattr(xla_bridge, "backends_are_initialized", None)
-    return bool(check()) if check is not None else False
-
-
 def merged_flags(xla_flags: str, flags: dict[str, str]) -> str:
     """``xla_flags`` plus every flag of ``flags`` the string does not already name."""
     present = flag_names(xla_flags)
@@ -117,7 +105,7 @@ def apply_defaults(enable: bool | None = None,
     """
     environ = os.environ if environ is None else environ
     if enable is None:
-        enable = enabled_by_env(environ)
+        enable = _enabled_by_env(ENV_SWITCH, environ)
     if not enable:
         return []
     flags = recommended_flags(jaxlib_version)
@@ -127,7 +115,7 @@ def apply_defaults(enable: bool | None = None,
     if not missing:
         return []
     if environ is os.environ and backends_initialized():
-        warnings.warn("satseg_jax.xla_flags.apply_defaults() called after JAX started its "
+        warnings.warn("satseg_jax.cpu.apply_xla_defaults() called after JAX started its "
                       "backends; XLA_FLAGS is read only once, so the CPU defaults "
                       f"{sorted(missing)} are not applied. Call it before any JAX computation "
                       "or set XLA_FLAGS yourself.", RuntimeWarning, stacklevel=2)

@@ -1,4 +1,4 @@
-"""satseg_jax.host_memory: freed large buffers stay in the process (no re-faulting).
+"""satseg_jax.cpu.host_memory: freed large buffers stay in the process (no re-faulting).
 
 XLA frees and re-allocates its step buffer every train step; these tests pin the
 mechanism with a plain 256 MB malloc/free loop in a fresh process, where glibc's
@@ -10,17 +10,21 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from satseg_jax import host_memory
+from satseg_jax import cpu
+from satseg_jax.cpu import host_memory
+
+REPO = Path(__file__).resolve().parents[1]
 
 glibc = pytest.mark.skipif(host_memory._glibc() is None,
                            reason="malloc settings only exist for Linux/glibc")
 
 LOOP = textwrap.dedent("""
     import ctypes, json, sys
-    from satseg_jax import host_memory
+    from satseg_jax.cpu import host_memory
     mode = sys.argv[1]
     if mode == "on":
         set_ = host_memory.keep_freed_memory(enable=True)
@@ -54,7 +58,7 @@ def _run(mode: str) -> dict:
 
     proc = subprocess.run([sys.executable, "-c", LOOP, mode], capture_output=True, text=True,
                           check=True, env={"SATSEG_KEEP_FREED_MEMORY": "1",
-                                           "PATH": "/usr/bin:/bin"})
+                                           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
@@ -90,9 +94,12 @@ def test_the_cli_sets_malloc_up_before_anything_else():
 
 def test_switches():
     assert host_memory.keep_freed_memory(enable=False) == []
-    assert host_memory.enabled_by_env({"SATSEG_KEEP_FREED_MEMORY": "0"}) is False
-    assert host_memory.enabled_by_env({"SATSEG_KEEP_FREED_MEMORY": "Off"}) is False
-    assert host_memory.enabled_by_env({}) is True
+    switch = host_memory.ENV_SWITCH
+    assert switch == "SATSEG_KEEP_FREED_MEMORY"
+    assert cpu.enabled_by_env(switch, {"SATSEG_KEEP_FREED_MEMORY": "0"}) is False
+    assert cpu.enabled_by_env(switch, {"SATSEG_KEEP_FREED_MEMORY": "Off"}) is False
+    assert cpu.enabled_by_env(switch, {}) is True
+    assert cpu.keep_freed_memory is host_memory.keep_freed_memory
     assert host_memory.keep_freed_memory(environ={"SATSEG_KEEP_FREED_MEMORY": "no"}) == []
 
 

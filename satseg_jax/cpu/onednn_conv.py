@@ -12,8 +12,9 @@ needed), or 2.x from Debian/Ubuntu's ``libdnnl-dev`` — and registers FFI targe
 convolution's forward, data gradient and kernel gradient, tied together by a
 ``jax.custom_vjp`` (:func:`conv_nhwc`; input-dilated convolutions, i.e. transposed ones,
 run as the strided data gradient: :func:`conv_transpose_nhwc`), and for training-mode
-batch normalisation fused with the ReLU after it (:func:`batch_norm_relu`, which
-``blocks.Norm`` finds on the conv function as ``conv_general_dilated.batch_norm_relu``).
+batch normalisation fused with the ReLU after it (:func:`batch_norm_relu`, attached to
+the conv function as ``conv_general_dilated.batch_norm_relu``: the models only know that
+a conv_fn may carry such an attribute, see ``models/blocks.py``'s ``Norm``).
 ``config.train.cpu_conv = 'auto'`` (the default) uses it when it builds and says so once;
 without oneDNN or g++ the models run XLA's own convolutions, with the same results.
 
@@ -23,7 +24,7 @@ checkpoints are unchanged. It takes the oneDNN path only where that is exact and
 supported — CPU backend, float32, NHWC/HWIO, no dilation, no feature groups — and falls
 back to ``lax.conv_general_dilated`` everywhere else (GPU/TPU, bfloat16, 1-D/3-D, …).
 On a multi-device mesh the custom call has no sharding rule, so callers only enable it
-for single-device CPU runs (``train.py`` does).
+for single-device CPU runs (``convolution.conv_fn_for`` does).
 
 The shared library is built once per (source, jaxlib, oneDNN header) and cached under
 ``$SATSEG_JAX_CACHE`` (default ``~/.cache/satseg_jax``); the build writes a temporary
@@ -388,5 +389,6 @@ def batch_norm_relu_supported(x: jax.Array) -> bool:
 
 
 # blocks.Norm finds the fused kernel through the conv_fn it is given (the one object the
-# models thread through for "use oneDNN here").
+# models thread through for "use an accelerated kernel here"); its generic protocol is an
+# optional ``batch_norm_relu(x, scale, shift, epsilon) -> (y, mean, var)`` attribute.
 conv_general_dilated.batch_norm_relu = batch_norm_relu  # type: ignore[attr-defined]

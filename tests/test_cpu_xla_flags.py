@@ -1,4 +1,4 @@
-"""satseg_jax.xla_flags: the CPU XLA_FLAGS defaults are added, never forced, and work.
+"""satseg_jax.cpu.xla_flags: the CPU XLA_FLAGS defaults are added, never forced, and work.
 
 The in-process tests pass their own ``environ`` dict, so the test session's XLA_FLAGS
 (read once by the JAX already running here) is never touched; whatever needs a fresh
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from satseg_jax import xla_flags
+from satseg_jax import cpu
+from satseg_jax.cpu import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 FLAG = "xla_cpu_experimental_ynn_fusion_type"
@@ -62,6 +63,14 @@ def test_old_jaxlib_gets_nothing():
     assert "XLA_FLAGS" not in env
 
 
+def test_env_switch_spellings_and_public_name():
+    """One switch parser for both settings; cpu.apply_xla_defaults is this module's."""
+    assert cpu.apply_xla_defaults is xla_flags.apply_defaults
+    assert cpu.enabled_by_env(xla_flags.ENV_SWITCH, {xla_flags.ENV_SWITCH: " Off "}) is False
+    assert cpu.enabled_by_env(xla_flags.ENV_SWITCH, {xla_flags.ENV_SWITCH: "1"}) is True
+    assert cpu.enabled_by_env(xla_flags.ENV_SWITCH, {}) is True
+
+
 def test_flag_names_and_merge():
     assert xla_flags.flag_names("--a=1 --b  --c=x=y junk") == {"a", "b", "c"}
     assert xla_flags.merged_flags("--a=1", {"a": "2", "b": "3"}) == "--a=1 --b=3"
@@ -70,7 +79,7 @@ def test_flag_names_and_merge():
 
 PROBE = r"""
 import json, os, sys
-from satseg_jax import xla_flags
+from satseg_jax.cpu import xla_flags
 added = xla_flags.apply_defaults()
 import jax, jax.numpy as jnp
 from jax import lax
@@ -103,8 +112,9 @@ def _probe(env_extra: dict[str, str], *args: str) -> dict:
 
 @pytest.mark.skipif(not xla_flags.recommended_flags(), reason="jaxlib too old for the flag")
 def test_flags_take_convolutions_away_from_ynnpack():
-    """Applied before JAX starts (importing satseg_jax applies it), the flag is accepted
-    and no conv goes to YNNPACK; SATSEG_XLA_DEFAULTS=0 leaves XLA_FLAGS alone."""
+    """Applied before JAX starts (the CLI and the benchmarks call it; importing
+    satseg_jax does not), the flag is accepted and no conv goes to YNNPACK;
+    SATSEG_XLA_DEFAULTS=0 leaves XLA_FLAGS alone."""
     on = _probe({})
     assert FLAG in on["flags"]
     assert on["ynn"] == 0

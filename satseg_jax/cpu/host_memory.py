@@ -24,7 +24,9 @@ with the oneDNN convolutions. The price is that the process keeps its peak heap 
 small part of a step; the input pipeline was measured with the setting too).
 
 It only helps when applied before JAX creates its backends and thread pools (a thread
-keeps the arena it got first), so the ``satseg`` CLI calls it before it imports JAX.
+keeps the arena it got first), so the ``satseg`` CLI calls it (through
+``satseg_jax.cpu.setup_for_command``) before it imports JAX; importing the package never
+does.
 It does nothing off Linux/glibc, and ``SATSEG_KEEP_FREED_MEMORY=0`` switches it off.
 This module imports nothing heavy, so it can run first.
 """
@@ -33,10 +35,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
 import warnings
 from collections.abc import MutableMapping
+
+from satseg_jax.cpu.env import backends_initialized
+from satseg_jax.cpu.env import enabled_by_env as _enabled_by_env
 
 ENV_SWITCH = "SATSEG_KEEP_FREED_MEMORY"
 
@@ -55,12 +59,6 @@ SETTINGS: tuple[tuple[str, int, int], ...] = (
 )
 
 
-def enabled_by_env(environ: MutableMapping[str, str] | None = None) -> bool:
-    """False when ``SATSEG_KEEP_FREED_MEMORY`` says off (0/false/off/no), else True."""
-    environ = os.environ if environ is None else environ
-    return environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
-
-
 def _glibc():
     """The C library as a ctypes handle when it is glibc (has ``mallopt``), else None."""
     if not sys.platform.startswith("linux"):
@@ -76,12 +74,6 @@ def _glibc():
     return libc
 
 
-def _jax_started() -> bool:
-    from satseg_jax.xla_flags import backends_initialized
-
-    return backends_initialized()
-
-
 def keep_freed_memory(enable: bool | None = None,
                       environ: MutableMapping[str, str] | None = None) -> list[str]:
     """Apply the malloc settings above; return the names of those set (empty: none).
@@ -92,14 +84,14 @@ def keep_freed_memory(enable: bool | None = None,
     arenas, so the page faults may remain.
     """
     if enable is None:
-        enable = enabled_by_env(environ)
+        enable = _enabled_by_env(ENV_SWITCH, environ)
     if not enable:
         return []
     libc = _glibc()
     if libc is None:
         return []
-    if _jax_started():
-        warnings.warn("satseg_jax.host_memory.keep_freed_memory() called after JAX started "
+    if backends_initialized():
+        warnings.warn("satseg_jax.cpu.keep_freed_memory() called after JAX started "
                       "its backends: XLA's threads keep the malloc arenas they already "
                       "have, so step buffers may still be unmapped and re-faulted each "
                       "step. Call it before the first JAX computation.",

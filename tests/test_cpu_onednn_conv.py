@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from satseg_jax.models import onednn_conv
+from satseg_jax.cpu import onednn_conv
 
 if not onednn_conv.available():
     try:

@@ -4,7 +4,7 @@
 // Why: jaxlib's CPU convolutions (Eigen, YNNPACK) run the U-Net's 3x3 convolutions at
 // 0.6-0.9x the speed of oneDNN's (what PyTorch uses), and the kernel gradient at high
 // resolution at up to 1/3.6 (benchmarks/NOTES.md sections 11-12). The public jaxlib wheel
-// has no oneDNN rewriter, so satseg_jax/models/onednn_conv.py compiles this file against
+// has no oneDNN rewriter, so satseg_jax/cpu/onednn_conv.py compiles this file against
 // the system oneDNN (Debian: libdnnl-dev) and routes f32 NHWC/HWIO convolutions here.
 //
 // Layouts: activations NHWC (XLA's row-major default for our arrays; oneDNN "nhwc"),
