@@ -6,7 +6,7 @@ settings, next to PyTorch (channels_last) timed in the same process.
 
 Why: which library runs a convolution on XLA's CPU backend (YNNPACK or Eigen) is decided
 by ``XLA_FLAGS`` once per process, and which one is faster depends on the CPU (AVX2 vs
-AVX-512/AMX). :mod:`satseg_jax.xla_flags` picks a default per CPU; this script is the
+AVX-512/AMX). :mod:`satseg_jax.cpu.xla_flags` picks a default per CPU; this script is the
 evidence for that choice. Each flag setting runs in its own worker process (XLA reads
 its flags once); inside a worker, JAX and PyTorch alternate rep after rep, so the
 JAX/PyTorch ratio of one worker is robust to a noisy neighbour. "grad" is d/dx and d/dw

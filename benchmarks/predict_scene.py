@@ -146,9 +146,9 @@ def _child(mode: str, args, work: Path) -> dict:
 
 
 def main() -> int:
-    from satseg_jax import host_memory
+    from satseg_jax import cpu
 
-    host_memory.keep_freed_memory()  # as `satseg predict` does, before JAX starts
+    cpu.setup()  # XLA defaults and malloc as `satseg predict` has them, before JAX starts
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=16384, help="scene side in pixels")
     p.add_argument("--source", type=Path, default=REPO / "runs/quickstart/scene.tif",

@@ -9,7 +9,7 @@ Why it is built this way:
   in its own worker process (``XLA_FLAGS`` is read once per process, before JAX starts)
   that times the JAX step and the PyTorch step *alternately*, rep after rep. Ratios
   JAX/PyTorch are taken inside one worker; absolute img/s may drift between workers.
-- **Variants.** ``tuned`` = the project's XLA defaults (:mod:`satseg_jax.xla_flags`);
+- **Variants.** ``tuned`` = the project's XLA defaults (:mod:`satseg_jax.cpu.xla_flags`);
   ``default`` = plain jaxlib defaults, for reference; ``--variant NAME=FLAGS`` adds more
   (e.g. to try a flag); ``+flaxpool`` in NAME patches an earlier layer formulation back
   in (:func:`apply_model_patches`). On accelerators the CPU flags change nothing; ``tuned`` only.
@@ -446,7 +446,7 @@ def torch_side(args: argparse.Namespace, platform_name: str, compile_model: bool
 MODEL_PATCHES = {"flaxbn", "flaxpool", "matmulup", "xlaconv", "sysmalloc"}
 # "xlaconv" is not a layer formulation but the convolution library: it sets
 # config.train.cpu_conv = 'xla' (XLA's Eigen convolutions instead of oneDNN's, NOTES §12).
-# "sysmalloc" leaves glibc's malloc at its defaults (no satseg_jax.host_memory settings),
+# "sysmalloc" leaves glibc's malloc at its defaults (no satseg_jax.cpu.host_memory settings),
 # under which XLA unmaps and re-faults its step buffer every step (NOTES §12).
 
 
@@ -527,13 +527,13 @@ def _jax_side(args: argparse.Namespace, patches: set[str]) -> dict:
     import jax
     import numpy as np
 
-    from satseg_jax import steps
+    from satseg_jax import cpu, steps
 
     config = sample_config(args)
     # "default" is plain jaxlib: XLA's convolutions too; "+xlaconv" asks for them.
     if "xlaconv" in patches or (args.worker or "").split("+")[0] == "default":
         config.train.cpu_conv = "xla"
-    conv = "onednn" if steps.conv_fn_for(config) is not None else "xla"
+    conv = "onednn" if cpu.conv_fn_for(config) is not None else "xla"
     tx, _ = steps.create_optimizer(config)
     runner = steps.Runner(config, lambda axis: steps.build_model(config, args.classes, axis),
                           args.classes, tx=tx, loss_config=config.loss)
@@ -554,7 +554,7 @@ def _jax_side(args: argparse.Namespace, patches: set[str]) -> dict:
     found = re.findall(r'custom_call_target="satseg_onednn_conv_(\w+)"', compiled.as_text())
     ffi_targets = {name: found.count(name) for name in sorted(set(found))}
     holder = {"state": state, "loss": [], "faults": []}
-    from satseg_jax.host_memory import minor_faults
+    from satseg_jax.cpu import minor_faults
 
     def step() -> None:
         faults = minor_faults()
@@ -574,13 +574,14 @@ def _jax_side(args: argparse.Namespace, patches: set[str]) -> dict:
 def worker(args: argparse.Namespace) -> dict:
     """One variant: JAX step and (when installed) PyTorch step, timed alternately.
 
-    malloc is set up as ``satseg train`` sets it (satseg_jax.host_memory), before JAX
+    malloc is set up as ``satseg train`` sets it (satseg_jax.cpu.host_memory), before JAX
     starts, unless the variant says ``+sysmalloc``; PyTorch runs in the same process,
-    so both frameworks get the same allocator."""
-    from satseg_jax import host_memory
+    so both frameworks get the same allocator. XLA_FLAGS are the variant's, set by the
+    parent (``run_worker``), so no XLA defaults are applied here."""
+    from satseg_jax import cpu
 
     sysmalloc = "sysmalloc" in (args.worker or "").split("+")[1:]
-    malloc = [] if sysmalloc else host_memory.keep_freed_memory(enable=True)
+    malloc = [] if sysmalloc else cpu.keep_freed_memory(enable=True)
     import jax
 
     dev = jax.devices()[0]
@@ -650,8 +651,8 @@ def torch_compile_timing(args: argparse.Namespace, platform_name: str,
 
 def variants(args: argparse.Namespace, user: str) -> dict[str, str]:
     """Variant name -> XLA_FLAGS for its worker; ``user`` is the caller's XLA_FLAGS as
-    they were *before* ``import satseg_jax`` added the project's defaults to them."""
-    from satseg_jax import xla_flags
+    they were *before* ``cpu.setup()`` added the project's defaults to them."""
+    from satseg_jax.cpu import xla_flags
 
     tuned = xla_flags.merged_flags(user, xla_flags.recommended_flags())
     out = {"tuned": tuned}
@@ -853,12 +854,12 @@ def main(argv: list[str] | None = None) -> int:
         res = worker(args)
         print(RESULT_TAG + json.dumps(res))
         return 0
-    user_flags = os.environ.get("XLA_FLAGS", "")  # read before satseg_jax edits it
-    # XLA defaults (on import) and malloc settings as `satseg` has them, before jax starts
-    # here too: the input-pipeline section runs in this process.
-    from satseg_jax import host_memory
+    user_flags = os.environ.get("XLA_FLAGS", "")  # read before cpu.setup() edits it
+    # XLA defaults and malloc settings as `satseg train` has them, before jax starts here
+    # too: the input-pipeline section runs in this process.
+    from satseg_jax import cpu
 
-    host_memory.keep_freed_memory()
+    cpu.setup()
 
     info = machine_info()
     fwd = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in WORKER_KEYS]

@@ -22,6 +22,11 @@ import speed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    from satseg_jax import cpu
+
+    # The XLA_FLAGS defaults the production step compiles with (`satseg train` applies
+    # them; importing satseg_jax does not), before this process starts JAX.
+    cpu.apply_xla_defaults()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patch", required=True, choices=sorted(speed.MODEL_PATCHES),
                    help="earlier formulation to compare the current model against")

@@ -48,7 +48,7 @@ def env(tmp_path_factory) -> dict[str, str]:
     """Worker environment (CPU, 1 device) with a shared persistent compilation cache."""
     cache = tmp_path_factory.mktemp("xla_cache")
     # Bit-for-bit comparisons need the same XLA flags in every run, whichever entry point
-    # (worker or `satseg train`) starts it: no optional defaults (satseg_jax.xla_flags).
+    # (worker or `satseg train`) starts it: no optional defaults (satseg_jax.cpu.xla_flags).
     return worker_env(SATSEG_XLA_DEFAULTS="0", JAX_COMPILATION_CACHE_DIR=str(cache),
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

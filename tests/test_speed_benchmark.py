@@ -65,7 +65,7 @@ def _check_common(report: dict) -> dict:
     assert jax_res["train_img_s"]["min"] <= jax_res["train_img_s"]["median"]
     assert report["matmul_ceiling_gflops"] > 0
     assert report["flops_per_image_g"] > 0
-    # The worker sets malloc up as `satseg train` does (satseg_jax.host_memory) and counts
+    # The worker sets malloc up as `satseg train` does (satseg_jax.cpu.host_memory) and counts
     # the page faults of a timed step.
     assert isinstance(tuned["malloc_settings"], list)
     assert jax_res["minor_faults_per_step"] >= 0
@@ -140,11 +140,11 @@ def test_sections_skip_cleanly_when_modules_are_missing():
 
 
 def test_default_variant_keeps_the_callers_flags():
-    """The 'default' reference runs the flags the caller had *before* ``import
-    satseg_jax`` added the project's defaults to XLA_FLAGS (it once ran the tuned flags
-    under the name 'default'); unknown model patches in a variant name are refused."""
+    """The 'default' reference runs the flags the caller had *before* ``cpu.setup()``
+    added the project's defaults to XLA_FLAGS (it once ran the tuned flags under the
+    name 'default'); unknown model patches in a variant name are refused."""
     speed = _load_speed()
-    from satseg_jax import xla_flags
+    from satseg_jax.cpu import xla_flags
 
     args = speed.parse_args(["--variant", "mine+flaxpool=--x=1"])
     vs = speed.variants(args, user="")
