@@ -129,3 +129,26 @@ def run_script(add_arguments: Callable[[argparse.ArgumentParser], None], handler
     except SatsegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def add_command(sub: argparse._SubParsersAction, name: str,
+                add_arguments: Callable[[argparse.ArgumentParser], None],
+                handler: Callable[[argparse.Namespace], int], help: str,
+                description: str | None = None, **defaults: Any) -> argparse.ArgumentParser:
+    """One subcommand: its options (``add_arguments``, shared with the data_prep scripts)
+    and the handler ``main`` runs; ``defaults`` are extra attributes of its namespace.
+    The ``--help`` description is the handler's docstring unless one is given."""
+    import inspect
+
+    description = description or inspect.cleandoc(handler.__doc__ or help)
+    parser = sub.add_parser(name, help=help, description=description)
+    add_arguments(parser)
+    parser.set_defaults(func=handler, **defaults)
+    return parser
+
+
+def add_commands(sub: argparse._SubParsersAction,
+                 table: Sequence[tuple[str, Callable, Callable, str]]) -> None:
+    """``add_command`` for each (name, add_arguments, handler, help) of ``table``."""
+    for name, add_arguments, handler, help in table:
+        add_command(sub, name, add_arguments, handler, help=help)

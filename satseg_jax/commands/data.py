@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from satseg_jax.commands.common import (
+    add_commands,
     floats,
     library_default,
     names,
@@ -46,6 +47,9 @@ def add_sample_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Write a synthetic but plausible scene: one GeoTIFF per band (blue, green, red,
+    nir; uint16, UTM), labels.tif, labels.geojson and classes.json. Deterministic for a
+    given --seed."""
     from satseg_jax.raster.sample import write_sample_scene
 
     paths = write_sample_scene(
@@ -92,6 +96,10 @@ def add_compose_arguments(c: argparse.ArgumentParser) -> None:
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
+    """Stack the bands of single- or multi-band rasters into one tiled, compressed
+    GeoTIFF, streaming by windows. Refuses inputs whose CRS, transform or size differ
+    unless --resample-to is given, and mixed dtypes unless --dtype is given. Each
+    input's nodata becomes nodata of the stacked scene (in every band)."""
     from satseg_jax.raster.compose import compose_bands
 
     if args.item:
@@ -212,6 +220,10 @@ def print_patches_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
+    """Cut a scene (--image) or every image of a labelled dataset (--images/--masks)
+    into patches by windowed reads. Each image patch and mask patch is a GeoTIFF with
+    its own georeferencing (none for plain images); nodata becomes the ignore label 255;
+    index.csv lists every patch (and its source image)."""
     common = dict(out_dir=Path(args.out), classes_path=Path(args.classes), size=args.size,
                   stride=args.stride, min_valid=args.min_valid, edge=args.edge,
                   overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
@@ -247,6 +259,12 @@ def cmd_patches(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- build
 
 
+BEAM_RUNNER_HELP = (
+    "generate the examples with an Apache Beam pipeline on this runner (DirectRunner on "
+    "this machine; DataflowRunner, FlinkRunner, SparkRunner on a cluster whose workers see "
+    '--patches and --out); needs pip install "satseg-jax[beam]". Same dataset as without it')
+
+
 def add_build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--patches", help="folder written by 'satseg patches'")
     b.add_argument("--classification", action="store_true",
@@ -272,11 +290,7 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
                    help="block side in patches for --split-by block (default: chosen so there "
                    "are about 20 blocks)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    b.add_argument("--beam-runner", default=None, metavar="RUNNER",
-                   help="generate the examples with an Apache Beam pipeline on this runner "
-                   "(DirectRunner on this machine; DataflowRunner, FlinkRunner, SparkRunner "
-                   "on a cluster whose workers see --patches and --out); needs "
-                   'pip install "satseg-jax[beam]". Same dataset as without it')
+    b.add_argument("--beam-runner", default=None, metavar="RUNNER", help=BEAM_RUNNER_HELP)
     b.add_argument("--beam-options", default=None, metavar="FLAGS",
                    help="with --beam-runner: Beam pipeline options as one quoted string, "
                    'e.g. "--direct_num_workers=2 --direct_running_mode=multi_processing" '
@@ -284,6 +298,9 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """Build a tensorflow-datasets dataset from a patches folder: train/validation/test
+    splits, per-band statistics (train split only), class pixel counts; writes
+    satseg_dataset.json beside it."""
     from satseg_jax.datasets.build import (
         build_classification_dataset,
         build_dataset,
@@ -322,46 +339,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """sample, compose, patches, build, inspect."""
-    s = sub.add_parser("sample", help="write a generated, georeferenced sample scene",
-                       description="Write a synthetic but plausible scene: one GeoTIFF per band "
-                       "(blue, green, red, nir; uint16, UTM), labels.tif, labels.geojson and "
-                       "classes.json. Deterministic for a given --seed.")
-    add_sample_arguments(s)
-    s.set_defaults(func=cmd_sample)
-
-    c = sub.add_parser("compose", help="stack band rasters into one multi-band GeoTIFF",
-                       description="Stack the bands of single- or multi-band rasters into one "
-                       "tiled, compressed GeoTIFF, streaming by windows. Refuses inputs whose "
-                       "CRS, transform or size differ unless --resample-to is given, and mixed "
-                       "dtypes unless --dtype is given. Each input's nodata becomes nodata of "
-                       "the stacked scene (in every band).")
-    add_compose_arguments(c)
-    c.set_defaults(func=cmd_compose)
-
-    t = sub.add_parser("patches", help="crop a scene into image + mask patch GeoTIFFs",
-                       description="Cut a scene (--image) or every image of a labelled dataset "
-                       "(--images/--masks) into patches by windowed reads. Each image patch "
-                       "and mask patch is a GeoTIFF with its own georeferencing (none for plain "
-                       "images); nodata becomes the ignore label 255; index.csv lists every "
-                       "patch (and its source image).")
-    add_patches_arguments(t)
-    t.set_defaults(func=cmd_patches)
-
-    b = sub.add_parser("build", help="write patches as a tfds dataset (sharded TFRecords)",
-                       description="Build a tensorflow-datasets dataset from a patches folder: "
-                       "train/validation/test splits, per-band statistics (train split only), "
-                       "class pixel counts; writes satseg_dataset.json beside it.")
-    add_build_arguments(b)
-    b.set_defaults(func=cmd_build)
-
-    ins = sub.add_parser("inspect", help="what a scene, image/mask folder, patches folder or "
-                         "dataset holds, before importing it",
-                         description="Report sizes, bands, dtypes, CRS (or none), nodata and, "
-                         "for masks, the distinct values or colours with pixel counts; with "
-                         "--masks the pairs and unpaired files. Fast: folders are read by "
-                         "headers only and pixels by bounded, decimated samples.")
-    add_inspect_arguments(ins)
-    ins.set_defaults(func=cmd_inspect)
+    add_commands(sub, [
+        ("sample", add_sample_arguments, cmd_sample,
+         "write a generated, georeferenced sample scene"),
+        ("compose", add_compose_arguments, cmd_compose,
+         "stack band rasters into one multi-band GeoTIFF"),
+        ("patches", add_patches_arguments, cmd_patches,
+         "crop a scene into image + mask patch GeoTIFFs"),
+        ("build", add_build_arguments, cmd_build,
+         "write patches as a tfds dataset (sharded TFRecords)"),
+        ("inspect", add_inspect_arguments, cmd_inspect,
+         "what a scene, image/mask folder, patches folder or dataset holds, before importing it"),
+    ])
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -388,6 +377,9 @@ def add_inspect_arguments(ins: argparse.ArgumentParser) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """Report sizes, bands, dtypes, CRS (or none), nodata and, for masks, the distinct
+    values or colours with pixel counts; with --masks the pairs and unpaired files.
+    Fast: folders are read by headers only and pixels by bounded, decimated samples."""
     import json
 
     from satseg_jax.inspection import format_inspection, inspect_path

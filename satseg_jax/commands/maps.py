@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from satseg_jax.commands.common import library_default, print_wrote
+from satseg_jax.commands.common import add_commands, library_default, print_wrote
 
 
 def add_area_arguments(ar: argparse.ArgumentParser) -> None:
@@ -17,6 +17,10 @@ def add_area_arguments(ar: argparse.ArgumentParser) -> None:
 
 
 def cmd_area(args: argparse.Namespace) -> int:
+    """Per-class area in km² from the pixel size (ellipsoidal areas for geographic
+    CRSs), optionally per region polygon; prints a table (rows = regions, columns =
+    classes, totals). A map without a CRS (from a plain image) gives pixel counts
+    instead."""
     from satseg_jax.area import area_table, format_area_table, write_area_csv
 
     names = None
@@ -45,6 +49,8 @@ def add_plot_arguments(pl: argparse.ArgumentParser) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """Read the scene and the map decimated (never whole) and draw them side by side
+    with a class legend."""
     from satseg_jax.classes import load_classes
     from satseg_jax.plots import map_preview_png
 
@@ -58,16 +64,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """area, plot."""
-    ar = sub.add_parser("area", help="area per class (km²) of a class map, optionally per region",
-                        description="Per-class area in km² from the pixel size (ellipsoidal "
-                        "areas for geographic CRSs), optionally per region polygon; prints a "
-                        "table (rows = regions, columns = classes, totals). A map without a "
-                        "CRS (from a plain image) gives pixel counts instead.")
-    add_area_arguments(ar)
-    ar.set_defaults(func=cmd_area)
-
-    pl = sub.add_parser("plot", help="PNG: scene RGB preview beside the predicted map",
-                        description="Read the scene and the map decimated (never whole) and "
-                        "draw them side by side with a class legend.")
-    add_plot_arguments(pl)
-    pl.set_defaults(func=cmd_plot)
+    add_commands(sub, [
+        ("area", add_area_arguments, cmd_area,
+         "area per class (km²) of a class map, optionally per region"),
+        ("plot", add_plot_arguments, cmd_plot,
+         "PNG: scene RGB preview beside the predicted map"),
+    ])

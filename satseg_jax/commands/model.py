@@ -11,7 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from satseg_jax.commands.common import library_default, print_wrote, show_progress
+from satseg_jax.commands.common import (
+    add_command,
+    add_commands,
+    library_default,
+    print_wrote,
+    show_progress,
+)
 from satseg_jax.errors import SatsegError
 
 PREDICT = ("satseg_jax.predict", "predict_scene")
@@ -139,6 +145,12 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Sliding-window inference over a whole scene, read by windows; overlapping tiles
+    are blended; writes a Cloud-Optimised GeoTIFF with the scene's CRS/transform, a
+    colour table and nodata (255) where the scene is nodata. A plain image without a CRS
+    (JPEG/PNG/TIFF) gives a map of the same size: --out *.png writes a palette PNG
+    (value = class id, palette = class colours, 255 = nodata, white and transparent),
+    any other name a GeoTIFF without a CRS; areas are then pixel counts only."""
     from satseg_jax.predict import predict_scene
 
     r = predict_scene(args.workdir, args.image, args.out, checkpoint=args.checkpoint,
@@ -181,6 +193,9 @@ def add_benchmark_arguments(m: argparse.ArgumentParser) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Train every variant of a sweep config on the same data, evaluate on the same test
+    split and write RUNS/benchmark.md, .csv and .png (mean ± std over seeds, plus a
+    majority-class baseline). Finished runs are not redone."""
     from satseg_jax.config_files import load_config_file
     from satseg_jax.variant_sweep import run_sweep
 
@@ -201,31 +216,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """train, evaluate, predict, benchmark."""
-    t = sub.add_parser("train", help="train a model from a config file",
-                       description=TRAIN_DOC)
-    add_train_arguments(t)
-    t.set_defaults(func=cmd_train, takes_extra=True)
-
-    e = sub.add_parser("evaluate", help="evaluate a run on a split", description=EVALUATE_DOC)
-    add_evaluate_arguments(e)
-    e.set_defaults(func=cmd_evaluate)
-
-    pr = sub.add_parser("predict", help="predict a class map for a whole scene or plain image",
-                        description="Sliding-window inference over a whole scene, read by "
-                        "windows; overlapping tiles are blended; writes a Cloud-Optimised "
-                        "GeoTIFF with the scene's CRS/transform, a colour table and nodata "
-                        "(255) where the scene is nodata. A plain image without a CRS "
-                        "(JPEG/PNG/TIFF) gives a map of the same size: --out *.png writes a "
-                        "palette PNG (value = class id, palette = class colours, 255 = "
-                        "nodata, white and transparent), any other name a GeoTIFF without a "
-                        "CRS; areas are then pixel counts only.")
-    add_predict_arguments(pr)
-    pr.set_defaults(func=cmd_predict)
-
-    m = sub.add_parser("benchmark", help="train and compare model variants from a sweep config",
-                       description="Train every variant of a sweep config on the same data, "
-                       "evaluate on the same test split and write RUNS/benchmark.md, .csv and "
-                       ".png (mean ± std over seeds, plus a majority-class baseline). Finished "
-                       "runs are not redone.")
-    add_benchmark_arguments(m)
-    m.set_defaults(func=cmd_benchmark)
+    add_command(sub, "train", add_train_arguments, cmd_train,
+                help="train a model from a config file",
+                description=TRAIN_DOC, takes_extra=True)
+    add_command(sub, "evaluate", add_evaluate_arguments, cmd_evaluate,
+                help="evaluate a run on a split", description=EVALUATE_DOC)
+    add_commands(sub, [
+        ("predict", add_predict_arguments, cmd_predict,
+         "predict a class map for a whole scene or plain image"),
+        ("benchmark", add_benchmark_arguments, cmd_benchmark,
+         "train and compare model variants from a sweep config"),
+    ])

@@ -209,18 +209,28 @@ def conv_nhwc(x: jax.Array, kernel: jax.Array, geom: Geometry) -> jax.Array:
     return _ffi("forward", _out_shape(x.shape, kernel.shape, geom), x, kernel, geom)
 
 
-def _conv_fwd(x, kernel, geom):
-    return conv_nhwc(x, kernel, geom), (x, kernel)
+def _define_vjp(fn, data_grad: str, swap: bool) -> None:
+    """Give ``fn(x, kernel, geom)`` its gradients from the other two primitives.
+
+    A convolution's input gradient is its transpose (oneDNN's ``data_grad``) and a
+    transposed convolution's is the convolution itself (``forward``); both kernel
+    gradients are ``kernel_grad`` of (input, output gradient), with the roles of the
+    two swapped for the transpose.
+    """
+
+    def fwd(x, kernel, geom):
+        return fn(x, kernel, geom), (x, kernel)
+
+    def bwd(geom, res, dy):
+        x, kernel = res
+        dx = _ffi(data_grad, x.shape, dy, kernel, geom)
+        dk = _ffi("kernel_grad", kernel.shape, *((dy, x) if swap else (x, dy)), geom)
+        return dx, dk
+
+    fn.defvjp(fwd, bwd)
 
 
-def _conv_bwd(geom, res, dy):
-    x, kernel = res
-    dx = _ffi("data_grad", x.shape, dy, kernel, geom)
-    dk = _ffi("kernel_grad", kernel.shape, x, dy, geom)
-    return dx, dk
-
-
-conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+_define_vjp(conv_nhwc, "data_grad", swap=False)
 
 
 def _geometry(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -283,18 +293,7 @@ def conv_transpose_nhwc(x: jax.Array, kernel: jax.Array, geom: Geometry) -> jax.
     return _ffi("data_grad", shape, x, kernel, geom)
 
 
-def _conv_transpose_fwd(x, kernel, geom):
-    return conv_transpose_nhwc(x, kernel, geom), (x, kernel)
-
-
-def _conv_transpose_bwd(geom, res, dy):
-    x, kernel = res
-    dx = _ffi("forward", x.shape, dy, kernel, geom)
-    dk = _ffi("kernel_grad", kernel.shape, dy, x, geom)
-    return dx, dk
-
-
-conv_transpose_nhwc.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+_define_vjp(conv_transpose_nhwc, "forward", swap=True)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
