@@ -15,8 +15,10 @@ Why this shape:
 - **Robust.** Connection errors, 5xx and 429 answers are retried with exponential
   backoff; any other 4xx is permanent and names the item and asset. A failed file leaves
   no partial file behind (only a killed process leaves a ``.part`` to resume from).
-- **Credentials** (``headers``) go to the catalogue and file requests but are removed
-  from every message, log line and the manifest (:mod:`satseg_jax.catalog.auth`).
+- **Credentials** (``headers``) go only to the catalogue's origin and ``auth_hosts``
+  (:mod:`satseg_jax.catalog.trust`: asset hosts and redirects elsewhere get none) and
+  are removed from every message, log line and the manifest
+  (:mod:`satseg_jax.catalog.auth`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ from satseg_jax.catalog.manifest import (
     file_sha256,
     multihash_sha256,
     parse_multihash,
+)
+from satseg_jax.catalog.trust import (
+    RefusedError,
+    Trust,
+    catalog_roots,
+    headers_for,
+    refused,
+    trusted_session,
 )
 from satseg_jax.errors import SatsegError
 
@@ -152,7 +162,7 @@ def _copy_local(job: Job, bar) -> None:
         bar.update(src.stat().st_size)
 
 
-def _fetch_whole(job: Job, headers: dict, bar) -> None:
+def _fetch_whole(job: Job, headers: dict, bar, trust: Trust) -> None:
     """GET ``job.href`` into the .part file, resuming from its length with Range.
 
     A resume is only trusted when the server answers 206 from exactly the bytes on disk
@@ -177,7 +187,8 @@ def _fetch_whole(job: Job, headers: dict, bar) -> None:
         if saved.get("etag") or saved.get("last_modified"):
             h["If-Range"] = saved.get("etag") or saved.get("last_modified")
     try:
-        with requests.get(job.href, headers=h, stream=True, timeout=60) as r:
+        with trusted_session(headers, trust) as s, \
+                s.get(job.href, headers=h, stream=True, timeout=60) as r:
             if r.status_code == 416 and have:
                 total = r.headers.get("Content-Range", "").rpartition("/")[2]
                 if total.isdigit() and int(total) == have:
@@ -186,6 +197,8 @@ def _fetch_whole(job: Job, headers: dict, bar) -> None:
                 raise RetryableError("HTTP 416 for a partial file; starting over")
             if r.status_code in RETRY_STATUS:
                 raise RetryableError(f"HTTP {r.status_code}")
+            if r.status_code in (401, 403):
+                raise refused(r.status_code, r.url, trust, headers)
             if r.status_code >= 400:
                 raise PermanentError(f"HTTP {r.status_code}")
             start = r.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
@@ -280,7 +293,7 @@ def aoi_window(ds, aoi_bounds_wgs84: tuple[float, float, float, float]):
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def _fetch_window(job: Job, aoi_bounds, headers: dict) -> tuple[str, list[int]]:
+def _fetch_window(job: Job, aoi_bounds, headers: dict, trust: Trust) -> tuple[str, list[int]]:
     """Read the AOI window of the remote COG into the .part file (a tiled GeoTIFF)."""
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -289,7 +302,7 @@ def _fetch_window(job: Job, aoi_bounds, headers: dict) -> tuple[str, list[int]]:
     part = _aoi_part(job.dest)
     href = str(_local_path(job.href)) if is_local(job.href) else "/vsicurl/" + job.href
     try:
-        with gdal_http_env(headers), rasterio.open(href) as src:
+        with gdal_http_env(headers_for(job.href, headers, trust)), rasterio.open(href) as src:
             win = aoi_window(src, aoi_bounds)
             if win is None:
                 raise PermanentError("the --aoi does not overlap this asset")
@@ -308,7 +321,9 @@ def _fetch_window(job: Job, aoi_bounds, headers: dict) -> tuple[str, list[int]]:
     except RasterioIOError as e:
         text = str(e)
         code = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
-        if code and code.group(1) in ("400", "401", "403", "404", "410"):
+        if code and code.group(1) in ("401", "403"):
+            raise refused(int(code.group(1)), job.href, trust, headers) from None
+        if code and code.group(1) in ("400", "404", "410"):
             raise PermanentError(f"HTTP {code.group(1)}") from None
         if code is None and is_local(job.href):
             raise PermanentError(text) from None
@@ -330,7 +345,7 @@ def _file_crs(path: Path) -> str | None:
 
 
 def _run_job(job: Job, manifest: Manifest, headers: dict, aoi_bounds, retries: int,
-             backoff: float, bars) -> dict:
+             backoff: float, bars, trust: Trust) -> dict:
     """Fetch one job with retries; record it in the manifest; return its entry."""
     job.dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part(job.dest) if aoi_bounds is None else _aoi_part(job.dest)
@@ -346,14 +361,14 @@ def _run_job(job: Job, manifest: Manifest, headers: dict, aoi_bounds, retries: i
         try:
             window = None
             if aoi_bounds is not None:
-                crs, window = _fetch_window(job, aoi_bounds, headers)
+                crs, window = _fetch_window(job, aoi_bounds, headers, trust)
                 digest = file_sha256(part)
             else:
                 with bars.file(job) as bar:
                     if is_local(job.href):
                         _copy_local(job, bar)
                     else:
-                        _fetch_whole(job, headers, bar)
+                        _fetch_whole(job, headers, bar, trust)
                 try:
                     digest = _verify(job, part)
                 except RetryableError:
@@ -374,6 +389,9 @@ def _run_job(job: Job, manifest: Manifest, headers: dict, aoi_bounds, retries: i
                                          f"({e}); check the network and rerun (complete "
                                          "files are kept)", headers)) from None
             time.sleep(backoff * 2 ** (attempt - 1))
+        except RefusedError as e:
+            clean()
+            raise SatsegError(redact(f"{where}: {e}", headers)) from None
         except PermanentError as e:
             clean()
             raise SatsegError(redact(f"{where}: {e}; check the item/asset (or credentials: "
@@ -413,15 +431,21 @@ def download_items(items: list[dict], assets: list[str], out_dir: str | Path,
                    aoi_bounds: tuple[float, float, float, float] | None = None,
                    headers: dict | None = None, workers: int = 4, retries: int = 5,
                    backoff: float = 0.5, catalog: str | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, auth_hosts: list[str] | None = None,
+                   token_header: str | None = None) -> dict:
     """Fetch ``assets`` (keys or eo:common_name) of every item into ``out_dir``.
 
     ``aoi_bounds``: (W, S, E, N) in WGS84 degrees; only the covering window of each
     asset is read. Returns a summary: files fetched, skipped (complete from an earlier
     run), bytes written. Raises SatsegError naming the item and asset on a permanent
     failure; files completed before it are kept (and listed in the manifest).
+    Credential headers go only to ``catalog``'s origin (without one: the items' agreed
+    ``root`` link) and ``auth_hosts`` (``HOST[:PORT]``); ``token_header``: the name
+    ``SATSEG_STAC_TOKEN`` is sent as, a credential whatever it is called.
     """
     headers = dict(headers or {})
+    roots = catalog_roots(items) if catalog is None else {catalog}
+    trust = Trust.build(roots if len(roots) == 1 else (), auth_hosts, token_header)
     if not items:
         raise SatsegError("no items to download (the search matched nothing?)")
     if workers < 1:
@@ -446,7 +470,7 @@ def download_items(items: list[dict], assets: list[str], out_dir: str | Path,
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
         futures = {pool.submit(_run_job, j, manifest, headers, aoi_bounds, retries, backoff,
-                               bars): j for j in todo}
+                               bars, trust): j for j in todo}
         try:
             for f in as_completed(futures):
                 fetched.append(f.result())

@@ -180,8 +180,13 @@ def _errors(target: str, headers: dict | None, what: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- opening
 
 
-def _open(target: str, headers: dict | None):
-    """A pystac-client Client for a URL, a pystac Catalog/Collection for a file."""
+def _open(target: str, headers: dict | None, auth_hosts: list[str] | None = None,
+          token_header: str | None = None):
+    """A pystac-client Client for a URL, a pystac Catalog/Collection for a file.
+
+    The client's session sends credential headers only to the catalogue's origin and
+    ``auth_hosts``: ``next`` page links, item links and redirects to another host go
+    without them (:mod:`satseg_jax.catalog.trust`)."""
     import pystac
     from pystac_client.errors import ClientTypeError
 
@@ -196,7 +201,13 @@ def _open(target: str, headers: dict | None):
         retry = Retry(total=RETRIES, backoff_factor=RETRY_BACKOFF,
                       status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
                       raise_on_status=False, respect_retry_after_header=False)
-        io = StacApiIO(headers=dict(headers or {}), timeout=TIMEOUT_S, max_retries=retry)
+        from satseg_jax.catalog.trust import Trust, trusted_session
+
+        io = StacApiIO(timeout=TIMEOUT_S, max_retries=retry)
+        session = trusted_session(headers, Trust.build([target], auth_hosts, token_header))
+        for prefix, adapter in io.session.adapters.items():
+            session.mount(prefix, adapter)
+        io.session = session
         opener = lambda: Client.open(target, stac_io=io)  # noqa: E731
     else:
         opener = lambda: pystac.read_file(target)  # noqa: E731
@@ -248,12 +259,13 @@ def _collections(cat) -> list[tuple[str, str]]:
     return [(c.id, (c.title or "").strip()) for c in cols]
 
 
-def list_collections(catalog: str | None, headers: dict | None = None) \
+def list_collections(catalog: str | None, headers: dict | None = None,
+                     auth_hosts: list[str] | None = None, token_header: str | None = None) \
         -> list[tuple[str, str]]:
     """(id, title) of every collection a catalogue offers."""
     target = resolve_catalog(catalog)
     with _errors(target, headers, "listing collections"):
-        cat = _open(target, headers)
+        cat = _open(target, headers, auth_hosts, token_header)
         return _collections(cat)
 
 
@@ -298,7 +310,8 @@ def search_items(catalog: str | None, collection: str, *,
                  bbox: Iterable[float] | None = None, intersects: dict | None = None,
                  datetime: str | None = None, max_cloud: float | None = None,
                  limit: int | None = None, page_size: int = DEFAULT_PAGE_SIZE,
-                 headers: dict | None = None) -> SearchResult:
+                 headers: dict | None = None, auth_hosts: list[str] | None = None,
+                 token_header: str | None = None) -> SearchResult:
     """Items of ``collection`` matching the filters (each optional).
 
     ``bbox``: (W, S, E, N) in WGS84 degrees; ``intersects``: a GeoJSON geometry (sent as
@@ -306,6 +319,8 @@ def search_items(catalog: str | None, collection: str, *,
     bounding boxes), instead of ``bbox``; ``datetime``: see
     :func:`parse_datetime`; ``max_cloud``: at most this % ``eo:cloud_cover`` (module
     docstring); ``limit``: at most this many items; ``page_size``: items per request.
+    Credential ``headers`` go only to the catalogue's origin and ``auth_hosts``
+    (``HOST[:PORT]``); ``token_header`` names the header ``SATSEG_STAC_TOKEN`` is in.
     """
     if not collection:
         raise SatsegError("satseg search needs --collection ID (list them with "
@@ -340,7 +355,7 @@ def search_items(catalog: str | None, collection: str, *,
         return out
 
     with _errors(target, headers, f"searching collection {collection}"):
-        cat = _open(target, headers)
+        cat = _open(target, headers, auth_hosts, token_header)
         col = _find_collection(cat, collection, target)
         if _has_search(cat):
             kw: dict = {"collections": [collection],

@@ -39,6 +39,12 @@ def add_stac_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra HTTP header for catalogue and file requests (repeatable)")
     p.add_argument("--token-header", default=None, metavar="NAME",
                    help="send SATSEG_STAC_TOKEN as this header instead of Authorization")
+    p.add_argument("--auth-host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="also send credentials to this host (repeatable; no port: any "
+                   "port). By default SATSEG_STAC_TOKEN and credential --headers (names "
+                   "with auth, token, key, secret, password, session or cookie) go only "
+                   "to the catalogue's own scheme://host:port, never to asset hosts "
+                   "(CDNs, object stores) or redirects elsewhere")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -48,7 +54,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     headers = request_headers(args.token_header, args.header)
     if args.list_collections:
-        print(stac.format_collections(stac.list_collections(args.catalog, headers)))
+        print(stac.format_collections(stac.list_collections(
+            args.catalog, headers, args.auth_host, args.token_header)))
         return 0
     if args.bbox and args.aoi:
         raise SatsegError("give --bbox or --aoi, not both")
@@ -56,7 +63,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.catalog, args.collection, bbox=parse_bbox(args.bbox) if args.bbox else None,
         intersects=read_aoi(args.aoi)[1] if args.aoi else None, datetime=args.datetime,
         max_cloud=args.max_cloud, limit=args.limit, page_size=args.page_size,
-        headers=headers)
+        headers=headers, auth_hosts=args.auth_host, token_header=args.token_header)
     if result.items:
         print(stac.format_table(result.items))
     for note in result.notes:
@@ -118,13 +125,15 @@ def cmd_download(args: argparse.Namespace) -> int:
         res = search_items(catalog, args.collection,
                            bbox=parse_bbox(args.bbox) if args.bbox else None,
                            intersects=aoi_geom, datetime=args.datetime,
-                           max_cloud=args.max_cloud, limit=args.limit, headers=headers)
+                           max_cloud=args.max_cloud, limit=args.limit, headers=headers,
+                           auth_hosts=args.auth_host, token_header=args.token_header)
         items, catalog = res.items, res.catalog
         print(f"{len(items)} item(s) found in {args.collection}")
     summary = download_items(items, names(args.assets), Path(args.out),
                              aoi_bounds=aoi_bounds, headers=headers, workers=args.workers,
                              retries=args.retries, backoff=args.retry_backoff,
-                             catalog=catalog, progress=show_progress())
+                             catalog=catalog, progress=show_progress(),
+                             auth_hosts=args.auth_host, token_header=args.token_header)
     print(redact(format_download_summary(summary), headers))
     return 0
 
@@ -137,7 +146,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "collection over an area and dates; print id, date, cloud cover and assets (with "
         "eo:common_name), and with --out write them as a STAC ItemCollection for 'satseg "
         "download --items'. Credentials: SATSEG_STAC_TOKEN (sent as 'Authorization: Bearer "
-        "...' or as --token-header NAME) and --header; never printed. Needs network access "
+        "...' or as --token-header NAME) and --header; sent only to the catalogue's host "
+        "and --auth-host hosts; never printed. Needs network access "
         "(except for a catalog on disk).")
     add_stac_arguments(se)
     se.add_argument("--page-size", type=int, metavar="N",
@@ -157,7 +167,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "area is read (HTTP range requests on Cloud-Optimised GeoTIFFs). Resumable (a rerun "
         "skips complete files and continues partial ones), verified (size, file:checksum), "
         "retried with backoff. Credentials: SATSEG_STAC_TOKEN (sent as 'Authorization: "
-        "Bearer ...' or as --token-header NAME) and --header; never printed or written.")
+        "Bearer ...' or as --token-header NAME) and --header; sent only to the catalogue's "
+        "host (with --items: the items' root link) and --auth-host hosts, never to other "
+        "asset hosts or redirects elsewhere; never printed or written.")
     dl.add_argument("--items", default=None, help="STAC ItemCollection from satseg search --out")
     add_stac_arguments(dl)
     dl.add_argument("--assets", required=True,
