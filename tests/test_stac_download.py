@@ -265,3 +265,118 @@ def test_download_with_search_options_instead_of_items_file(served, tmp_path, ca
     low = min(items, key=lambda it: it["properties"]["eo:cloud_cover"])
     assert [(e["item"], e["asset"]) for e in files] == [(low["id"], "B16")]
     assert json.loads((out / "manifest.json").read_text())["catalog"] == srv.url
+
+
+# ----------------------------------------------------------------- credentials per host (29)
+
+
+def _two_hosts(root, items, token_header="Authorization", token_hosts=("127.0.0.1",)):
+    """Catalogue at http://127.0.0.1:PORT demanding the token; asset hrefs at
+    http://localhost:PORT (another host, same server) that, by default, need none."""
+    srv = StacServer(root, token=TOKEN, token_header=token_header)  # started by `with`
+    srv.assets_on_alt = True
+    srv.token_hosts = set(token_hosts) if token_hosts is not None else None
+    for cid in sorted({it["collection"] for it in items}):
+        srv.add_collection(cid, "test collection")
+    for it in items:
+        srv.add_item(it)
+    return srv
+
+
+def _leaked(reqs: list[dict]) -> list[dict]:
+    """Requests that carried the token in any header."""
+    return [r for r in reqs if any(TOKEN in str(v) for v in r["headers"].values())]
+
+
+def _no_token_anywhere(out: Path, capsys) -> str:
+    cap = capsys.readouterr()
+    for text in (cap.out, cap.err, *(p.read_text() for p in out.rglob("manifest.json"))):
+        assert TOKEN not in text
+    return cap.err.replace("\r", "\n").strip().splitlines()[-1] if cap.err.strip() else ""
+
+
+@pytest.mark.parametrize("token_header", ["Authorization", "X-Api-Key"])
+def test_token_stays_on_the_catalogue_host_unless_auth_host(served, tmp_path, capsys,
+                                                            monkeypatch, token_header):
+    root, items = served
+    it = items[0]
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    th = [] if token_header == "Authorization" else ["--token-header", token_header]
+    with _two_hosts(root, [it], token_header) as srv:
+        alt = srv.alt_url.removeprefix("http://")
+        args = ["download", "--collection", it["collection"], "--catalog", srv.url,
+                "--assets", "blue", "--header", "X-Trace: t-1", *th]
+        assert main([*args, "--out", str(tmp_path / "a")]) == 0
+        to_alt = srv.requests_to("localhost")
+        assert to_alt and not _leaked(to_alt)  # fetched without the token
+        assert all(r["headers"].get("X-Trace") == "t-1" for r in to_alt)  # plain header
+        assert _leaked(srv.requests_to("127.0.0.1"))  # the catalogue did get it
+        _no_token_anywhere(tmp_path / "a", capsys)
+        srv.requests.clear()
+        assert main([*args, "--out", str(tmp_path / "b"), "--auth-host", alt]) == 0
+        to_alt = srv.requests_to("localhost")
+        assert to_alt and len(_leaked(to_alt)) == len(to_alt)
+        _no_token_anywhere(tmp_path / "b", capsys)
+    assert _sha(tmp_path / "a" / it["id"] / "B13.tif") == _sha(_served_file(root, it, "B13"))
+
+
+def test_redirect_to_another_host_drops_every_credential(served, tmp_path, capsys,
+                                                         monkeypatch):
+    root, items = served
+    it = items[1]
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    with _two_hosts(root, [it], "X-Api-Key") as srv:
+        srv.assets_on_alt = False  # hrefs on the catalogue, which redirects elsewhere
+        path = _url_path(root, it, "B14")
+        srv.redirects[path] = srv.alt_url + path
+        items_json = tmp_path / "items.json"
+        assert main(["search", "--catalog", srv.url, "--collection", it["collection"],
+                     "--token-header", "X-Api-Key", "--out", str(items_json)]) == 0
+        srv.requests.clear()
+        assert main(["download", "--items", str(items_json), "--assets", "green",
+                     "--token-header", "X-Api-Key", "--header", "Cookie: c00kie-value",
+                     "--out", str(tmp_path / "dl")]) == 0
+        first = [r for r in srv.requests_to("127.0.0.1") if r["path"] == path]
+        assert first and first[0]["status"] == 302 and _leaked(first)
+        assert first[0]["headers"].get("Cookie") == "c00kie-value"
+        to_alt = srv.requests_to("localhost")
+        assert to_alt and not _leaked(to_alt)
+        assert not [r for r in to_alt if "Cookie" in r["headers"]]
+    _no_token_anywhere(tmp_path / "dl", capsys)
+    assert _sha(tmp_path / "dl" / it["id"] / "B14.tif") == _sha(_served_file(root, it, "B14"))
+
+
+def test_refusal_from_another_host_names_it_and_auth_host(served, tmp_path, capsys,
+                                                          monkeypatch):
+    root, items = served
+    it = items[0]
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    with _two_hosts(root, [it], token_hosts=None) as srv:  # the asset host wants it too
+        alt = srv.alt_url.removeprefix("http://")
+        args = ["download", "--collection", it["collection"], "--catalog", srv.url,
+                "--assets", "blue", "--retry-backoff", "0.01"]
+        assert main([*args, "--out", str(tmp_path / "a")]) == 2
+        err = _no_token_anywhere(tmp_path / "a", capsys)
+        assert err.startswith("satseg: error:") and "HTTP 401" in err
+        assert f"from {alt}" in err and f"--auth-host {alt}" in err and "?" not in err
+        assert not _leaked(srv.requests_to("localhost"))
+        assert not list((tmp_path / "a").rglob(".*.part"))
+        assert main([*args, "--out", str(tmp_path / "b"), "--auth-host", "localhost"]) == 0
+        _no_token_anywhere(tmp_path / "b", capsys)
+
+
+def test_aoi_window_reads_get_no_token_on_another_host(served, tmp_path, capsys, monkeypatch):
+    root, items = served
+    it = items[0]
+    w, s, e, n = it["bbox"]
+    aoi = {"type": "Polygon", "coordinates": [[[w, s], [(w + e) / 2, s], [(w + e) / 2, n],
+                                               [w, n], [w, s]]]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    with _two_hosts(root, [it]) as srv:
+        assert main(["download", "--collection", it["collection"], "--catalog", srv.url,
+                     "--assets", "red", "--aoi", str(tmp_path / "aoi.geojson"),
+                     "--out", str(tmp_path / "dl")]) == 0
+        to_alt = srv.requests_to("localhost")
+        assert to_alt and not _leaked(to_alt)
+    _no_token_anywhere(tmp_path / "dl", capsys)

@@ -157,6 +157,14 @@ class StacServer:
     ``query`` the raw query string, ``body`` the request body text or None). ``fail_plan``: path ->
     statuses answered (in order, any method) before serving normally. ``missing``: paths
     answered 404 forever. ``throttle``: path -> seconds slept per 64 KiB chunk sent.
+
+    Second host (issue 29): the server also answers as ``alt_url``
+    (``http://localhost:PORT``, another host name for the same socket), so a test sees
+    which credentials reached which host (``requests_to(host)``, by the Host header).
+    ``assets_on_alt``: relative asset hrefs point at ``alt_url`` instead of ``url``.
+    ``redirects``: path -> absolute URL answered with 302 (on ``url``'s host only, so a
+    redirect to the same path on ``alt_url`` is served).
+    ``token_hosts``: when set, only requests to these host names need the token.
     """
 
     def __init__(self, root: Path, token: str | None = None,
@@ -169,6 +177,9 @@ class StacServer:
         self.fail_plan: dict[str, list[int]] = {}
         self.missing: set[str] = set()
         self.throttle: dict[str, float] = {}
+        self.assets_on_alt = False
+        self.redirects: dict[str, str] = {}
+        self.token_hosts: set[str] | None = None
         self._collections: dict[str, dict] = {}
         self._items: dict[str, list[dict]] = {}
         self._lock = threading.Lock()
@@ -202,6 +213,17 @@ class StacServer:
             return sum(r["bytes"] for r in self.requests
                        if r["method"] == "GET" and r["path"].startswith(path_prefix))
 
+    @property
+    def alt_url(self) -> str:
+        """The same server under another host name (``localhost`` instead of 127.0.0.1)."""
+        return self.url.replace("127.0.0.1", "localhost")
+
+    def requests_to(self, host: str) -> list[dict]:
+        """Recorded requests whose Host header names ``host`` (any port)."""
+        with self._lock:
+            return [r for r in self.requests
+                    if (r["headers"].get("Host") or "").rpartition(":")[0] == host]
+
     def __enter__(self) -> StacServer:
         server = self
 
@@ -231,7 +253,7 @@ class StacServer:
     def _abs(self, href: str) -> str:
         if "://" in href:
             return href
-        return f"{self.url}/{href.lstrip('/')}"
+        return f"{self.alt_url if self.assets_on_alt else self.url}/{href.lstrip('/')}"
 
     def _serve_item(self, item: dict) -> dict:
         it = copy.deepcopy(item)
@@ -457,6 +479,9 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.stac
         if s.token is None:
             return True
+        host = (self.headers.get("Host") or "").rpartition(":")[0]
+        if s.token_hosts is not None and host not in s.token_hosts:
+            return True
         if s.token_header.lower() == "authorization":
             return self.headers.get("Authorization") == f"Bearer {s.token}"
         return self.headers.get(s.token_header) == s.token
@@ -466,6 +491,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str, path: str, qs: str, body: bytes) -> None:
         s = self.stac
         head = method == "HEAD"
+        if path in s.redirects and not self.headers.get("Host", "").startswith("localhost"):
+            self._send(302, b"", "text/plain", {"Location": s.redirects[path]}, head=head)
+            return
         if not self._authorised():
             self._error(401, "missing or wrong credentials", head=head)
             return
