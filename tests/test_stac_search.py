@@ -353,3 +353,56 @@ def test_served_cog_window_over_vsicurl(server, stac_files):
     ranged = [r for r in server.requests if r["path"] == path and r["method"] == "GET"]
     assert ranged and all(r["status"] == 206 and r["range"] for r in ranged)
     assert server.bytes_sent(path) - before < (root / href).stat().st_size
+
+
+@pytest.mark.parametrize("token_header", [None, "X-Api-Key"])
+def test_next_page_on_another_host_gets_no_token(stac_files, ids, capsys, monkeypatch,
+                                                 token_header):
+    """A ``next`` link to another host (issue 29) is followed without the credentials,
+    unless --auth-host names that host."""
+    root, items = stac_files
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    with StacServer(root, token=TOKEN, token_header=token_header or "Authorization") as srv:
+        srv.token_hosts, srv.next_on_alt = {"127.0.0.1"}, True
+        for it in items:
+            srv.add_item(it)
+        alt = srv.alt_url.removeprefix("http://")
+        extra = ["--token-header", token_header] if token_header else []
+        argv = ["search", "--catalog", srv.url, "--collection", COLLECTION,
+                "--page-size", "1", *extra]
+
+        def carried(host: str) -> list[bool]:
+            return [any(TOKEN in str(v) for v in r["headers"].values())
+                    for r in srv.requests_to(host) if r["path"] == "/search"]
+
+        rc, out, err = _run(capsys, *argv)
+        assert rc == 0, err
+        assert ids[0] in out and ids[1] in out and TOKEN not in out + err
+        assert carried("127.0.0.1") == [True] and carried("localhost") == [False]
+        srv.requests.clear()
+        rc, out, err = _run(capsys, *argv, "--auth-host", alt)
+        assert rc == 0, err
+        assert carried("127.0.0.1") == [True] and carried("localhost") == [True]
+
+
+def test_auth_host_parsing_and_credential_rule():
+    from satseg_jax.catalog.trust import Trust, is_credential, parse_auth_host
+
+    assert parse_auth_host("Data.Example.org") == ("data.example.org", None)
+    assert parse_auth_host("cdn.example.org:8443") == ("cdn.example.org", 8443)
+    assert parse_auth_host("[::1]:9000") == ("::1", 9000)
+    assert parse_auth_host("https://x.org:444/a?sig=1") == ("x.org", 444)
+    with pytest.raises(SatsegError, match="--auth-host"):
+        parse_auth_host("bad host/")
+    t = Trust.build(["https://stac.example.org/v1"], ["cdn.example.org", "s3.example.org:9000"])
+    assert t.allows("https://stac.example.org/files/a.tif")
+    assert t.allows("https://stac.example.org:443/x")
+    assert not t.allows("http://stac.example.org/x")  # another scheme: another origin
+    assert not t.allows("https://stac.example.org:8443/x")
+    assert not t.allows("https://evil.example.org/x")
+    assert t.allows("http://cdn.example.org:8080/a") and t.allows("https://s3.example.org:9000/")
+    assert not t.allows("https://s3.example.org/") and not t.allows("file:///etc/passwd")
+    assert all(is_credential(n) for n in ("Authorization", "X-Api-Key", "Cookie",
+                                          "X-Auth-Token", "Proxy-Authorization"))
+    assert not any(is_credential(n) for n in ("User-Agent", "Accept", "X-Trace"))
+    assert is_credential("X-Custom", token_header="x-custom")

@@ -165,6 +165,7 @@ class StacServer:
     ``redirects``: path -> absolute URL answered with 302 (on ``url``'s host only, so a
     redirect to the same path on ``alt_url`` is served).
     ``token_hosts``: when set, only requests to these host names need the token.
+    ``next_on_alt``: ``next`` page links of /search point at ``alt_url``.
     """
 
     def __init__(self, root: Path, token: str | None = None,
@@ -178,6 +179,8 @@ class StacServer:
         self.missing: set[str] = set()
         self.throttle: dict[str, float] = {}
         self.assets_on_alt = False
+        self.next_on_alt = False
+        self.in_flight = 0  # requests being answered (recorded when done)
         self.redirects: dict[str, str] = {}
         self.token_hosts: set[str] | None = None
         self._collections: dict[str, dict] = {}
@@ -219,7 +222,11 @@ class StacServer:
         return self.url.replace("127.0.0.1", "localhost")
 
     def requests_to(self, host: str) -> list[dict]:
-        """Recorded requests whose Host header names ``host`` (any port)."""
+        """Recorded requests whose Host header names ``host`` (any port), once those in
+        flight are recorded (a client may read the answer before the log is written)."""
+        deadline = time.monotonic() + 5
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             return [r for r in self.requests
                     if (r["headers"].get("Host") or "").rpartition(":")[0] == host]
@@ -366,8 +373,9 @@ class StacServer:
         links = [{"rel": "root", "href": f"{self.url}/", "type": "application/json"}]
         if offset + limit < len(matched):
             token = str(offset + limit)
+            base = self.alt_url if self.next_on_alt else self.url
             if method == "POST":
-                links.append({"rel": "next", "href": f"{self.url}{path}", "method": "POST",
+                links.append({"rel": "next", "href": f"{base}{path}", "method": "POST",
                               "type": "application/geo+json", "body": {"token": token},
                               "merge": True})
             else:
@@ -376,7 +384,7 @@ class StacServer:
                          ",".join(map(str, v)) if isinstance(v, list) else v)
                      for k, v in params.items() if k != "token" and v is not None}
                 q["token"] = token
-                links.append({"rel": "next", "href": f"{self.url}{path}?{urlencode(q)}",
+                links.append({"rel": "next", "href": f"{base}{path}?{urlencode(q)}",
                               "method": "GET", "type": "application/geo+json"})
         return {"type": "FeatureCollection", "features": [self._serve_item(i) for i in page],
                 "links": links, "numberMatched": len(matched), "numberReturned": len(page),
@@ -441,6 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._rec = {"method": method, "path": path, "range": self.headers.get("Range"),
                      "status": None, "bytes": 0, "query": parts.query,
                      "headers": dict(self.headers.items()), "body": None}
+        with self.stac._lock:
+            self.stac.in_flight += 1
         body = b""
         n = int(self.headers.get("Content-Length") or 0)
         if n:
@@ -453,6 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.stac._lock:
                 self.stac.requests.append(self._rec)
+                self.stac.in_flight -= 1
 
     def _send(self, status: int, payload: bytes, ctype: str, extra: dict | None = None,
               head: bool = False) -> None:
