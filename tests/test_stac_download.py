@@ -380,3 +380,27 @@ def test_aoi_window_reads_get_no_token_on_another_host(served, tmp_path, capsys,
         to_alt = srv.requests_to("localhost")
         assert to_alt and not _leaked(to_alt)
     _no_token_anywhere(tmp_path / "dl", capsys)
+
+
+def test_aoi_read_redirected_to_another_host_drops_custom_header(served, tmp_path, capsys,
+                                                                 monkeypatch):
+    """GDAL keeps X-Api-Key across redirects; it is given the final URL instead."""
+    root, items = served
+    it = items[1]
+    w, s, e, n = it["bbox"]
+    aoi = {"type": "Polygon", "coordinates": [[[w, s], [(w + e) / 2, s], [(w + e) / 2, n],
+                                               [w, n], [w, s]]]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    with _two_hosts(root, [it], "X-Api-Key") as srv:
+        srv.assets_on_alt = False
+        path = _url_path(root, it, "B15")
+        srv.redirects[path] = srv.alt_url + path
+        assert main(["download", "--collection", it["collection"], "--catalog", srv.url,
+                     "--token-header", "X-Api-Key", "--assets", "red",
+                     "--aoi", str(tmp_path / "aoi.geojson"),
+                     "--out", str(tmp_path / "dl")]) == 0
+        to_alt = srv.requests_to("localhost")
+        assert to_alt and not _leaked(to_alt)
+        assert [r for r in srv.requests_to("127.0.0.1") if r["path"] == path]
+    _no_token_anywhere(tmp_path / "dl", capsys)

@@ -402,6 +402,9 @@ def test_auth_host_parsing_and_credential_rule():
     assert not t.allows("https://evil.example.org/x")
     assert t.allows("http://cdn.example.org:8080/a") and t.allows("https://s3.example.org:9000/")
     assert not t.allows("https://s3.example.org/") and not t.allows("file:///etc/passwd")
+    up = Trust.build(["http://stac.example.org/"])  # an https upgrade keeps the token
+    assert up.allows("https://stac.example.org/x") and not up.allows("http://cdn.example.org/")
+    assert not Trust.build(["https://stac.example.org/"]).allows("http://stac.example.org/")
     assert all(is_credential(n) for n in ("Authorization", "X-Api-Key", "Cookie",
                                           "X-Auth-Token", "Proxy-Authorization"))
     assert not any(is_credential(n) for n in ("User-Agent", "Accept", "X-Trace"))

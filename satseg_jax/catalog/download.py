@@ -45,6 +45,7 @@ from satseg_jax.catalog.trust import (
     RefusedError,
     Trust,
     catalog_roots,
+    final_url,
     headers_for,
     refused,
     trusted_session,
@@ -300,9 +301,10 @@ def _fetch_window(job: Job, aoi_bounds, headers: dict, trust: Trust) -> tuple[st
     from rasterio.windows import transform as win_transform
 
     part = _aoi_part(job.dest)
-    href = str(_local_path(job.href)) if is_local(job.href) else "/vsicurl/" + job.href
+    url = job.href if is_local(job.href) else final_url(job.href, headers, trust)
+    href = str(_local_path(url)) if is_local(url) else "/vsicurl/" + url
     try:
-        with gdal_http_env(headers_for(job.href, headers, trust)), rasterio.open(href) as src:
+        with gdal_http_env(headers_for(url, headers, trust)), rasterio.open(href) as src:
             win = aoi_window(src, aoi_bounds)
             if win is None:
                 raise PermanentError("the --aoi does not overlap this asset")
@@ -322,7 +324,7 @@ def _fetch_window(job: Job, aoi_bounds, headers: dict, trust: Trust) -> tuple[st
         text = str(e)
         code = re.search(r"HTTP (?:response )?code:? ?(\d{3})", text)
         if code and code.group(1) in ("401", "403"):
-            raise refused(int(code.group(1)), job.href, trust, headers) from None
+            raise refused(int(code.group(1)), url, trust, headers) from None
         if code and code.group(1) in ("400", "404", "410"):
             raise PermanentError(f"HTTP {code.group(1)}") from None
         if code is None and is_local(job.href):

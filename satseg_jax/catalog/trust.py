@@ -89,6 +89,8 @@ class Trust:
               auth_hosts: Iterable[str] | None = None,
               token_header: str | None = None) -> Trust:
         origins = {o for o in (origin(c) for c in catalogs if c) if o}
+        # http://host -> https://host on the default ports is an upgrade, not a new party
+        origins |= {("https", h, 443) for s, h, p in origins if (s, p) == ("http", 80)}
         return cls(frozenset(origins),
                    frozenset(parse_auth_host(h) for h in auth_hosts or []), token_header)
 
@@ -120,6 +122,23 @@ def headers_for(url: str, headers: dict | None, trust: Trust | None) -> dict:
     if trust is None or trust.allows(url):
         return dict(headers or {})
     return split_headers(headers, trust.token_header)[0]
+
+
+def final_url(url: str, headers: dict | None, trust: Trust) -> str:
+    """Where ``url`` ends up after redirects, found with a 1-byte request that carries
+    credentials only while trusted. Why: GDAL (``/vsicurl/``, AOI reads) follows
+    redirects itself and keeps custom headers such as X-Api-Key across hosts, so it
+    is given the final URL and only the headers that URL's origin may receive."""
+    import requests
+
+    if not trust.allows(url) or not split_headers(headers, trust.token_header)[1]:
+        return url  # nothing secret would be sent: let GDAL follow as it likes
+    try:
+        with trusted_session(headers, trust) as s, \
+                s.get(url, headers={"Range": "bytes=0-0"}, stream=True, timeout=60) as r:
+            return r.url or url
+    except requests.RequestException:
+        return url  # GDAL reports the failure (and retries) itself
 
 
 def trusted_session(headers: dict | None, trust: Trust | None):
