@@ -409,3 +409,22 @@ def test_auth_host_parsing_and_credential_rule():
                                           "X-Auth-Token", "Proxy-Authorization"))
     assert not any(is_credential(n) for n in ("User-Agent", "Accept", "X-Trace"))
     assert is_credential("X-Custom", token_header="x-custom")
+
+
+def test_next_page_refused_by_another_host_names_it(stac_files, capsys, monkeypatch):
+    root, items = stac_files
+    monkeypatch.setenv("SATSEG_STAC_TOKEN", TOKEN)
+    with StacServer(root, token=TOKEN) as srv:
+        srv.next_on_alt = True  # and every host wants the token
+        for it in items:
+            srv.add_item(it)
+        alt = srv.alt_url.removeprefix("http://")
+        argv = ["search", "--catalog", srv.url, "--collection", COLLECTION, "--page-size", "1"]
+        rc, out, err = _run(capsys, *argv)
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("satseg: error:") and "HTTP 401" in err
+        assert f"from {alt}" in err and f"--auth-host {alt}" in err
+        assert "cannot reach" not in err  # ours, not pystac-client's wrapper
+        assert TOKEN not in out + err and "token=" not in err
+        rc, out, err = _run(capsys, *argv, "--auth-host", alt)
+        assert rc == 0, err

@@ -147,6 +147,8 @@ def _errors(target: str, headers: dict | None, what: str) -> Iterator[None]:
     except SatsegError:
         raise
     except api_error as e:
+        if isinstance(e.__context__, SatsegError):  # ours, re-raised by pystac-client
+            raise e.__context__ from None
         status = getattr(e, "status_code", None)
         if status in (401, 403):
             has = bool(headers)
@@ -204,7 +206,8 @@ def _open(target: str, headers: dict | None, auth_hosts: list[str] | None = None
         from satseg_jax.catalog.trust import Trust, trusted_session
 
         io = StacApiIO(timeout=TIMEOUT_S, max_retries=retry)
-        session = trusted_session(headers, Trust.build([target], auth_hosts, token_header))
+        trust = Trust.build([target], auth_hosts, token_header)
+        session = trusted_session(headers, trust, stop_refused=True)
         for prefix, adapter in io.session.adapters.items():
             session.mount(prefix, adapter)
         io.session = session

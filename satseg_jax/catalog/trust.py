@@ -141,8 +141,12 @@ def final_url(url: str, headers: dict | None, trust: Trust) -> str:
         return url  # GDAL reports the failure (and retries) itself
 
 
-def trusted_session(headers: dict | None, trust: Trust | None):
-    """A requests Session that adds credential headers only for trusted origins."""
+def trusted_session(headers: dict | None, trust: Trust | None, stop_refused: bool = False):
+    """A requests Session that adds credential headers only for trusted origins.
+
+    ``stop_refused``: a 401/403 from a host that was not sent the credentials raises
+    the one-line SatsegError of :func:`refused` (pystac-client's own error would not
+    say which URL refused, e.g. a ``next`` page link on another host)."""
     import requests
 
     class TrustedSession(requests.Session):
@@ -151,9 +155,16 @@ def trusted_session(headers: dict | None, trust: Trust | None):
         def send(self, request, **kwargs):  # noqa: ANN001, ANN003, ANN201
             for k in [k for k in request.headers if is_credential(k, token_header)]:
                 del request.headers[k]
-            if trust is None or trust.allows(request.url):
+            allowed = trust is None or trust.allows(request.url)
+            if allowed:
                 request.headers.update(secret)
-            return super().send(request, **kwargs)
+            r = super().send(request, **kwargs)
+            if stop_refused and secret and not allowed and r.status_code in (401, 403):
+                from satseg_jax.catalog.auth import public_url, redact
+
+                e = refused(r.status_code, request.url, trust, headers)
+                raise SatsegError(redact(f"{public_url(request.url)}: {e}", headers))
+            return r
 
         def rebuild_auth(self, prepared_request, response) -> None:  # noqa: ANN001
             """No netrc or URL userinfo credentials on redirects; send() decides."""
