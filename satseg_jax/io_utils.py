@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import glob
 import os
 import shutil
 import tempfile
@@ -119,3 +120,62 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+
+
+PathArg = str | os.PathLike | None
+
+
+def _named_paths(named: dict[str, PathArg | list[PathArg]]) -> Iterator[tuple[str, Path]]:
+    """(option, path) for every path given; a list gives one pair per entry and a quoted
+    glob (``--images 'LoveDA/*/images_png'``) one per match."""
+    for label, value in named.items():
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is None or str(v) == "":
+                continue
+            if glob.has_magic(str(v)):
+                yield from ((label, Path(m)) for m in sorted(glob.glob(str(v))))
+            else:
+                yield label, Path(v)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are one file: the same path after following links, or (hard links,
+    bind mounts) the same inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def refuse_overwriting_inputs(outputs: dict[str, PathArg | list[PathArg]],
+                              inputs: dict[str, PathArg | list[PathArg]],
+                              folders: tuple[str, ...] = ()) -> None:
+    """Raise a SatsegError, before any work, when writing ``outputs`` would destroy one of
+    ``inputs``.
+
+    ``outputs`` and ``inputs`` map the option that names them (``"--out"``) to a path (or
+    a list of paths, or a glob). An output is refused when it is the same file as an
+    input after following links (symlinks, hard links); an output named in ``folders``
+    is a folder the command creates or replaces as a whole, so it is also refused when it
+    is or contains an input. Two outputs naming one file are refused too.
+    """
+    outs = list(_named_paths(outputs))
+    ins = list(_named_paths(inputs))
+    for out_label, out in outs:
+        for in_label, inp in ins:
+            if out_label in folders and (inp.resolve().is_relative_to(out.resolve())
+                                         or _same_file(out, inp)):
+                raise SatsegError(
+                    f"{out_label} {out} is or contains {in_label} {inp}: writing that "
+                    f"folder would destroy the input; choose an {out_label} folder outside it")
+            if _same_file(out, inp):
+                raise SatsegError(
+                    f"{out_label} {out} is the same file as {in_label} {inp}: writing it "
+                    f"would destroy the input; choose another {out_label}")
+    for i, (label_a, a) in enumerate(outs):
+        for label_b, b in outs[i + 1:]:
+            if _same_file(a, b):
+                raise SatsegError(f"{label_a} {a} and {label_b} {b} are the same file; "
+                                  "give each output its own path")

@@ -22,6 +22,7 @@ from satseg_jax.commands.common import (
     show_progress,
 )
 from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import refuse_overwriting_inputs
 
 SAMPLE = ("satseg_jax.raster.sample", "write_sample_scene")
 COMPOSE = ("satseg_jax.raster.compose", "compose_bands")
@@ -108,6 +109,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
         # --item: --bands are asset keys or eo:common_name values of the downloaded item
         wanted = [n for b in args.bands for n in names(b)]
         args.bands = [str(f) for f in item_files(Path(args.item), wanted)]
+    refuse_overwriting_inputs({"--out": args.out},
+                              {"--bands": args.bands, "--pansharpen": args.pansharpen,
+                               "--resample-to": args.resample_to})
     if args.pansharpen:
         from satseg_jax.raster.pansharpen import pansharpen
 
@@ -224,6 +228,11 @@ def cmd_patches(args: argparse.Namespace) -> int:
     into patches by windowed reads. Each image patch and mask patch is a GeoTIFF with
     its own georeferencing (none for plain images); nodata becomes the ignore label 255;
     index.csv lists every patch (and its source image)."""
+    refuse_overwriting_inputs(
+        {"--out": args.out},
+        {"--image": args.image, "--labels": args.labels, "--vector": args.vector,
+         "--classes": args.classes, "--images": args.images, "--masks": args.masks},
+        folders=("--out",))
     common = dict(out_dir=Path(args.out), classes_path=Path(args.classes), size=args.size,
                   stride=args.stride, min_valid=args.min_valid, edge=args.edge,
                   overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
@@ -301,6 +310,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build a tensorflow-datasets dataset from a patches folder: train/validation/test
     splits, per-band statistics (train split only), class pixel counts; writes
     satseg_dataset.json beside it."""
+    refuse_overwriting_inputs(
+        {"--out": args.out},
+        {"--patches": args.patches, "--images": args.images, "--split-file": args.split_file},
+        folders=("--out",))
     from satseg_jax.datasets.build import (
         build_classification_dataset,
         build_dataset,
