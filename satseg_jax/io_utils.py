@@ -149,6 +149,26 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def refuse_unwritable_outputs(outputs: dict[str, PathArg | list[PathArg]],
+                              folders: tuple[str, ...] = ()) -> None:
+    """Raise a SatsegError for an output path that cannot be written as named: below a
+    file (``--out notes.txt/map.tif``), a file output naming a folder, or a folder output
+    naming a file. Outputs named in ``folders`` are folders, the others files."""
+    for label, path in _named_paths(outputs):
+        for above in path.absolute().parents:
+            if above.exists():
+                if not above.is_dir():
+                    raise SatsegError(f"{label} {path}: {above} is a file, not a folder; "
+                                      f"choose an {label} in a folder")
+                break
+        if label in folders and path.exists() and not path.is_dir():
+            raise SatsegError(f"{label} {path} is a file, and the output is a folder; "
+                              f"choose another {label}")
+        if label not in folders and path.is_dir():
+            raise SatsegError(f"{label} {path} is a folder, and the output is a file; name "
+                              f"the file, e.g. {label} {path / 'NAME'}")
+
+
 def refuse_overwriting_inputs(outputs: dict[str, PathArg | list[PathArg]],
                               inputs: dict[str, PathArg | list[PathArg]],
                               folders: tuple[str, ...] = ()) -> None:
@@ -159,8 +179,10 @@ def refuse_overwriting_inputs(outputs: dict[str, PathArg | list[PathArg]],
     a list of paths, or a glob). An output is refused when it is the same file as an
     input after following links (symlinks, hard links); an output named in ``folders``
     is a folder the command creates or replaces as a whole, so it is also refused when it
-    is or contains an input. Two outputs naming one file are refused too.
+    is or contains an input. Two outputs naming one file are refused too, and so is an
+    output that cannot be written where it is named (:func:`refuse_unwritable_outputs`).
     """
+    refuse_unwritable_outputs(outputs, folders)
     outs = list(_named_paths(outputs))
     ins = list(_named_paths(inputs))
     for out_label, out in outs:

@@ -51,6 +51,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Write a synthetic but plausible scene: one GeoTIFF per band (blue, green, red,
     nir; uint16, UTM), labels.tif, labels.geojson and classes.json. Deterministic for a
     given --seed."""
+    refuse_overwriting_inputs({"--out": args.out}, {}, folders=("--out",))
     from satseg_jax.raster.sample import write_sample_scene
 
     paths = write_sample_scene(

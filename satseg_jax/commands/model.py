@@ -109,8 +109,10 @@ def add_evaluate_arguments(e: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run = Path(args.workdir)
     written = [run / f"{name}_{args.split}{ext}" for name, ext in (
-        ("metrics", ".json"), ("confusion", ".png"), ("overlays", ".png"), ("predictions", ""))]
-    refuse_overwriting_inputs({"--workdir": written}, {"--data": args.data})
+        ("metrics", ".json"), ("confusion", ".png"), ("overlays", ".png"))]
+    refuse_overwriting_inputs(
+        {"--workdir": written, "--save-predictions": run / f"predictions_{args.split}"},
+        {"--data": args.data}, folders=("--save-predictions",))
     from satseg_jax.evaluate import evaluate_workdir
     from satseg_jax.metrics import format_metrics_table
 
