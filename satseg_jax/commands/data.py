@@ -9,6 +9,7 @@ handler. Defaults that the library function also has are read from its signature
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,8 @@ def add_compose_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--pansharpen", default=None, metavar="PAN.tif",
                    help="fuse the (coarser) bands with this panchromatic band; the output is "
                    "on PAN's grid")
+    c.add_argument("--strict", action="store_true",
+                   help="refuse a band that is NaN in every pixel (default: warn)")
     c.add_argument("--method", choices=["brovey", "ihs", "weighted"],
                    default=library_default(*PANSHARPEN, "method"),
                    help="pan-sharpening method (with --pansharpen; default: %(default)s)")
@@ -123,12 +126,15 @@ def cmd_compose(args: argparse.Namespace) -> int:
                          method=args.method, names=args.names, progress=show_progress())
         print_wrote([out])
         return 0
+    notes: list[str] = []
     out = compose_bands(
         [Path(b) for b in args.bands], Path(args.out), names=args.names,
         resample_to=Path(args.resample_to) if args.resample_to else None,
         resampling=args.resampling, dtype=args.dtype, nodata=args.nodata,
-        progress=show_progress(),
+        progress=show_progress(), strict=args.strict, notes=notes,
     )
+    for note in notes:
+        print(f"satseg: warning: {note}", file=sys.stderr)
     print_wrote([out])
     return 0
 
@@ -234,6 +240,10 @@ def cmd_patches(args: argparse.Namespace) -> int:
         {"--image": args.image, "--labels": args.labels, "--vector": args.vector,
          "--classes": args.classes, "--images": args.images, "--masks": args.masks},
         folders=("--out",))
+    if args.stride and args.stride > args.size:
+        print(f"satseg: warning: --stride {args.stride} is larger than --size {args.size}: "
+              f"the {args.stride - args.size}-px strips between patches are in no patch; "
+              f"use --stride {args.size} or less to cover the whole scene", file=sys.stderr)
     common = dict(out_dir=Path(args.out), classes_path=Path(args.classes), size=args.size,
                   stride=args.stride, min_valid=args.min_valid, edge=args.edge,
                   overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
