@@ -92,6 +92,13 @@ def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
         os.replace(tmp_path, target)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; rename it onto ``target`` on success.
@@ -112,6 +119,8 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     with _cleaned_up(target, tmp, functools.partial(shutil.rmtree, ignore_errors=True)):
         yield tmp
+        # mkdtemp makes the folder 0700; give the output the mode mkdir would have.
+        os.chmod(tmp, 0o777 & ~_umask())
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

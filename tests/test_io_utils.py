@@ -1,0 +1,53 @@
+"""satseg_jax.io_utils: atomic outputs (issue 29, item 4: their permissions)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from satseg_jax.cli import main
+from satseg_jax.io_utils import atomic_dir, atomic_path
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, then restore it."""
+    saved = os.umask(0o022)
+    yield lambda m: os.umask(m)
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_atomic_dir_gets_the_mode_mkdir_would_give(tmp_path, umask, mask, mode):
+    """mkdtemp makes its folder 0700; the renamed output has 0777 & ~umask, as mkdir."""
+    umask(mask)
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_dir_with_overwrite_keeps_the_mode(tmp_path, umask):
+    umask(0o022)
+    for _ in range(2):
+        with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+            (tmp / "a.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_sample_output_folder_is_0755_under_umask_022(tmp_path, umask):
+    """Through the command: satseg sample's folder was drwx------ whatever the umask."""
+    umask(0o022)
+    assert main(["sample", "--out", str(tmp_path / "s"), "--size", "64"]) == 0
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_atomic_path_file_mode_follows_the_umask(tmp_path, umask):
+    umask(0o022)
+    with atomic_path(tmp_path / "f.txt") as tmp:
+        tmp.write_text("x")
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
