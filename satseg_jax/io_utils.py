@@ -16,6 +16,7 @@ import errno
 import functools
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -76,6 +77,27 @@ def _cleaned_up(target: Path, tmp: Path, remove) -> Iterator[None]:
             remove(tmp)
 
 
+def sweep_leftovers(target: Path) -> list[Path]:
+    """Remove the temporaries an earlier, killed run left beside ``target`` (return them).
+
+    Only names this module makes for ``target``: ``.NAME.XXXXXXXX.tmp`` (mkstemp/mkdtemp,
+    8 random characters) and atomic_dir's ``.NAME.old``; nothing else is touched. A second
+    run writing the same output at the same time would lose its temporary: one output,
+    one writer.
+    """
+    made = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
+    swept = []
+    if target.parent.is_dir():
+        for p in target.parent.iterdir():
+            if made.fullmatch(p.name) or p.name == f".{target.name}.old":
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                swept.append(p)
+    return swept
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path beside ``target``; rename it onto ``target`` on success."""
@@ -83,6 +105,7 @@ def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise SatsegError(f"{target}: already exists; remove it or choose another output")
+    sweep_leftovers(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     os.unlink(tmp)
@@ -116,6 +139,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
                 "remove it, choose another --out, or pass --overwrite"
             )
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     with _cleaned_up(target, tmp, functools.partial(shutil.rmtree, ignore_errors=True)):
         yield tmp

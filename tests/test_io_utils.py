@@ -51,3 +51,24 @@ def test_atomic_path_file_mode_follows_the_umask(tmp_path, umask):
     with atomic_path(tmp_path / "f.txt") as tmp:
         tmp.write_text("x")
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+
+
+def test_next_run_sweeps_its_own_leftover_temporaries_only(tmp_path):
+    """A run killed by SIGKILL leaves ``.out.XXXXXXXX.tmp`` (and atomic_dir's ``.out.old``)
+    beside its output: the next run into the same output removes exactly those; files
+    that only look alike (other output, other length, no dot) are kept."""
+    leftovers = [tmp_path / ".out.k3j_9x2a.tmp", tmp_path / ".out.old"]
+    leftovers[0].mkdir()
+    (leftovers[0] / "half.tif").write_bytes(b"x")
+    leftovers[1].mkdir()
+    decoys = [".other.k3j_9x2a.tmp", ".out.short.tmp", "out.k3j_9x2a.tmp",
+              ".out.K3J_9X2A.tmp", ".out.k3j_9x2a.tmp.keep", "notes.txt"]
+    for d in decoys:
+        (tmp_path / d).write_text("keep me")
+    assert main(["sample", "--out", str(tmp_path / "out"), "--size", "64"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(decoys + ["out"])
+    # a file output sweeps its own too
+    (tmp_path / ".m.csv.abcdefgh.tmp").write_text("half")
+    with atomic_path(tmp_path / "m.csv") as tmp:
+        tmp.write_text("ok")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(decoys + ["out", "m.csv"])
