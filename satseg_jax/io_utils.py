@@ -62,16 +62,73 @@ def _disk_full(target: Path, exc: BaseException) -> DiskFullError:
         "disk) and run the command again")
 
 
+class NotWritableError(SatsegError, OSError):
+    """The output's folder cannot be written (read-only file system, no permission)."""
+
+
+_NOT_WRITABLE = {errno.EROFS: "the file system is read-only",
+                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+# GDAL's write errors (TIFFAppendToStrip, CPLE_FileIO) do not say why they failed.
+_GDAL_WRITE_TEXT = ("write failed", "tiffappendtostrip", "cple_", "failed to write")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _little_space(folder: Path) -> bool:
+    """Less than 1 MiB left for us on the disk of ``folder``."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def _write_error(target: Path, exc: BaseException) -> SatsegError | None:
+    """``exc`` as the one-line error of a failed write of ``target``, or None when it is
+    not a write failure of the output (an unreadable input, a bug)."""
+    if is_disk_full(exc):
+        return _disk_full(target, exc)
+    chain = list(_chain(exc))
+    if (any(t in str(e).lower() for e in chain for t in _GDAL_WRITE_TEXT)
+            and _little_space(target.parent)):
+        return _disk_full(target, exc)
+    folder = target.parent.absolute()
+    for e in chain:
+        if (isinstance(e, OSError) and e.errno in _NOT_WRITABLE and e.filename is not None
+                and Path(os.fsdecode(e.filename)).absolute().is_relative_to(folder)):
+            return NotWritableError(
+                f"{target}: cannot write it: {_NOT_WRITABLE[e.errno]} ({folder}); nothing "
+                "was left behind. Choose an output in a folder you can write to")
+    return None
+
+
 @contextlib.contextmanager
-def _cleaned_up(target: Path, tmp: Path, remove) -> Iterator[None]:
-    """Whatever happens inside, ``tmp`` does not outlive it; a full disk is reported as a
-    DiskFullError naming ``target`` (the file the user asked for, not the temporary)."""
+def _reported(target: Path) -> Iterator[None]:
+    """A failed write of ``target`` (full disk, read-only or forbidden folder) becomes a
+    SatsegError naming it; other exceptions pass unchanged."""
     try:
         yield
     except Exception as e:
-        if is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise _disk_full(target, e) from e
-        raise
+        err = None if isinstance(e, SatsegError) else _write_error(target, e)
+        if err is None:
+            raise
+        raise err from e
+
+
+@contextlib.contextmanager
+def _cleaned_up(target: Path, tmp: Path, remove) -> Iterator[None]:
+    """Whatever happens inside, ``tmp`` does not outlive it; a full disk or a folder that
+    cannot be written is reported naming ``target`` (not the temporary)."""
+    try:
+        with _reported(target):
+            yield
     finally:
         if tmp.exists():
             remove(tmp)
@@ -102,11 +159,13 @@ def sweep_leftovers(target: Path) -> list[Path]:
 def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path beside ``target``; rename it onto ``target`` on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise SatsegError(f"{target}: already exists; remove it or choose another output")
-    sweep_leftovers(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with _reported(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                   dir=target.parent)
     os.close(fd)
     os.unlink(tmp)
     tmp_path = Path(tmp)
@@ -138,9 +197,11 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
                 f"{target}: output folder already exists and is not empty; "
                 "remove it, choose another --out, or pass --overwrite"
             )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _reported(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent))
     with _cleaned_up(target, tmp, functools.partial(shutil.rmtree, ignore_errors=True)):
         yield tmp
         # mkdtemp makes the folder 0700; give the output the mode mkdir would have.

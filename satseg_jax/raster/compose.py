@@ -338,8 +338,25 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                     dst.write(_read_stacked(bands, srcs, w, total, out_dtype,
                                             groups if rewrite else None, out_nodata,
                                             any_number), window=w)
+            _read_back(tmp)
             _all_nan_bands(out, names, any_number, strict, notes)
     return out
+
+
+def _read_back(path: Path) -> None:
+    """Open the written scene and read its last pixel: GDAL can report a failed write
+    (a full disk) only as a log line at close, leaving an empty or truncated file."""
+    import errno
+
+    import rasterio
+    from rasterio.windows import Window
+
+    try:
+        with rasterio.open(path) as ds:
+            ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
+    except rasterio.errors.RasterioError as e:
+        raise OSError(errno.EIO, f"write failed: it cannot be read back ({e})",
+                      str(path)) from e
 
 
 def _all_nan_bands(out: Path, names: list[str], any_number: np.ndarray, strict: bool,
