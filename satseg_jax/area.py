@@ -86,11 +86,13 @@ def area_table(map_path: str | Path, class_names: list[str] | None = None,
         names_r = ["scene"] if shapes is None else [n for n, _ in shapes]
         km2: dict[str, np.ndarray] = {}
         px: dict[str, np.ndarray] = {}
+        seen = None
         for r0 in range(0, src.height, strip):
             h = min(strip, src.height - r0)
             win = Window(0, r0, src.width, h)
             cls = read_window(src, win, map_path, 1).astype(np.int64)
             valid = cls != (src.nodata if src.nodata is not None else IGNORE_LABEL)
+            seen = _add(seen, _class_counts(cls[valid], map_path))
             kk = int(cls[valid].max()) + 1 if valid.any() else 1
             k = max(k or 0, kk)
             areas = (row_pixel_areas_m2(src.transform, src.crs, np.arange(r0, r0 + h))
@@ -112,12 +114,36 @@ def area_table(map_path: str | Path, class_names: list[str] | None = None,
                 c = np.bincount(cls[sel], minlength=k)
                 km2[zname] = _add(km2.get(zname), a)
                 px[zname] = _add(px.get(zname), c)
+    if class_names:
+        _refuse_undeclared(map_path, len(class_names), seen)
     names = list(class_names or [])
     names += [f"class_{i}" for i in range(len(names), k or 0)]
     rows = {z: _pad(km2.get(z), len(names)).tolist() for z in names_r}
     pixels = {z: _pad(px.get(z), len(names)).astype(int).tolist() for z in names_r}
     return {"classes": names, "rows": rows, "pixels": pixels, "map": str(map_path),
             "units": "km2" if georeferenced else "pixels"}
+
+
+def _class_counts(values: np.ndarray, map_path: Path) -> np.ndarray:
+    """Pixels per class id of a strip's valid pixels; a negative id is no class."""
+    if values.size and values.min() < 0:
+        raise SatsegError(f"{map_path}: holds negative values ({int(values.min())}), which "
+                          "are no class ids; is it a class map from satseg predict?")
+    return np.bincount(values)
+
+
+def _refuse_undeclared(map_path: Path, num_classes: int, seen: np.ndarray | None) -> None:
+    """A map holding ids that classes.json does not declare was predicted with other
+    classes: its areas would be put under the wrong names (or none)."""
+    if seen is None or len(seen) <= num_classes:
+        return
+    extra = [(i, int(n)) for i, n in enumerate(seen) if i >= num_classes and n]
+    if extra:
+        ids = ", ".join(f"{i} ({n} px)" for i, n in extra)
+        raise SatsegError(
+            f"{map_path}: holds class ids that --classes does not declare (it has "
+            f"{num_classes} classes, ids 0-{num_classes - 1}): {ids}; pass the classes.json "
+            "of the run that predicted the map")
 
 
 def load_region_shapes(path: Path, field: str | None, crs) -> list[tuple[str, dict]]:

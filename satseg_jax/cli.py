@@ -70,6 +70,35 @@ def _quiet_libraries() -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` (the removal of
+    atomic_path/atomic_dir temporaries) runs before the exit. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
+# train (and benchmark, which trains) handle SIGTERM themselves: they save a checkpoint.
+_OWN_SIGTERM = ("train", "benchmark")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``args.func(args)``, with SIGTERM turned into :class:`Terminated` for the commands
+    that do not handle it themselves (the previous handler is restored afterwards)."""
+    import signal
+    import threading
+
+    if args.command in _OWN_SIGTERM or threading.current_thread() is not threading.main_thread():
+        return args.func(args)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return args.func(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # CPU speed settings before JAX starts (XLA_FLAGS defaults; malloc for the XLA
@@ -89,13 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra and not getattr(args, "takes_extra", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
-        return args.func(args)
+        return _run(args)
     except SatsegError as e:
         print(f"satseg: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("satseg: interrupted", file=sys.stderr)
+        print("satseg: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except Terminated:
+        print("satseg: terminated (SIGTERM)", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
         raise SatsegError("--overlays draws segmentation masks; this run is a "
                           f"{config.task} run")
     meta = _with_run_statistics(run, data_dir)
+    if split not in meta.num_examples:
+        raise SatsegError(f"--split {split}: {meta.data_dir} has no such split; valid "
+                          f"splits: {', '.join(meta.num_examples)}")
     resize_to = _resampled_size(run, meta) if resample_to_train_gsd else 0
     pred_dir = workdir / f"predictions_{split}"
     if save_predictions:

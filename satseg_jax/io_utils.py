@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -60,35 +62,123 @@ def _disk_full(target: Path, exc: BaseException) -> DiskFullError:
         "disk) and run the command again")
 
 
+class NotWritableError(SatsegError, OSError):
+    """The output's folder cannot be written (read-only file system, no permission)."""
+
+
+_NOT_WRITABLE = {errno.EROFS: "the file system is read-only",
+                 errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+# GDAL's write errors (TIFFAppendToStrip, CPLE_FileIO) do not say why they failed.
+_GDAL_WRITE_TEXT = ("write failed", "tiffappendtostrip", "cple_", "failed to write")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _little_space(folder: Path) -> bool:
+    """Less than 1 MiB left for us on the disk of ``folder``."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def _write_error(target: Path, exc: BaseException) -> SatsegError | None:
+    """``exc`` as the one-line error of a failed write of ``target``, or None when it is
+    not a write failure of the output (an unreadable input, a bug)."""
+    if is_disk_full(exc):
+        return _disk_full(target, exc)
+    chain = list(_chain(exc))
+    if (any(t in str(e).lower() for e in chain for t in _GDAL_WRITE_TEXT)
+            and _little_space(target.parent)):
+        return _disk_full(target, exc)
+    folder = target.parent.absolute()
+    for e in chain:
+        if (isinstance(e, OSError) and e.errno in _NOT_WRITABLE and e.filename is not None
+                and Path(os.fsdecode(e.filename)).absolute().is_relative_to(folder)):
+            return NotWritableError(
+                f"{target}: cannot write it: {_NOT_WRITABLE[e.errno]} ({folder}); nothing "
+                "was left behind. Choose an output in a folder you can write to")
+    return None
+
+
 @contextlib.contextmanager
-def _cleaned_up(target: Path, tmp: Path, remove) -> Iterator[None]:
-    """Whatever happens inside, ``tmp`` does not outlive it; a full disk is reported as a
-    DiskFullError naming ``target`` (the file the user asked for, not the temporary)."""
+def _reported(target: Path) -> Iterator[None]:
+    """A failed write of ``target`` (full disk, read-only or forbidden folder) becomes a
+    SatsegError naming it; other exceptions pass unchanged."""
     try:
         yield
     except Exception as e:
-        if is_disk_full(e) and not isinstance(e, DiskFullError):
-            raise _disk_full(target, e) from e
-        raise
+        err = None if isinstance(e, SatsegError) else _write_error(target, e)
+        if err is None:
+            raise
+        raise err from e
+
+
+@contextlib.contextmanager
+def _cleaned_up(target: Path, tmp: Path, remove) -> Iterator[None]:
+    """Whatever happens inside, ``tmp`` does not outlive it; a full disk or a folder that
+    cannot be written is reported naming ``target`` (not the temporary)."""
+    try:
+        with _reported(target):
+            yield
     finally:
         if tmp.exists():
             remove(tmp)
+
+
+def sweep_leftovers(target: Path) -> list[Path]:
+    """Remove the temporaries an earlier, killed run left beside ``target`` (return them).
+
+    Only names this module makes for ``target``: ``.NAME.XXXXXXXX.tmp`` (mkstemp/mkdtemp,
+    8 random characters) and atomic_dir's ``.NAME.old``; nothing else is touched. A second
+    run writing the same output at the same time would lose its temporary: one output,
+    one writer.
+    """
+    made = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
+    swept = []
+    if target.parent.is_dir():
+        for p in target.parent.iterdir():
+            if made.fullmatch(p.name) or p.name == f".{target.name}.old":
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                swept.append(p)
+    return swept
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary file path beside ``target``; rename it onto ``target`` on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not overwrite:
         raise SatsegError(f"{target}: already exists; remove it or choose another output")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with _reported(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                   dir=target.parent)
     os.close(fd)
     os.unlink(tmp)
     tmp_path = Path(tmp)
     with _cleaned_up(target, tmp_path, Path.unlink):
         yield tmp_path
         os.replace(tmp_path, target)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -107,10 +197,15 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
                 f"{target}: output folder already exists and is not empty; "
                 "remove it, choose another --out, or pass --overwrite"
             )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _reported(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent))
     with _cleaned_up(target, tmp, functools.partial(shutil.rmtree, ignore_errors=True)):
         yield tmp
+        # mkdtemp makes the folder 0700; give the output the mode mkdir would have.
+        os.chmod(tmp, 0o777 & ~_umask())
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -119,3 +214,84 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+
+
+PathArg = str | os.PathLike | None
+
+
+def _named_paths(named: dict[str, PathArg | list[PathArg]]) -> Iterator[tuple[str, Path]]:
+    """(option, path) for every path given; a list gives one pair per entry and a quoted
+    glob (``--images 'LoveDA/*/images_png'``) one per match."""
+    for label, value in named.items():
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is None or str(v) == "":
+                continue
+            if glob.has_magic(str(v)):
+                yield from ((label, Path(m)) for m in sorted(glob.glob(str(v))))
+            else:
+                yield label, Path(v)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` are one file: the same path after following links, or (hard links,
+    bind mounts) the same inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def refuse_unwritable_outputs(outputs: dict[str, PathArg | list[PathArg]],
+                              folders: tuple[str, ...] = ()) -> None:
+    """Raise a SatsegError for an output path that cannot be written as named: below a
+    file (``--out notes.txt/map.tif``), a file output naming a folder, or a folder output
+    naming a file. Outputs named in ``folders`` are folders, the others files."""
+    for label, path in _named_paths(outputs):
+        for above in path.absolute().parents:
+            if above.exists():
+                if not above.is_dir():
+                    raise SatsegError(f"{label} {path}: {above} is a file, not a folder; "
+                                      f"choose an {label} in a folder")
+                break
+        if label in folders and path.exists() and not path.is_dir():
+            raise SatsegError(f"{label} {path} is a file, and the output is a folder; "
+                              f"choose another {label}")
+        if label not in folders and path.is_dir():
+            raise SatsegError(f"{label} {path} is a folder, and the output is a file; name "
+                              f"the file, e.g. {label} {path / 'NAME'}")
+
+
+def refuse_overwriting_inputs(outputs: dict[str, PathArg | list[PathArg]],
+                              inputs: dict[str, PathArg | list[PathArg]],
+                              folders: tuple[str, ...] = ()) -> None:
+    """Raise a SatsegError, before any work, when writing ``outputs`` would destroy one of
+    ``inputs``.
+
+    ``outputs`` and ``inputs`` map the option that names them (``"--out"``) to a path (or
+    a list of paths, or a glob). An output is refused when it is the same file as an
+    input after following links (symlinks, hard links); an output named in ``folders``
+    is a folder the command creates or replaces as a whole, so it is also refused when it
+    is or contains an input. Two outputs naming one file are refused too, and so is an
+    output that cannot be written where it is named (:func:`refuse_unwritable_outputs`).
+    """
+    refuse_unwritable_outputs(outputs, folders)
+    outs = list(_named_paths(outputs))
+    ins = list(_named_paths(inputs))
+    for out_label, out in outs:
+        for in_label, inp in ins:
+            if out_label in folders and (inp.resolve().is_relative_to(out.resolve())
+                                         or _same_file(out, inp)):
+                raise SatsegError(
+                    f"{out_label} {out} is or contains {in_label} {inp}: writing that "
+                    f"folder would destroy the input; choose an {out_label} folder outside it")
+            if _same_file(out, inp):
+                raise SatsegError(
+                    f"{out_label} {out} is the same file as {in_label} {inp}: writing it "
+                    f"would destroy the input; choose another {out_label}")
+    for i, (label_a, a) in enumerate(outs):
+        for label_b, b in outs[i + 1:]:
+            if _same_file(a, b):
+                raise SatsegError(f"{label_a} {a} and {label_b} {b} are the same file; "
+                                  "give each output its own path")

@@ -153,6 +153,19 @@ def check_outputs(image: Path, out: Path, probabilities: str | Path | None) -> b
     return as_png
 
 
+def check_tiling(tile: int, overlap: int, batch: int) -> None:
+    """Refuse a tile, overlap or batch that cannot cover a scene, before the restore."""
+    if tile <= 0:
+        raise SatsegError(f"--tile {tile}: the tile size must be a positive number of "
+                          "pixels, e.g. --tile 256")
+    if not 0 <= overlap < tile:
+        raise SatsegError(f"--overlap {overlap}: the overlap must be at least 0 and less "
+                          f"than --tile {tile}, e.g. --overlap {tile // 4}")
+    if batch <= 0:
+        raise SatsegError(f"--batch {batch}: the number of tiles per model call must be "
+                          "at least 1, e.g. --batch 8")
+
+
 def open_scene(image: Path):
     """The scene opened for reading (rasterio dataset, one clear error when unreadable)."""
     from satseg_jax.raster.io import open_raster
@@ -216,6 +229,7 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     from satseg_jax.raster.masks import quiet_georeference
 
     image, out = Path(image), Path(out)
+    check_tiling(tile, overlap, batch)
     as_png = check_outputs(image, out, probabilities)
     t0 = time.perf_counter()
     run = _load(workdir, checkpoint)

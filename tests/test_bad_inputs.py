@@ -22,6 +22,8 @@ Inputs are small generated rasters, so the whole file runs in well under a minut
 | config typos (override, config file)   | test_config_override_typo, test_config_file_typo |
 | workdir of an incompatible config      | test_workdir_of_incompatible_config              |
 | checkpoint from a different model      | test_checkpoint_from_a_different_model           |
+| evaluate: unknown --split              | test_evaluate_unknown_split_lists_the_valid_ones |
+| predict: tile/overlap/batch impossible | test_predict_impossible_tiling                   |
 | NaN loss                               | test_nan_loss_stops_after_n_steps (library       |
 |                                        | level: test_train.py::test_nonfinite_losses_...) |
 | disk full: patches, TFRecords, compose | test_disk_full_while_writing_*                   |
@@ -451,6 +453,29 @@ def test_checkpoint_from_a_different_model(trained, tmp_path, capsys):
           str(other / "checkpoints"), "checkpoint does not match this model/optimizer",
           "use a fresh --workdir")
     assert _listing(other) == before
+
+
+def test_evaluate_unknown_split_lists_the_valid_ones(trained, capsys):
+    """A typo in --split (issue 29: it was a KeyError traceback) names the valid splits."""
+    _, work = trained
+    before = _listing(work)
+    fails(capsys, ["evaluate", "--workdir", work, "--split", "tset"],
+          "--split tset", "has no such split", "valid splits: train, validation, test")
+    assert _listing(work) == before
+
+
+@pytest.mark.parametrize("option, needle", [
+    (["--tile", "0"], "--tile 0: the tile size must be a positive number"),
+    (["--tile=-64"], "--tile -64: the tile size must be a positive number"),
+    (["--overlap", "-1"], "--overlap -1: the overlap must be at least 0 and less than "
+                          "--tile 256"),
+    (["--tile", "64", "--overlap", "64"], "--overlap 64: the overlap must be at least 0"),
+    (["--batch", "0"], "--batch 0: the number of tiles per model call must be at least 1"),
+])
+def test_predict_impossible_tiling(trained, sample, tmp_path, capsys, option, needle):
+    _, work = trained
+    fails_leaving_nothing(capsys, ["predict", "--workdir", work, "--image", sample["scene"],
+                                   "--out", tmp_path / "map.tif", *option], tmp_path, needle)
 
 
 def test_nan_loss_stops_after_n_steps(trained, tmp_path, capsys):

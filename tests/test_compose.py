@@ -320,3 +320,40 @@ def test_grid_tolerance_on_files(tmp_path):
         compose_bands([a, half], tmp_path / "bad.tif", progress=False)
     assert str(half) in str(e.value)
     _no_leftovers(tmp_path, {"a.tif", "b.tif", "half.tif", "ok.tif"})
+
+
+def _float_band(path: Path, ref: Path, fill: float) -> Path:
+    with rasterio.open(ref) as src:
+        prof = {**src.profile, "dtype": "float32", "nodata": None, "count": 1}
+        data = np.full((1, src.height, src.width), fill, np.float32)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+    return path
+
+
+def test_an_all_nan_band_is_a_warning_or_refused_with_strict(tmp_path, capsys):
+    """A band that is NaN everywhere would make every pixel of the scene nodata: compose
+    warns on one stderr line (and writes the scene), --strict refuses it leaving nothing."""
+    from satseg_jax.raster.sample import write_sample_scene
+
+    s = write_sample_scene(tmp_path / "s", size=64, seed=0)
+    good = _float_band(tmp_path / "good.tif", s["red"], 0.5)
+    empty = _float_band(tmp_path / "empty.tif", s["red"], np.nan)
+    out = tmp_path / "scene.tif"
+    argv = ["compose", "--bands", str(good), str(empty), "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"satseg: warning: {out}: band empty is NaN in every pixel, so every "
+                   "pixel of the scene is nodata; check the input files (--strict refuses "
+                   "this)"], err
+    assert out.exists()
+    out.unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv + ["--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"satseg: error: {out}: band empty of the inputs is NaN in every pixel "
+                   "(--strict); check the input files, or drop the band from --bands"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no scene, no .tmp
+    assert main(["compose", "--bands", str(good), "--out", str(out), "--strict"]) == 0
+    assert capsys.readouterr().err == ""

@@ -331,3 +331,24 @@ def test_threaded_writes_give_the_same_files_and_failures_leave_nothing(sample, 
     with pytest.raises(SatsegError, match="--threads 0"):
         make_patches(out_dir=tmp_path / "zero", threads=0, **kwargs)
     assert not (tmp_path / "zero").exists()
+
+
+def test_stride_larger_than_size_warns_of_the_gaps(tmp_path, capsys):
+    """--stride > --size leaves strips of the scene in no patch: one warning line on
+    stderr (the patches are still written); --stride <= --size prints none."""
+    from satseg_jax.raster.sample import write_sample_scene
+
+    s = write_sample_scene(tmp_path / "s", size=64, seed=0)
+    scene = compose_bands([s[b] for b in ("blue", "green", "red", "nir")],
+                          tmp_path / "scene.tif", progress=False)
+    argv = ["patches", "--image", str(scene), "--labels", str(s["labels"]), "--classes",
+            str(s["classes"]), "--size", "16"]
+    capsys.readouterr()
+    assert main([*argv, "--stride", "24", "--out", str(tmp_path / "gaps")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["satseg: warning: --stride 24 is larger than --size 16: the 8-px strips "
+                   "between patches are in no patch; use --stride 16 or less to cover the "
+                   "whole scene"], err
+    assert (tmp_path / "gaps" / "index.csv").exists()
+    assert main([*argv, "--stride", "16", "--out", str(tmp_path / "full")]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -278,3 +278,28 @@ def test_valid_conv_unet_maps_do_not_depend_on_the_tiling(trained, tmp_path):
             maps.append(m.read(1))
     assert np.array_equal(maps[0], maps[1])
     assert (maps[0] != 255).mean() > 0.5
+
+
+def test_area_refuses_class_ids_that_classes_json_does_not_declare(tmp_path, capsys):
+    """A map predicted with other classes (ids 7, 9 here; classes.json declares 0-2) is
+    one error listing the ids and their pixel counts, and no CSV is written; without
+    --classes the ids are columns class_7, class_9."""
+    data = np.zeros((20, 30), np.uint8)
+    data[:2, :5] = 7
+    data[-1, -3:] = 9
+    data[5, 5] = 255  # nodata: never an undeclared class
+    m = _map(tmp_path / "m.tif", data, from_origin(500000, 8000000, 10, 10), "EPSG:32723")
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps([{"id": i, "name": n, "colour": c} for i, (n, c) in
+                                   enumerate([("a", "#ff0000"), ("b", "#00ff00"),
+                                              ("c", "#0000ff")])]))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert main(["area", "--map", str(m), "--classes", str(classes),
+                 "--out", str(tmp_path / "a.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("satseg: error: "), err
+    assert (f"{m}: holds class ids that --classes does not declare (it has 3 classes, ids "
+            "0-2): 7 (10 px), 9 (3 px); pass the classes.json") in err[0], err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert area_table(m)["classes"][7] == "class_7"

@@ -9,6 +9,7 @@ handler. Defaults that the library function also has are read from its signature
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from satseg_jax.commands.common import (
     show_progress,
 )
 from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import refuse_overwriting_inputs
 
 SAMPLE = ("satseg_jax.raster.sample", "write_sample_scene")
 COMPOSE = ("satseg_jax.raster.compose", "compose_bands")
@@ -50,6 +52,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Write a synthetic but plausible scene: one GeoTIFF per band (blue, green, red,
     nir; uint16, UTM), labels.tif, labels.geojson and classes.json. Deterministic for a
     given --seed."""
+    refuse_overwriting_inputs({"--out": args.out}, {}, folders=("--out",))
     from satseg_jax.raster.sample import write_sample_scene
 
     paths = write_sample_scene(
@@ -90,6 +93,8 @@ def add_compose_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--pansharpen", default=None, metavar="PAN.tif",
                    help="fuse the (coarser) bands with this panchromatic band; the output is "
                    "on PAN's grid")
+    c.add_argument("--strict", action="store_true",
+                   help="refuse a band that is NaN in every pixel (default: warn)")
     c.add_argument("--method", choices=["brovey", "ihs", "weighted"],
                    default=library_default(*PANSHARPEN, "method"),
                    help="pan-sharpening method (with --pansharpen; default: %(default)s)")
@@ -108,6 +113,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
         # --item: --bands are asset keys or eo:common_name values of the downloaded item
         wanted = [n for b in args.bands for n in names(b)]
         args.bands = [str(f) for f in item_files(Path(args.item), wanted)]
+    refuse_overwriting_inputs({"--out": args.out},
+                              {"--bands": args.bands, "--pansharpen": args.pansharpen,
+                               "--resample-to": args.resample_to})
     if args.pansharpen:
         from satseg_jax.raster.pansharpen import pansharpen
 
@@ -118,12 +126,15 @@ def cmd_compose(args: argparse.Namespace) -> int:
                          method=args.method, names=args.names, progress=show_progress())
         print_wrote([out])
         return 0
+    notes: list[str] = []
     out = compose_bands(
         [Path(b) for b in args.bands], Path(args.out), names=args.names,
         resample_to=Path(args.resample_to) if args.resample_to else None,
         resampling=args.resampling, dtype=args.dtype, nodata=args.nodata,
-        progress=show_progress(),
+        progress=show_progress(), strict=args.strict, notes=notes,
     )
+    for note in notes:
+        print(f"satseg: warning: {note}", file=sys.stderr)
     print_wrote([out])
     return 0
 
@@ -224,6 +235,15 @@ def cmd_patches(args: argparse.Namespace) -> int:
     into patches by windowed reads. Each image patch and mask patch is a GeoTIFF with
     its own georeferencing (none for plain images); nodata becomes the ignore label 255;
     index.csv lists every patch (and its source image)."""
+    refuse_overwriting_inputs(
+        {"--out": args.out},
+        {"--image": args.image, "--labels": args.labels, "--vector": args.vector,
+         "--classes": args.classes, "--images": args.images, "--masks": args.masks},
+        folders=("--out",))
+    if args.stride and args.stride > args.size:
+        print(f"satseg: warning: --stride {args.stride} is larger than --size {args.size}: "
+              f"the {args.stride - args.size}-px strips between patches are in no patch; "
+              f"use --stride {args.size} or less to cover the whole scene", file=sys.stderr)
     common = dict(out_dir=Path(args.out), classes_path=Path(args.classes), size=args.size,
                   stride=args.stride, min_valid=args.min_valid, edge=args.edge,
                   overwrite=args.overwrite, scene_label=args.scene_label, purity=args.purity,
@@ -301,6 +321,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build a tensorflow-datasets dataset from a patches folder: train/validation/test
     splits, per-band statistics (train split only), class pixel counts; writes
     satseg_dataset.json beside it."""
+    refuse_overwriting_inputs(
+        {"--out": args.out},
+        {"--patches": args.patches, "--images": args.images, "--split-file": args.split_file},
+        folders=("--out",))
     from satseg_jax.datasets.build import (
         build_classification_dataset,
         build_dataset,

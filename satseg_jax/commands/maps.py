@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from satseg_jax.commands.common import add_commands, library_default, print_wrote
+from satseg_jax.io_utils import refuse_overwriting_inputs
 
 
 def add_area_arguments(ar: argparse.ArgumentParser) -> None:
@@ -21,6 +22,8 @@ def cmd_area(args: argparse.Namespace) -> int:
     CRSs), optionally per region polygon; prints a table (rows = regions, columns =
     classes, totals). A map without a CRS (from a plain image) gives pixel counts
     instead."""
+    refuse_overwriting_inputs({"--out": args.out},
+                              {"--map": args.map, "--classes": args.classes, "--by": args.by})
     from satseg_jax.area import area_table, format_area_table, write_area_csv
 
     names = None
@@ -51,6 +54,8 @@ def add_plot_arguments(pl: argparse.ArgumentParser) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Read the scene and the map decimated (never whole) and draw them side by side
     with a class legend."""
+    refuse_overwriting_inputs({"--out": args.out}, {"--image": args.image, "--map": args.map,
+                                                    "--classes": args.classes})
     from satseg_jax.classes import load_classes
     from satseg_jax.plots import map_preview_png
 

@@ -19,6 +19,7 @@ from satseg_jax.commands.common import (
     show_progress,
 )
 from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import refuse_overwriting_inputs
 
 PREDICT = ("satseg_jax.predict", "predict_scene")
 EVALUATE = ("satseg_jax.evaluate", "evaluate_workdir")
@@ -106,6 +107,12 @@ def add_evaluate_arguments(e: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = Path(args.workdir)
+    written = [run / f"{name}_{args.split}{ext}" for name, ext in (
+        ("metrics", ".json"), ("confusion", ".png"), ("overlays", ".png"))]
+    refuse_overwriting_inputs(
+        {"--workdir": written, "--save-predictions": run / f"predictions_{args.split}"},
+        {"--data": args.data}, folders=("--save-predictions",))
     from satseg_jax.evaluate import evaluate_workdir
     from satseg_jax.metrics import format_metrics_table
 
@@ -151,6 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     (JPEG/PNG/TIFF) gives a map of the same size: --out *.png writes a palette PNG
     (value = class id, palette = class colours, 255 = nodata, white and transparent),
     any other name a GeoTIFF without a CRS; areas are then pixel counts only."""
+    refuse_overwriting_inputs({"--out": args.out, "--probabilities": args.probabilities},
+                              {"--image": args.image, "--workdir": args.workdir})
     from satseg_jax.predict import predict_scene
 
     r = predict_scene(args.workdir, args.image, args.out, checkpoint=args.checkpoint,

@@ -254,15 +254,21 @@ def _scene_profile(grid: dict, count: int, dtype: np.dtype, nodata: float | None
 
 
 def _read_stacked(bands: list[Path], srcs: list, window, count: int, dtype: np.dtype,
-                  groups: list | None, out_nodata: float | None) -> np.ndarray:
+                  groups: list | None, out_nodata: float | None,
+                  any_number: np.ndarray) -> np.ndarray:
     """One window of every input stacked in order; with ``groups``, every pixel that is
-    nodata in one unit (see ``_nodata_groups``) set to ``out_nodata`` in all bands."""
+    nodata in one unit (see ``_nodata_groups``) set to ``out_nodata`` in all bands.
+    ``any_number[b]`` becomes True once band ``b`` of the inputs has a non-NaN pixel."""
     chunk = np.empty((count, int(window.height), int(window.width)), dtype)
     pos = 0
     for path, ds in zip(bands, srcs):
         # dtype: exact, since _output_dtype only allows safe casts.
         chunk[pos:pos + ds.count] = read_window(ds, window, path, out_dtype=dtype.name)
         pos += ds.count
+    if np.issubdtype(dtype, np.floating):
+        any_number |= ~np.isnan(chunk).all(axis=(1, 2))
+    else:
+        any_number[:] = True
     if groups is not None:
         invalid = np.zeros(chunk.shape[1:], bool)
         for idx, nd in groups:
@@ -274,7 +280,8 @@ def _read_stacked(bands: list[Path], srcs: list, window, count: int, dtype: np.d
 def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
                   resample_to: Path | None = None, resampling: str = "bilinear",
                   progress: bool = True, dtype: str | None = None,
-                  nodata: float | None = None) -> Path:
+                  nodata: float | None = None, strict: bool = False,
+                  notes: list[str] | None = None) -> Path:
     """Stack the bands of every input raster, in order, into ``out``; return ``out``.
 
     Inputs may have one band or many (every band is kept, in order). Band descriptions
@@ -291,6 +298,9 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
     turns them into the ignore label 255. When all inputs are judged as one unit with
     the output's nodata value (the classic same-dtype band stack) the pixels are copied
     unchanged.
+
+    A band that is NaN in every pixel is refused with ``strict`` (nothing is written),
+    else reported by a line appended to ``notes`` (see ``_all_nan_bands``).
     """
     import rasterio
     from tqdm import tqdm
@@ -318,11 +328,48 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
             len(groups) == 1 and _nodata_key(groups[0][1]) == _nodata_key(out_nodata))
         profile = _scene_profile(grid, total, out_dtype, out_nodata)
         windows = block_windows(grid["height"], grid["width"])
-        with atomic_path(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-            for i, n in enumerate(names, start=1):
-                dst.set_band_description(i, n)
-            for w in tqdm(windows, desc=f"compose {out.name}", unit="win",
-                          disable=not progress, leave=False):
-                dst.write(_read_stacked(bands, srcs, w, total, out_dtype,
-                                        groups if rewrite else None, out_nodata), window=w)
+        any_number = np.zeros(total, bool)
+        with atomic_path(out) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for i, n in enumerate(names, start=1):
+                    dst.set_band_description(i, n)
+                for w in tqdm(windows, desc=f"compose {out.name}", unit="win",
+                              disable=not progress, leave=False):
+                    dst.write(_read_stacked(bands, srcs, w, total, out_dtype,
+                                            groups if rewrite else None, out_nodata,
+                                            any_number), window=w)
+            _read_back(tmp)
+            _all_nan_bands(out, names, any_number, strict, notes)
     return out
+
+
+def _read_back(path: Path) -> None:
+    """Open the written scene and read its last pixel: GDAL can report a failed write
+    (a full disk) only as a log line at close, leaving an empty or truncated file."""
+    import errno
+
+    import rasterio
+    from rasterio.windows import Window
+
+    try:
+        with rasterio.open(path) as ds:
+            ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
+    except rasterio.errors.RasterioError as e:
+        raise OSError(errno.EIO, f"write failed: it cannot be read back ({e})",
+                      str(path)) from e
+
+
+def _all_nan_bands(out: Path, names: list[str], any_number: np.ndarray, strict: bool,
+                   notes: list[str] | None) -> None:
+    """A band with no number at all (every pixel NaN) makes every pixel of the scene
+    nodata: ``patches`` would then keep no patch. Refuse it (``strict``) or note it."""
+    empty = [n for n, seen in zip(names, any_number) if not seen]
+    if not empty:
+        return
+    what = f"band{'s' if len(empty) > 1 else ''} {', '.join(empty)}"
+    if strict:
+        raise SatsegError(f"{out}: {what} of the inputs is NaN in every pixel (--strict); "
+                          "check the input files, or drop the band from --bands")
+    if notes is not None:
+        notes.append(f"{out}: {what} is NaN in every pixel, so every pixel of the scene is "
+                     "nodata; check the input files (--strict refuses this)")
