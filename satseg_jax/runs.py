@@ -291,7 +291,13 @@ def load_run(path: str | Path, checkpoint: str | int = "best",
         hw = card.input_size
         template = steps.create_train_state(0, steps.build_model(config, k), tx,
                                             (1, hw, hw, card.num_bands))
-        state, ck_meta = checkpoints.restore(manager, step, runner.abstract_state(template))
+        try:
+            state, ck_meta = checkpoints.restore(manager, step, runner.abstract_state(template))
+        except checkpoints.CorruptCheckpoint as e:
+            # Never evaluate or predict from damaged weights; name the ones left to use.
+            others = sorted(s for s in manager.all_steps() if s != step)
+            raise SatsegError(f"{e}; pick another with --checkpoint (saved steps: "
+                              f"{others or 'none'})") from None
     finally:
         manager.close()
     return Run(path=path, config=config, card=card, checkpoint=checkpoint, step=int(step),
