@@ -148,7 +148,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     parallel.maybe_initialize_distributed(config)
     try:
         training = _Training(config, Path(workdir))
-        return training.run()
+        try:
+            return training.run()
+        finally:
+            training.lock.release()
     except SatsegError as e:
         if jax.process_count() > 1:
             raise SatsegError(f"process {jax.process_index()} of {jax.process_count()}: {e}") \
@@ -157,11 +160,17 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
 
 def _check_dataset(config, meta) -> None:
-    """Refuse a dataset of another task, or an evaluation split without examples, before
-    anything is built or written."""
+    """Refuse a dataset of another task, a crop larger than its patches, or an evaluation
+    split without examples, before anything is built or written."""
     if meta.task != config.task:
         raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
                           f"{config.task!r}")
+    # The input pipeline checks the crop too, but only once the loop starts, after the
+    # workdir is written; checked here, a refused run changes nothing.
+    crop = int(config.data.crop_size or 0)
+    if crop > meta.patch_size:
+        raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
+                          f"patch size {meta.patch_size}")
     eval_split = str(config.data.eval_split)
     if not meta.num_examples.get(eval_split, 0):
         # Published sets often come with train/test lists only (satseg build
@@ -230,20 +239,31 @@ class _Training:
         self.n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
         self.card = runs.card_from_dataset(meta, config)
         self.last_eval: dict | None = None
+        self.lock = runs.WorkdirLock(workdir)
 
     def per_host(self, step: int) -> int:
         """Examples consumed per host after ``step`` (the input pipeline's position)."""
         return step * (self.global_batch // jax.process_count())
 
     def open_workdir(self) -> int:
-        """Create the workdir (config, card, checkpoint manager); restore the latest
-        checkpoint; return the step to start from."""
+        """Create the workdir and its checkpoint manager; restore the newest good
+        checkpoint; only then write config and card; return the step to start from.
+
+        Why this order: a resume refused on restore (a checkpoint of another model, a
+        dataset with other bands) must leave the run it was pointed at as it was.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        runs.check_resume_config(self.workdir, self.config)
-        runs.write_card(self.workdir, self.card)
+        if self.is_main:  # before the manager, which removes unfinished checkpoints
+            self.lock.acquire()
         self.manager = checkpoints.make_manager(self.workdir,
                                                 keep=int(self.config.train.keep_checkpoints))
-        latest = self.restore_newest_good()
+        try:
+            latest = self.restore_newest_good()
+        except BaseException:
+            self.manager.close()
+            raise
+        runs.check_resume_config(self.workdir, self.config)
+        runs.write_card(self.workdir, self.card)
         if latest is not None:
             expected = self.per_host(latest)
             if self.is_main:

@@ -210,3 +210,101 @@ def test_finite_check_sees_nan_and_inf():
     assert _finite({"a": np.ones(3, np.float32), "n": np.int32(5)})
     assert not _finite({"a": np.array([1.0, np.nan], np.float32)})
     assert not _finite([np.array([np.inf])])
+
+
+# ----------------------------------------------------------------------------- refused runs
+
+
+def _hashes(run: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (run / "config.json", run / "run.json")}
+
+
+def _three_band_copy(dataset: Path, tmp_path: Path) -> Path:
+    """The tiny dataset as if built with 3 bands (card only: refused before any read)."""
+    data = tmp_path / "data3"
+    shutil.copytree(dataset, data)
+    info = json.loads((data / "satseg_dataset.json").read_text())
+    info["bands"], info["num_bands"] = info["bands"][:3], 3
+    info["mean"], info["std"] = info["mean"][:3], info["std"][:3]
+    (data / "satseg_dataset.json").write_text(json.dumps(info))
+    return data
+
+
+@pytest.mark.parametrize("case", ["crop_larger_than_patch", "three_band_dataset"])
+def test_refused_resume_changes_nothing(trained, tiny_dataset, tmp_path, case):
+    from satseg_jax.train import train_and_evaluate
+
+    run = _copy(trained, tmp_path)
+    before, listing = _hashes(run), sorted(str(p) for p in run.rglob("*"))
+    if case == "crop_larger_than_patch":
+        config, needle = tiny_config(str(tiny_dataset), **{"data.crop_size": 64}), \
+            "config.data.crop_size=64 is larger than the dataset's patch size 32"
+    else:
+        config, needle = tiny_config(str(_three_band_copy(tiny_dataset, tmp_path))), \
+            "checkpoint does not match this model/optimizer"
+    config.train.num_steps = 16
+    with pytest.raises(SatsegError, match=needle):
+        train_and_evaluate(config, run)
+    assert _hashes(run) == before
+    assert sorted(str(p) for p in run.rglob("*")) == listing
+
+
+def test_refused_fresh_run_leaves_no_workdir(tiny_dataset, tmp_path):
+    from satseg_jax.train import train_and_evaluate
+
+    with pytest.raises(SatsegError, match="config.data.crop_size=64 is larger"):
+        train_and_evaluate(tiny_config(str(tiny_dataset), **{"data.crop_size": 64}),
+                           tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- one writer
+
+HOLD = """
+import sys, time
+from satseg_jax.runs import WorkdirLock
+WorkdirLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_second_writer_is_refused_and_a_dead_holder_is_taken_over(trained, tmp_path, capsys):
+    """A real second process holds RUN/.lock: `satseg train` on RUN exits 2 with one line
+    naming its pid and host and touches no checkpoint; once that process is SIGKILLed, the
+    next run takes the lock over with a note."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.workers.spawn import REPO, worker_env
+
+    run = _copy(trained, tmp_path)
+    before = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in sorted(run.rglob("*")) if p.is_file()}
+    data_dir = json.loads((run / "config.json").read_text())["data"]["data_dir"]
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                   "from tests.workers.tiny_config import tiny_config\n\n\ndef get_config():\n"
+                   f"    return tiny_config({data_dir!r}, **{{'train.keep_checkpoints': 3}})\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=REPO,
+                              env=worker_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = _one_line(capsys, ["train", "--config", cfg, "--workdir", run])
+        assert line == (f"satseg: error: {run}: another satseg train is writing it (pid "
+                        f"{holder.pid} on host {socket.gethostname()}, lock {run}/.lock); "
+                        "wait for it to end, or use another --workdir")
+        after = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in sorted(run.rglob("*")) if p.is_file()}
+        assert {k: v for k, v in after.items() if k != ".lock"} == \
+            {k: v for k, v in before.items() if k != ".lock"}
+    finally:
+        holder.kill()
+        holder.wait()
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--workdir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {run}/.lock: took over the lock of pid {holder.pid} on " in out
+    assert (run / ".lock").read_text() == ""  # released, holder cleared
