@@ -15,6 +15,15 @@ included — therefore leaves either a complete checkpoint or a temporary direct
 ``latest_step`` ignores and the next writable manager deletes; resuming starts from the
 last *complete* step (tests/test_preemption.py kills runs in the middle of this rename).
 
+Verification: ``save`` records a CRC-32 of every array of the state dict, computed from
+the host copy, in ``meta["digests"]``; ``restore`` recomputes them and refuses a mismatch,
+an unreadable array file or unreadable Orbax metadata with ``CorruptCheckpoint`` (a
+``SatsegError`` naming the step and its path). A silently flipped byte on disk would
+otherwise resume training, or evaluate, from garbage. CRC-32 (zlib) is meant for
+accidental corruption and runs at several GB/s, a small fraction of the save
+(benchmarks/checkpoint_digest.py, NOTES.md). Checkpoints saved before digests existed
+restore with a one-line note.
+
 Restoring goes through an abstract target carrying the *current* shardings, so a
 checkpoint written on 4 devices restores on 1 or 8 (arrays are stored unsharded by
 Orbax and resharded on read).
@@ -22,10 +31,12 @@ Orbax and resharded on read).
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -35,6 +46,54 @@ from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import DiskFullError, is_disk_full
 
 BEST_METRIC = "mean_iou"
+DIGEST_ALGORITHM = "crc32"
+
+
+class CorruptCheckpoint(SatsegError):
+    """A checkpoint whose arrays or metadata cannot be trusted (digest mismatch, unreadable
+    array file, unreadable Orbax JSON): callers pick another one instead of using it."""
+
+    def __init__(self, directory: str | Path, step: int, reason: str) -> None:
+        self.step = int(step)
+        self.path = Path(directory) / str(step)
+        self.reason = reason
+        super().__init__(f"{self.path}: checkpoint {step} is corrupt ({reason})")
+
+
+def _host_bytes(x: Any) -> np.ndarray | None:
+    """The array's bytes on this host, or None when this process holds only a shard."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.is_fully_replicated:
+            return None
+        x = x.addressable_data(0)
+    return np.ascontiguousarray(np.asarray(jax.device_get(x)))
+
+
+def digests(state_dict: Any) -> dict[str, str]:
+    """CRC-32 per array leaf of a state dict, keyed by its path (arrays this process
+    holds only a shard of are left out: another process checks its own part)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state_dict)[0]:
+        data = _host_bytes(leaf)
+        if data is not None:
+            out[jax.tree_util.keystr(path)] = f"{zlib.crc32(data.view(np.uint8)):08x}"
+    return out
+
+
+def verify(directory: str | Path, step: int, state_dict: Any, meta: dict) -> bool:
+    """Compare a restored state dict with the digests saved in ``meta``; False when the
+    checkpoint predates digests; raise ``CorruptCheckpoint`` on a mismatch."""
+    saved = meta.get("digests")
+    if not isinstance(saved, dict):
+        return False
+    if saved.get("algorithm") != DIGEST_ALGORITHM or not isinstance(saved.get("arrays"), dict):
+        raise CorruptCheckpoint(directory, step, f"unknown digest record {str(saved)[:80]}")
+    expected = saved["arrays"]
+    for key, value in digests(state_dict).items():
+        if key in expected and expected[key] != value:
+            raise CorruptCheckpoint(directory, step, f"array {key} does not match its "
+                                    f"{DIGEST_ALGORITHM} digest ({value} != {expected[key]})")
+    return True
 
 
 def make_manager(workdir: str | Path, keep: int = 2, read_only: bool = False,
@@ -65,16 +124,25 @@ def make_manager(workdir: str | Path, keep: int = 2, read_only: bool = False,
 
 
 def save(manager: ocp.CheckpointManager, state: Any, meta: dict,
-         metrics: dict[str, float] | None = None, force: bool = False) -> bool:
-    """Save ``state`` (any pytree with flax state-dict support) and ``meta`` at its step."""
+         metrics: dict[str, float] | None = None, force: bool = False,
+         verified: bool = True) -> bool:
+    """Save ``state`` (any pytree with flax state-dict support) and ``meta`` at its step.
+
+    With ``verified`` (always, except to measure its cost) ``meta`` also records the
+    arrays' digests, so that ``restore`` can tell a damaged checkpoint from a good one.
+    """
     step = int(jax.device_get(state.step))
     if step in manager.all_steps():
         return False
+    state_dict = serialization.to_state_dict(state)
+    if verified:
+        meta = {**meta, "digests": {"algorithm": DIGEST_ALGORITHM,
+                                    "arrays": digests(state_dict)}}
     try:
         saved = manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+                state=ocp.args.StandardSave(state_dict),
                 meta=ocp.args.JsonSave(meta),
             ),
             metrics=metrics,
@@ -118,8 +186,18 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any
 
     ``target`` is a concrete or abstract (``jax.ShapeDtypeStruct`` with ``sharding``)
     TrainState; a checkpoint of another model or optimizer fails with a clear message.
+    A damaged checkpoint (see the module docstring) raises ``CorruptCheckpoint``: the
+    saved array shapes are compared with the target first, so that only a checkpoint
+    that matches the model and still fails to read or verify counts as corrupt.
     """
     abstract = jax.tree.map(_abstract, serialization.to_state_dict(target))
+    mismatch = _shape_mismatch(manager, step, abstract)
+    if mismatch:
+        raise SatsegError(
+            f"{manager.directory}/{step}: checkpoint does not match this model/optimizer "
+            f"({mismatch[:300]}); use a fresh --workdir or the config it was "
+            "trained with"
+        )
     try:
         restored = manager.restore(
             step,
@@ -128,14 +206,51 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any
                 meta=ocp.args.JsonRestore(),
             ),
         )
-    except (ValueError, KeyError, TypeError) as e:
-        raise SatsegError(
-            f"{manager.directory}/{step}: checkpoint does not match this model/optimizer "
-            f"({str(e).splitlines()[0][:300]}); use a fresh --workdir or the config it was "
-            "trained with"
-        ) from None
+    except Exception as e:  # tensorstore, zstd, JSON, Orbax: all mean "cannot be read"
+        raise CorruptCheckpoint(manager.directory, step,
+                                f"unreadable: {_first_line(e)}") from None
+    meta = dict(restored["meta"] or {})
+    if not verify(manager.directory, step, restored["state"], meta) \
+            and jax.process_index() == 0:
+        print(f"note: {manager.directory}/{step} was saved before checkpoints carried "
+              "digests; restored without verifying it", flush=True)
     state = serialization.from_state_dict(target, restored["state"])
-    return state, dict(restored["meta"])
+    return state, meta
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def _shape_mismatch(manager: ocp.CheckpointManager, step: int, abstract: Any) -> str | None:
+    """What differs between the saved arrays and ``abstract`` (paths and shapes), or None.
+
+    Unreadable Orbax metadata raises ``CorruptCheckpoint``.
+    """
+    try:
+        saved = manager.item_metadata(step)["state"]
+        saved_shapes = _shapes(saved)
+    except Exception as e:
+        raise CorruptCheckpoint(manager.directory, step,
+                                f"unreadable metadata: {_first_line(e)}") from None
+    if saved is None or not saved_shapes:
+        raise CorruptCheckpoint(manager.directory, step, "no array metadata")
+    wanted = _shapes(abstract)
+    if saved_shapes == wanted:
+        return None
+    missing = sorted(set(wanted) - set(saved_shapes))
+    extra = sorted(set(saved_shapes) - set(wanted))
+    differ = [f"{k}: saved {saved_shapes[k]}, model {wanted[k]}"
+              for k in sorted(set(wanted) & set(saved_shapes)) if saved_shapes[k] != wanted[k]]
+    parts = ([f"not in checkpoint: {', '.join(missing[:3])}"] if missing else []) + \
+        ([f"not in model: {', '.join(extra[:3])}"] if extra else []) + differ[:3]
+    return "; ".join(parts)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
 
 
 def restore_raw(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:

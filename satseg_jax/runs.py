@@ -23,8 +23,11 @@ their dataset's card, with a one-line note.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,8 +72,9 @@ def check_resume_config(workdir: Path, config, write: bool = True) -> None:
     WORKDIR/config.json (atomically, from process 0).
 
     Training calls it twice: first without writing, before anything is built, so a
-    refused run fails fast; then with ``write`` once everything else has been checked,
-    so a run refused for another reason leaves no workdir behind.
+    refused run fails fast; then with ``write`` once the checkpoint has been restored
+    and verified, so a run refused for another reason (no workdir yet, or a checkpoint
+    that does not match) leaves the workdir as it was.
     """
     path = workdir / CONFIG_NAME
     current = config_as_saved(config)
@@ -96,6 +100,70 @@ def load_workdir_config(workdir: str | Path):
     if not path.exists():
         raise SatsegError(f"{path}: not found; is {workdir} a training workdir?")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+# ----------------------------------------------------------------------------- lock
+
+LOCK_NAME = ".lock"
+
+
+class WorkdirLock:
+    """One writer per workdir: an advisory ``fcntl`` lock on ``WORKDIR/.lock``, held by a
+    training run for its whole life.
+
+    Why: two ``satseg train`` on one workdir would both write checkpoints of the same
+    steps, and the second one's manager deletes the first one's checkpoint in progress
+    (a temporary folder to it). The kernel releases the lock when its holder dies, however
+    it dies, so a crashed run never blocks the next; the file keeps the holder's pid and
+    host only to name it in the refusal (and, after a crash, in a note).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = Path(workdir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def _holder(self, fd: int) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> None:
+        """Take the lock or raise SatsegError naming the holder; writes only when taken."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise SatsegError(
+                f"{self.path.parent}: another satseg train is writing it (pid "
+                f"{holder.get('pid', '?')} on host {holder.get('host', '?')}, lock "
+                f"{self.path}); wait for it to end, or use another --workdir") from None
+        stale, host = self._holder(fd), socket.gethostname()
+        if stale.get("pid") and stale.get("host") == host and not _alive(int(stale["pid"])):
+            print(f"note: {self.path}: took over the lock of pid {stale['pid']} on {host}, "
+                  "which ended without releasing it", flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": host}).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Clear the holder's name and drop the lock (no-op when not held)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- card
@@ -291,7 +359,13 @@ def load_run(path: str | Path, checkpoint: str | int = "best",
         hw = card.input_size
         template = steps.create_train_state(0, steps.build_model(config, k), tx,
                                             (1, hw, hw, card.num_bands))
-        state, ck_meta = checkpoints.restore(manager, step, runner.abstract_state(template))
+        try:
+            state, ck_meta = checkpoints.restore(manager, step, runner.abstract_state(template))
+        except checkpoints.CorruptCheckpoint as e:
+            # Never evaluate or predict from damaged weights; name the ones left to use.
+            others = sorted(s for s in manager.all_steps() if s != step)
+            raise SatsegError(f"{e}; pick another with --checkpoint (saved steps: "
+                              f"{others or 'none'})") from None
     finally:
         manager.close()
     return Run(path=path, config=config, card=card, checkpoint=checkpoint, step=int(step),

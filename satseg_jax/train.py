@@ -15,6 +15,7 @@ uninterrupted run ends (on CPU; see README "Determinism and preemption").
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -147,7 +148,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     parallel.maybe_initialize_distributed(config)
     try:
         training = _Training(config, Path(workdir))
-        return training.run()
+        try:
+            return training.run()
+        finally:
+            training.lock.release()
     except SatsegError as e:
         if jax.process_count() > 1:
             raise SatsegError(f"process {jax.process_index()} of {jax.process_count()}: {e}") \
@@ -156,11 +160,17 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
 
 def _check_dataset(config, meta) -> None:
-    """Refuse a dataset of another task, or an evaluation split without examples, before
-    anything is built or written."""
+    """Refuse a dataset of another task, a crop larger than its patches, or an evaluation
+    split without examples, before anything is built or written."""
     if meta.task != config.task:
         raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
                           f"{config.task!r}")
+    # The input pipeline checks the crop too, but only once the loop starts, after the
+    # workdir is written; checked here, a refused run changes nothing.
+    crop = int(config.data.crop_size or 0)
+    if crop > meta.patch_size:
+        raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
+                          f"patch size {meta.patch_size}")
     eval_split = str(config.data.eval_split)
     if not meta.num_examples.get(eval_split, 0):
         # Published sets often come with train/test lists only (satseg build
@@ -173,6 +183,35 @@ def _check_dataset(config, meta) -> None:
             "with a validation split (a 'validation' list in --split-file, or --split)")
 
 
+def _check_config(config) -> None:
+    """Refuse settings that could only fail later (or train on garbage) before anything is
+    read or written: a learning rate that is not a finite number > 0, a batch size that is
+    not a positive multiple of the device count."""
+    lr = config.optimizer.learning_rate
+    try:
+        ok = math.isfinite(float(lr)) and float(lr) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SatsegError(f"config.optimizer.learning_rate={lr!r}: must be a finite number "
+                          "greater than 0")
+    batch = config.train.batch_size
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
+        raise SatsegError(f"config.train.batch_size={batch!r}: must be a whole number greater "
+                          f"than 0 (a multiple of the {jax.device_count()} device(s))")
+    parallel.check_batch(batch)
+
+
+def _finite(tree) -> bool:
+    """Whether every float array of ``tree`` is finite (checked on the host)."""
+    for leaf in jax.tree.leaves(tree):
+        x = np.asarray(jax.device_get(leaf)) if not isinstance(leaf, jax.Array) \
+            or leaf.is_fully_addressable else None
+        if x is not None and np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+            return False
+    return True
+
+
 class _Training:
     """One call of ``train_and_evaluate``: what the loop shares, built and checked
     before the workdir comes into being (a refused run leaves nothing behind)."""
@@ -180,6 +219,7 @@ class _Training:
     def __init__(self, config, workdir: Path) -> None:
         from satseg_jax import input_pipeline
 
+        _check_config(config)
         self.config, self.workdir = config, workdir
         self.meta = meta = input_pipeline.load_meta(config.data.data_dir)
         _check_dataset(config, meta)
@@ -199,37 +239,103 @@ class _Training:
         self.n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
         self.card = runs.card_from_dataset(meta, config)
         self.last_eval: dict | None = None
+        self.lock = runs.WorkdirLock(workdir)
 
     def per_host(self, step: int) -> int:
         """Examples consumed per host after ``step`` (the input pipeline's position)."""
         return step * (self.global_batch // jax.process_count())
 
     def open_workdir(self) -> int:
-        """Create the workdir (config, card, checkpoint manager); restore the latest
-        checkpoint; return the step to start from."""
+        """Create the workdir and its checkpoint manager; restore the newest good
+        checkpoint; only then write config and card; return the step to start from.
+
+        Why this order: a resume refused on restore (a checkpoint of another model, a
+        dataset with other bands) must leave the run it was pointed at as it was.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        runs.check_resume_config(self.workdir, self.config)
-        runs.write_card(self.workdir, self.card)
+        if self.is_main:  # before the manager, which removes unfinished checkpoints
+            self.lock.acquire()
         self.manager = checkpoints.make_manager(self.workdir,
                                                 keep=int(self.config.train.keep_checkpoints))
-        latest = self.manager.latest_step()
+        try:
+            latest = self.restore_newest_good()
+        except BaseException:
+            self.manager.close()
+            raise
+        runs.check_resume_config(self.workdir, self.config)
+        runs.write_card(self.workdir, self.card)
         if latest is not None:
-            self.state, ck_meta = checkpoints.restore(self.manager, latest,
-                                                      self.runner.abstract_state(self.state))
             expected = self.per_host(latest)
-            if ck_meta.get("data_position") != expected:
-                raise SatsegError(f"{self.workdir}: checkpoint {latest} has data position "
-                                  f"{ck_meta.get('data_position')}, expected {expected}")
-            self.last_eval = ck_meta.get("metrics") or None
             if self.is_main:
                 print(f"Resumed from {self.manager.directory}/{latest} (step {latest}, data "
                       f"position {expected} examples per host)", flush=True)
         return int(jax.device_get(self.state.step))
 
+    def restore_newest_good(self) -> int | None:
+        """Restore the newest checkpoint that verifies; return its step (None: none saved).
+
+        A corrupt checkpoint (``checkpoints.CorruptCheckpoint``) is skipped with one line
+        and moved to ``WORKDIR/checkpoints_corrupt/STEP``: left in place, it would keep
+        its step number, and training would never write a good checkpoint there.
+        """
+        skipped = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self.state, ck_meta = checkpoints.restore(
+                    self.manager, step, self.runner.abstract_state(self.state))
+            except checkpoints.CorruptCheckpoint as e:
+                skipped.append(step)
+                if self.is_main:
+                    print(f"skipped checkpoint {step}: {e.reason} ({e.path}); moved to "
+                          f"{self.workdir / 'checkpoints_corrupt' / str(step)}", flush=True)
+                continue
+            expected = self.per_host(step)
+            if ck_meta.get("data_position") != expected:
+                raise SatsegError(f"{self.workdir}: checkpoint {step} has data position "
+                                  f"{ck_meta.get('data_position')}, expected {expected}")
+            self.last_eval = ck_meta.get("metrics") or None
+            break
+        else:
+            step = None
+        if skipped:
+            self.set_aside(skipped)
+            if step is None:
+                raise SatsegError(
+                    f"{self.manager.directory}: no checkpoint verifies (skipped "
+                    f"{sorted(skipped)}, moved to {self.workdir / 'checkpoints_corrupt'}); "
+                    "run the same command again to start from step 0, or use a new --workdir")
+        return step
+
+    def set_aside(self, steps_: list[int]) -> None:
+        """Move corrupt checkpoints out of the manager's folder (process 0) and reopen it."""
+        if self.is_main:
+            aside = self.workdir / "checkpoints_corrupt"
+            aside.mkdir(exist_ok=True)
+            for step in steps_:
+                target = aside / str(step)
+                if target.exists():
+                    target = aside / f"{step}.{int(time.time())}"
+                Path(self.manager.directory, str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("satseg: corrupt checkpoints set aside")
+        self.manager.close()
+        self.manager = checkpoints.make_manager(self.workdir,
+                                                keep=int(self.config.train.keep_checkpoints))
+
     def save(self, step_metrics: dict | None = None) -> int:
         """Checkpoint the current state (a no-op when its step is saved already)."""
         host = self.runner.host_state(self.state)
         step = int(jax.device_get(host.step))
+        if not _finite((host.params, host.opt_state, host.batch_stats)):
+            # A non-finite checkpoint would become the "latest" and poison every resume.
+            good = self.manager.latest_step()
+            raise SatsegError(
+                f"the parameters or optimizer state are non-finite at step {step}: not "
+                f"saved (last good checkpoint: {good}); lower "
+                "config.optimizer.learning_rate, enable config.optimizer.grad_clip_norm or "
+                "check the data for NaN/inf, then run again to resume from it")
         ck = {"step": step, "data_position": self.per_host(step),
               "config_model": self.config.model.to_dict(), "metrics": step_metrics or {}}
         checkpoints.save(self.manager, host, ck,
