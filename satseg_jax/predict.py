@@ -33,7 +33,7 @@ import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL, parse_colour
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_path
+from satseg_jax.io_utils import atomic_path, refuse_overwriting_inputs
 
 # Colour-table entry of the nodata value 255 in predicted maps: white, as ``satseg plot``
 # draws nodata, and fully transparent in a PNG (its tRNS chunk), so no class colour
@@ -229,6 +229,8 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     from satseg_jax.raster.masks import quiet_georeference
 
     image, out = Path(image), Path(out)
+    refuse_overwriting_inputs({"out": out, "probabilities": probabilities},
+                              {"image": image, "workdir": getattr(workdir, "path", workdir)})
     check_tiling(tile, overlap, batch)
     as_png = check_outputs(image, out, probabilities)
     t0 = time.perf_counter()
