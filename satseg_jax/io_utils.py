@@ -359,9 +359,13 @@ class _LogSink:
         return False
 
     def close(self) -> None:
+        """Close the file; remove it when nothing could be written (a full disk)."""
         if self.fh is not None:
             with contextlib.suppress(OSError):
                 self.fh.close()
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_size == 0:
+                    self.path.unlink()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,10 @@ by windows; both are made by one sequential copy at the end.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+import numpy as np
 
 
 def to_cog(path: Path) -> None:
@@ -43,3 +46,31 @@ def to_png(path: Path) -> None:
     finally:
         if png.exists():
             png.unlink()
+
+
+def verify_written(path: Path, sums: np.ndarray, strip: int = 512) -> None:
+    """Read ``path`` back whole and compare each band's sum with ``sums`` (what was
+    written); raise OSError "write failed" on a difference or a read error.
+
+    Why: GDAL reports a write that failed at close or during the COG/PNG copy (a full
+    disk: ``_tiffWriteProc: No space left on device``) only as a log line, and leaves a
+    truncated file, or one whose missing tiles read as nodata; the command would say
+    "wrote" over a broken map. Sums catch both, and a uint8 map reads back in a small
+    fraction of the inference time.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    try:
+        with rasterio.open(path) as ds:
+            got = np.zeros(ds.count, np.int64)
+            for r0 in range(0, ds.height, strip):
+                h = min(strip, ds.height - r0)
+                got += ds.read(window=Window(0, r0, ds.width, h)).sum(axis=(1, 2),
+                                                                      dtype=np.int64)
+    except rasterio.errors.RasterioError as e:
+        raise OSError(errno.EIO, f"write failed: it cannot be read back ({e})",
+                      str(path)) from e
+    if not np.array_equal(got, np.asarray(sums, np.int64)):
+        raise OSError(errno.EIO, "write failed: it reads back different from what was "
+                      "written (an incomplete file)", str(path))
