@@ -8,10 +8,27 @@ by windows; both are made by one sequential copy at the end.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def _write_failed(path: Path) -> Iterator[None]:
+    """A GDAL error while copying the map we just wrote means that writing it failed (a
+    full disk truncated it: "Failed to read directory"): an OSError "write failed", which
+    io_utils reports as a full disk when the disk is (nearly) full."""
+    try:
+        yield
+    except Exception as e:
+        # rasterio's own errors and GDAL's (CPLE_*, from a private rasterio module)
+        if not type(e).__module__.startswith("rasterio"):
+            raise
+        raise OSError(errno.EIO, f"write failed: it cannot be read back ({e})",
+                      str(path)) from e
 
 
 def to_cog(path: Path) -> None:
@@ -20,7 +37,9 @@ def to_cog(path: Path) -> None:
 
     cog = path.with_name(path.name + ".cog")
     try:
-        rio_copy(path, cog, driver="COG", compress="DEFLATE", overview_resampling="nearest")
+        with _write_failed(path):
+            rio_copy(path, cog, driver="COG", compress="DEFLATE",
+                     overview_resampling="nearest")
         cog.replace(path)
     finally:
         if cog.exists():
@@ -40,7 +59,7 @@ def to_png(path: Path) -> None:
 
     png = path.with_name(path.name + ".png")
     try:
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"), _write_failed(path):
             rio_copy(path, png, driver="PNG")
         png.replace(path)
     finally:
@@ -61,16 +80,12 @@ def verify_written(path: Path, sums: np.ndarray, strip: int = 512) -> None:
     import rasterio
     from rasterio.windows import Window
 
-    try:
-        with rasterio.open(path) as ds:
-            got = np.zeros(ds.count, np.int64)
-            for r0 in range(0, ds.height, strip):
-                h = min(strip, ds.height - r0)
-                got += ds.read(window=Window(0, r0, ds.width, h)).sum(axis=(1, 2),
-                                                                      dtype=np.int64)
-    except rasterio.errors.RasterioError as e:
-        raise OSError(errno.EIO, f"write failed: it cannot be read back ({e})",
-                      str(path)) from e
+    with _write_failed(path), rasterio.open(path) as ds:
+        got = np.zeros(ds.count, np.int64)
+        for r0 in range(0, ds.height, strip):
+            h = min(strip, ds.height - r0)
+            got += ds.read(window=Window(0, r0, ds.width, h)).sum(axis=(1, 2),
+                                                                  dtype=np.int64)
     if not np.array_equal(got, np.asarray(sums, np.int64)):
         raise OSError(errno.EIO, "write failed: it reads back different from what was "
                       "written (an incomplete file)", str(path))
