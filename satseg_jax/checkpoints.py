@@ -35,6 +35,7 @@ Orbax and resharded on read).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import zlib
 from collections.abc import Collection, Iterator
@@ -210,32 +211,39 @@ def save(manager: ocp.CheckpointManager, state: Any, meta: dict,
     if verified:
         meta = {**meta, "digests": {"algorithm": DIGEST_ALGORITHM,
                                     "arrays": digests(state_dict)}}
-    quiet = library_output_to(log) if log is not None else contextlib.nullcontext()
-    try:
-        with quiet:
-            saved = manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state_dict),
-                    meta=ocp.args.JsonSave(meta),
-                ),
-                metrics=metrics,
-                force=force,
-            )
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
+                              meta=ocp.args.JsonSave(meta))
+    if log is None:
+        saved = manager.save(step, args=args, metrics=metrics, force=force)
+        manager.wait_until_finished()
+        return saved
+    with library_output_to(log):
+        try:
+            saved = manager.save(step, args=args, metrics=metrics, force=force)
             manager.wait_until_finished()
-    except Exception as e:
-        # Orbax writes into STEP.orbax-checkpoint-tmp and renames it only when complete,
-        # so the last complete checkpoint is intact; the temporary one is removed on the
-        # next start (cleanup_tmp_directories).
-        if is_disk_full(e):
-            where = (f"; Orbax's messages are in {log}"
-                     if log is not None and log.is_file() and log.stat().st_size else "")
-            raise DiskFullError(
-                f"{manager.directory}: disk full while writing checkpoint {step} "
-                f"({_first_line(e)}); free space and run the same command again to resume "
-                f"from the last complete checkpoint{where}") from e
-        raise
-    return saved
+            return saved
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            # Orbax's message is a long path per failed array; the cause is at its end.
+            text = str(e).lower()
+            reason = next((c for c in ("No space left on device", "Disk quota exceeded")
+                           if c.lower() in text), _first_line(e))
+        # Out of the except block, so the failure's traceback (whose frames hold the
+        # failed writers' futures) is gone: closing the manager and collecting them now
+        # puts their complaints in the log, not on the terminal at exit.
+        with contextlib.suppress(Exception):
+            manager.close()
+        gc.collect()
+    # Orbax writes into STEP.orbax-checkpoint-tmp and renames it only when complete, so
+    # the last complete checkpoint is intact; the temporary one is removed on the next
+    # start (cleanup_tmp_directories). The manager is closed: the run ends here.
+    where = (f"; Orbax's messages are in {log}"
+             if log.is_file() and log.stat().st_size else "")
+    raise DiskFullError(
+        f"{manager.directory}: disk full while writing checkpoint {step} ({reason}); free "
+        "space and run the same command again to resume from the last complete "
+        f"checkpoint{where}")
 
 
 def _saved_metric(step_dir: Path, best_metric: str = BEST_METRIC) -> float | None:
