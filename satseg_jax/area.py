@@ -121,6 +121,7 @@ def area_table(map_path: str | Path, class_names: list[str] | None = None,
     rows = {z: _pad(km2.get(z), len(names)).tolist() for z in names_r}
     pixels = {z: _pad(px.get(z), len(names)).astype(int).tolist() for z in names_r}
     return {"classes": names, "rows": rows, "pixels": pixels, "map": str(map_path),
+            "regions": str(regions) if regions is not None else None,
             "units": "km2" if georeferenced else "pixels"}
 
 
@@ -213,8 +214,12 @@ def format_area_table(table: dict) -> str:
 
 
 def write_area_csv(table: dict, out: str | Path) -> None:
-    from satseg_jax.io_utils import atomic_path
+    """``table`` (from :func:`area_table`) as CSV; refuses an ``out`` that is the map or
+    the regions file the table was computed from."""
+    from satseg_jax.io_utils import atomic_path, refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"out": out}, {"map": table.get("map"),
+                                             "regions": table.get("regions")})
     unit = "km2" if table.get("units", "km2") == "km2" else "pixels"
     with atomic_path(Path(out)) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)

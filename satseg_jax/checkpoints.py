@@ -18,7 +18,10 @@ last *complete* step (tests/test_preemption.py kills runs in the middle of this 
 Verification: ``save`` records a CRC-32 of every array of the state dict, computed from
 the host copy, in ``meta["digests"]``; ``restore`` recomputes them and refuses a mismatch,
 an unreadable array file or unreadable Orbax metadata with ``CorruptCheckpoint`` (a
-``SatsegError`` naming the step and its path). A silently flipped byte on disk would
+``SatsegError`` naming the step and its path). Orbax's own JSON files of a step
+(``_CHECKPOINT_METADATA``, ``metrics/metrics``) are read by Orbax for every step when a
+manager opens, so they are checked first (``metadata_problems``) and a damaged step is
+left out of the manager (and refused when chosen). A silently flipped byte on disk would
 otherwise resume training, or evaluate, from garbage. CRC-32 (zlib) is meant for
 accidental corruption and runs at several GB/s, a small fraction of the save
 (benchmarks/checkpoint_digest.py, NOTES.md). Checkpoints saved before digests existed
@@ -31,7 +34,11 @@ Orbax and resharded on read).
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import zlib
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +50,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from satseg_jax import parallel
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import DiskFullError, is_disk_full
+from satseg_jax.io_utils import DiskFullError, is_disk_full, library_output_to
 
 BEST_METRIC = "mean_iou"
 DIGEST_ALGORITHM = "crc32"
@@ -96,9 +103,71 @@ def verify(directory: str | Path, step: int, state_dict: Any, meta: dict) -> boo
     return True
 
 
+# Orbax's own small JSON files of a finished checkpoint, read when a manager opens (for
+# every step: "best" needs each step's metrics) or when a step is restored.
+ORBAX_JSON = ("_CHECKPOINT_METADATA", "metrics/metrics")
+
+
+def metadata_problems(directory: str | Path) -> dict[int, CorruptCheckpoint]:
+    """The finished checkpoints in ``directory`` whose Orbax JSON (``ORBAX_JSON``) exists
+    but cannot be read, each as the CorruptCheckpoint to report.
+
+    Why before any manager opens: Orbax reads these files for every step when a manager
+    starts, and a damaged one either stops every command with a traceback
+    (``metrics/metrics``) or is logged and ignored (``_CHECKPOINT_METADATA``), so the
+    damage would otherwise pass as "does not match this model" or pass unseen.
+    A file that is absent (an older Orbax, a step saved without metrics) is no problem.
+    """
+    directory = Path(directory)
+    found: dict[int, CorruptCheckpoint] = {}
+    if not directory.is_dir():
+        return found
+    for d in directory.iterdir():
+        if not (d.name.isdigit() and d.is_dir()):
+            continue
+        for name in ORBAX_JSON:
+            path = d / name
+            if not path.exists():
+                continue
+            try:
+                value = json.loads(path.read_bytes())
+                if not isinstance(value, dict) and not (name != ORBAX_JSON[0] and value is None):
+                    raise ValueError(f"a JSON {type(value).__name__}, not an object")
+            except (OSError, ValueError) as e:  # UnicodeDecodeError, JSONDecodeError too
+                found[int(d.name)] = CorruptCheckpoint(directory, int(d.name),
+                                                       f"unreadable {name}: {_first_line(e)}")
+                break
+    return found
+
+
+class _Skipping(ocp.step.NameFormat):
+    """Orbax's standard step names, with some steps left out of every listing, so that a
+    manager can open (and restore the other steps) beside a checkpoint whose Orbax
+    metadata is damaged."""
+
+    def __init__(self, skip: Collection[int]) -> None:
+        self.inner = ocp.step.standard_name_format()
+        self.skip = frozenset(int(s) for s in skip)
+
+    def build_name(self, step: int) -> str:
+        return self.inner.build_name(step)
+
+    def find_all(self, base_path) -> Iterator[Any]:
+        return (m for m in self.inner.find_all(base_path) if m.step not in self.skip)
+
+    def find_step(self, base_path, step: int) -> Any:
+        if int(step) in self.skip:
+            raise ValueError(f"checkpoint {step} is left out (damaged Orbax metadata)")
+        return self.inner.find_step(base_path, step)
+
+
 def make_manager(workdir: str | Path, keep: int = 2, read_only: bool = False,
-                 best_metric: str = BEST_METRIC) -> ocp.CheckpointManager:
-    """A CheckpointManager in ``WORKDIR/checkpoints`` keeping the last ``keep`` and the best."""
+                 best_metric: str = BEST_METRIC,
+                 skip: Collection[int] = ()) -> ocp.CheckpointManager:
+    """A CheckpointManager in ``WORKDIR/checkpoints`` keeping the last ``keep`` and the best.
+
+    ``skip``: steps the manager must not see (see :func:`metadata_problems`).
+    """
     directory = Path(workdir).absolute() / "checkpoints"
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(n=max(1, keep)),
@@ -116,6 +185,7 @@ def make_manager(workdir: str | Path, keep: int = 2, read_only: bool = False,
         # a writer removes it on start instead of letting partial copies pile up.
         cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=False,
+        step_name_format=_Skipping(skip) if skip else None,
     )
     # Handlers named up front (not only item names): the manager can then read a
     # checkpoint's array metadata before restoring it (restore_raw).
@@ -125,11 +195,14 @@ def make_manager(workdir: str | Path, keep: int = 2, read_only: bool = False,
 
 def save(manager: ocp.CheckpointManager, state: Any, meta: dict,
          metrics: dict[str, float] | None = None, force: bool = False,
-         verified: bool = True) -> bool:
+         verified: bool = True, log: Path | None = None) -> bool:
     """Save ``state`` (any pytree with flax state-dict support) and ``meta`` at its step.
 
     With ``verified`` (always, except to measure its cost) ``meta`` also records the
     arrays' digests, so that ``restore`` can tell a damaged checkpoint from a good one.
+    ``log``: a file that receives what Orbax and its threads print or log during the
+    save (io_utils.library_output_to), instead of the terminal; a failed save then
+    reports one line, which names the file when something was written to it.
     """
     step = int(jax.device_get(state.step))
     if step in manager.all_steps():
@@ -138,40 +211,90 @@ def save(manager: ocp.CheckpointManager, state: Any, meta: dict,
     if verified:
         meta = {**meta, "digests": {"algorithm": DIGEST_ALGORITHM,
                                     "arrays": digests(state_dict)}}
-    try:
-        saved = manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state_dict),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=metrics,
-            force=force,
-        )
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state_dict),
+                              meta=ocp.args.JsonSave(meta))
+    if log is None:
+        saved = manager.save(step, args=args, metrics=metrics, force=force)
         manager.wait_until_finished()
-    except Exception as e:
-        # Orbax writes into STEP.orbax-checkpoint-tmp and renames it only when complete,
-        # so the last complete checkpoint is intact; the temporary one is removed on the
-        # next start (cleanup_tmp_directories).
-        if is_disk_full(e):
-            raise DiskFullError(
-                f"{manager.directory}: disk full while writing checkpoint {step} ({e}); free "
-                "space and run the same command again to resume from the last complete "
-                "checkpoint") from e
-        raise
-    return saved
+        return saved
+    with library_output_to(log):
+        try:
+            saved = manager.save(step, args=args, metrics=metrics, force=force)
+            manager.wait_until_finished()
+            return saved
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            # Orbax's message is a long path per failed array; the cause is at its end.
+            text = str(e).lower()
+            reason = next((c for c in ("No space left on device", "Disk quota exceeded")
+                           if c.lower() in text), _first_line(e))
+        # Out of the except block, so the failure's traceback (whose frames hold the
+        # failed writers' futures) is gone: closing the manager and collecting them now
+        # puts their complaints in the log, not on the terminal at exit.
+        with contextlib.suppress(Exception):
+            manager.close()
+        gc.collect()
+    # Orbax writes into STEP.orbax-checkpoint-tmp and renames it only when complete, so
+    # the last complete checkpoint is intact; the temporary one is removed on the next
+    # start (cleanup_tmp_directories). The manager is closed: the run ends here.
+    where = (f"; Orbax's messages are in {log}"
+             if log.is_file() and log.stat().st_size else "")
+    raise DiskFullError(
+        f"{manager.directory}: disk full while writing checkpoint {step} ({reason}); free "
+        "space and run the same command again to resume from the last complete "
+        f"checkpoint{where}")
 
 
-def resolve_step(manager: ocp.CheckpointManager, which: str | int | None) -> int | None:
-    """'latest' | 'best' | a step -> a saved step (or None when there is no checkpoint)."""
-    steps = manager.all_steps()
-    if not steps:
+def _saved_metric(step_dir: Path, best_metric: str = BEST_METRIC) -> float | None:
+    """The metric "best" is chosen on, as saved with a step (None: none or unreadable)."""
+    try:
+        value = json.loads((step_dir / ORBAX_JSON[1]).read_bytes())[best_metric]
+        return float(value)
+    except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def _refuse_corrupt_choice(manager: ocp.CheckpointManager, which: str | int | None,
+                           step: int | None, corrupt: dict[int, CorruptCheckpoint]) -> None:
+    """Raise the CorruptCheckpoint of a damaged step (left out of ``manager``) that
+    'latest' or 'best' would have chosen instead of ``step``: a newer one for 'latest',
+    one whose metric is better or cannot be read for 'best'."""
     if which in (None, "latest"):
-        return manager.latest_step()
-    if which == "best":
-        best = manager.best_step()
-        return best if best is not None else manager.latest_step()
+        newest = max(corrupt)
+        if step is None or newest > step:
+            raise corrupt[newest]
+        return
+    good = _saved_metric(Path(manager.directory) / str(step)) if step is not None else None
+    for s in sorted(corrupt, reverse=True):
+        metric = _saved_metric(Path(manager.directory) / str(s))
+        if metric is None or good is None or metric > good:
+            raise corrupt[s]
+
+
+def resolve_step(manager: ocp.CheckpointManager, which: str | int | None,
+                 corrupt: dict[int, CorruptCheckpoint] | None = None) -> int | None:
+    """'latest' | 'best' | a step -> a saved step (or None when there is no checkpoint).
+
+    ``corrupt``: steps with damaged Orbax metadata (:func:`metadata_problems`, left out
+    of ``manager``); choosing one of them raises its CorruptCheckpoint.
+    """
+    corrupt = corrupt or {}
+    if which not in (None, "latest", "best"):
+        with contextlib.suppress(TypeError, ValueError):
+            if int(which) in corrupt:
+                raise corrupt[int(which)]
+    steps = manager.all_steps()
+    if not steps and not corrupt:
+        return None
+    if which in (None, "latest", "best"):
+        step = manager.latest_step() if steps else None
+        if which == "best" and steps:
+            best = manager.best_step()
+            step = best if best is not None else step
+        if corrupt:
+            _refuse_corrupt_choice(manager, which, step, corrupt)
+        return step
     try:
         step = int(which)
     except (TypeError, ValueError):

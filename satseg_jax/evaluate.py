@@ -16,7 +16,12 @@ import numpy as np
 
 from satseg_jax import metrics
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_path
+from satseg_jax.io_utils import (
+    atomic_path,
+    refuse_overwriting_inputs,
+    sweep_folder_leftovers,
+    temporary_name,
+)
 from satseg_jax.steps import confusion_over_split
 
 
@@ -82,6 +87,11 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
     from satseg_jax.runs import load_run
 
     workdir = Path(workdir)
+    refuse_overwriting_inputs(
+        {"metrics": [workdir / f"{name}_{split}{ext}" for name, ext in (
+            ("metrics", ".json"), ("confusion", ".png"), ("overlays", ".png"))],
+         "predictions": workdir / f"predictions_{split}" if save_predictions else None},
+        {"data_dir": data_dir}, folders=("predictions",))
     if resample_to_train_gsd and not data_dir:
         raise SatsegError("--resample-to-train-gsd needs --data OTHER_DATA_DIR")
     run = load_run(workdir, checkpoint)
@@ -97,6 +107,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
     pred_dir = workdir / f"predictions_{split}"
     if save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:  # before any process writes (the eval is collective)
+            sweep_folder_leftovers(pred_dir, ".tif")  # of a run killed while writing
     collector = _PatchCollector(run.runner, pred_dir if save_predictions else None,
                                 config.task, meta.patch_size, overlays,
                                 meta.num_examples.get(split, 0), resize_to=resize_to)
@@ -205,9 +217,13 @@ class _PatchCollector:
         profile = {"driver": "GTiff", "height": h, "width": w, "count": 1,
                    "dtype": "uint8", "crs": crs, "transform": t, "nodata": 255,
                    "compress": "deflate"}
-        tmp = self.pred_dir / f".{pid}.tif.tmp"
-        with warnings.catch_warnings():  # no CRS (plain images) is expected, not a problem
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(pred, 1)
-        tmp.replace(self.pred_dir / f"{pid}.tif")
+        out = self.pred_dir / f"{pid}.tif"
+        tmp = temporary_name(out)  # swept by the next run if this one is killed
+        try:
+            with warnings.catch_warnings():  # no CRS (plain images) is expected
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(pred, 1)
+            tmp.replace(out)
+        finally:  # a failed write, SIGTERM, Ctrl-C: no half-written patch left
+            tmp.unlink(missing_ok=True)

@@ -134,6 +134,17 @@ def _cleaned_up(target: Path, tmp: Path, remove) -> Iterator[None]:
             remove(tmp)
 
 
+# The random part of a temporary name: 8 characters, as tempfile's mkstemp/mkdtemp make.
+_RANDOM = r"[a-z0-9_]{8}"
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
 def sweep_leftovers(target: Path) -> list[Path]:
     """Remove the temporaries an earlier, killed run left beside ``target`` (return them).
 
@@ -142,15 +153,35 @@ def sweep_leftovers(target: Path) -> list[Path]:
     run writing the same output at the same time would lose its temporary: one output,
     one writer.
     """
-    made = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
+    made = re.compile(re.escape(f".{target.name}.") + _RANDOM + r"\.tmp")
     swept = []
     if target.parent.is_dir():
         for p in target.parent.iterdir():
             if made.fullmatch(p.name) or p.name == f".{target.name}.old":
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                _remove(p)
+                swept.append(p)
+    return swept
+
+
+def temporary_name(target: Path) -> Path:
+    """``.NAME.XXXXXXXX.tmp`` beside ``target``: the name atomic_path would use, for a
+    writer of many small files that renames each one itself (no mkstemp, no sweep per
+    file); :func:`sweep_folder_leftovers` removes those a killed run left."""
+    import secrets
+
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+
+
+def sweep_folder_leftovers(folder: Path, suffix: str) -> list[Path]:
+    """Remove every ``.NAME.XXXXXXXX.tmp`` in ``folder`` whose NAME ends with ``suffix``
+    (the :func:`temporary_name` of an output ``*SUFFIX`` a killed run left); one listing
+    of the folder for all its outputs. Nothing else is touched."""
+    made = re.compile(r"\..+" + re.escape(suffix) + r"\." + _RANDOM + r"\.tmp")
+    swept = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if made.fullmatch(p.name):
+                _remove(p)
                 swept.append(p)
     return swept
 
@@ -295,3 +326,78 @@ def refuse_overwriting_inputs(outputs: dict[str, PathArg | list[PathArg]],
             if _same_file(a, b):
                 raise SatsegError(f"{label_a} {a} and {label_b} {b} are the same file; "
                                   "give each output its own path")
+
+
+# ----------------------------------------------------------------------------- library chatter
+
+
+class _LogSink:
+    """A text stream appending to ``path``, opened on the first write (no empty log when
+    nothing was said). Write errors are dropped, never raised: the log usually sits on
+    the disk whose failure is being logged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh = None
+        self.failed = False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                if self.fh is None:
+                    self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+                self.fh.write(text)
+                self.fh.flush()
+            except OSError:
+                self.failed = True
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Close the file; remove it when nothing could be written (a full disk)."""
+        if self.fh is not None:
+            with contextlib.suppress(OSError):
+                self.fh.close()
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_size == 0:
+                    self.path.unlink()
+
+
+@contextlib.contextmanager
+def library_output_to(path: Path) -> Iterator[_LogSink]:
+    """Send what libraries print or log while inside (``logging`` records of every
+    logger that reaches the root, ``warnings``, tracebacks their threads print to
+    ``sys.stderr``) to the file ``path`` instead of the terminal.
+
+    Why: a checkpoint save that fails on a full disk makes Orbax, asyncio and
+    tensorstore report the same error from every writer thread, about a thousand lines
+    around the one line the user needs. Kept in a file, the details stay available;
+    the file is created only when something is written. The failed writers' futures are
+    collected before leaving (their "exception was never retrieved" complaints are made
+    at garbage collection), so those land in the file too.
+    """
+    import gc
+    import logging
+    import sys
+
+    sink = _LogSink(Path(path))
+    handler = logging.StreamHandler(sink)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved_handlers, saved_stderr = root.handlers[:], sys.stderr
+    root.handlers = [handler]
+    sys.stderr = sink  # type: ignore[assignment]
+    try:
+        yield sink
+    except BaseException:
+        gc.collect()
+        raise
+    finally:
+        sys.stderr = saved_stderr
+        root.handlers = saved_handlers
+        sink.close()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from satseg_jax.io_utils import atomic_path, refuse_overwriting_inputs
+
 
 def confusion_matrix_png(cm: np.ndarray, class_names: list[str], path: str | Path,
                          title: str = "") -> Path:
@@ -40,14 +42,21 @@ def confusion_matrix_png(cm: np.ndarray, class_names: list[str], path: str | Pat
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
+    """Save a matplotlib figure atomically and close it.
+
+    Through io_utils.atomic_path: the temporary ``.NAME.XXXXXXXX.tmp`` is removed on
+    any failure or signal, and the next save of the same figure sweeps one a killed run
+    left (also the ``.NAME.tmp.png`` of earlier versions).
+    """
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    path.with_name(f".{path.name}.tmp.png").unlink(missing_ok=True)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")  # the name ends .tmp
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -89,6 +98,8 @@ def map_preview_png(image: str | Path, class_map: str | Path, class_names: list[
                     rgb_bands: tuple[int, int, int] | None = None, max_size: int = 1024) -> Path:
     """Scene RGB preview beside the predicted map, with a class legend (one PNG)."""
     import matplotlib
+
+    refuse_overwriting_inputs({"out": out}, {"image": image, "class_map": class_map})
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -33,7 +33,7 @@ import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL, parse_colour
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_path
+from satseg_jax.io_utils import atomic_path, refuse_overwriting_inputs
 
 # Colour-table entry of the nodata value 255 in predicted maps: white, as ``satseg plot``
 # draws nodata, and fully transparent in a PNG (its tRNS chunk), so no class colour
@@ -225,10 +225,12 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     nothing behind.
     """
     from satseg_jax.raster.io import gdal_env
-    from satseg_jax.raster.map_files import to_cog, to_png
+    from satseg_jax.raster.map_files import to_cog, to_png, verify_written
     from satseg_jax.raster.masks import quiet_georeference
 
     image, out = Path(image), Path(out)
+    refuse_overwriting_inputs({"out": out, "probabilities": probabilities},
+                              {"image": image, "workdir": getattr(workdir, "path", workdir)})
     check_tiling(tile, overlap, batch)
     as_png = check_outputs(image, out, probabilities)
     t0 = time.perf_counter()
@@ -252,8 +254,10 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
             writer.close()
             t_loop = time.perf_counter()
             (to_png if as_png else to_cog)(tmp_map)
+            verify_written(tmp_map, [writer.map_sum])  # GDAL may fail only in a log line
             if tmp_prob:
                 to_cog(tmp_prob)
+                verify_written(tmp_prob, writer.prob_sums)
             t_cog = time.perf_counter() - t_loop
     crs = profile["crs"]
     return {"map": str(out), "probabilities": str(probabilities) if probabilities else None,
@@ -297,6 +301,7 @@ class _MapWriter:
         self.wsum = np.zeros((strip_h, width), np.float32)
         self.valid = np.zeros((strip_h, width), bool)
         self.counts = np.zeros(k, np.int64)
+        self.map_sum, self.prob_sums = 0, np.zeros(k, np.int64)  # as written: read back
         self.dst = rasterio.open(tmp_map, "w", **profile)
         self.pdst = (rasterio.open(tmp_prob, "w", **{**profile, "count": k, "nodata": None})
                      if tmp_prob else None)
@@ -332,10 +337,12 @@ class _MapWriter:
         self.counts += np.bincount(cls[cls != IGNORE_LABEL], minlength=self.k)[:self.k]
         win = Window(0, self.top, self.acc.shape[2], n)
         self.dst.write(cls, 1, window=win)
+        self.map_sum += int(cls.sum(dtype=np.int64))
         if self.pdst is not None:
             p8 = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
             p8[:, ~self.valid[:n]] = 0
             self.pdst.write(p8, window=win)
+            self.prob_sums += p8.sum(axis=(1, 2), dtype=np.int64)
         for buf, empty in ((self.acc, 0), (self.wsum, 0), (self.valid, False)):
             rest = buf[..., n:, :].copy() if n < self.strip_h else buf[..., :0, :]
             buf[..., :self.strip_h - n, :] = rest

@@ -23,9 +23,11 @@ their dataset's card, with a one-line note.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from satseg_jax import checkpoints, steps
+from satseg_jax import checkpoints, parallel, steps
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_path
 
@@ -65,6 +67,49 @@ def config_as_saved(config) -> dict:
     if isinstance(data, dict) and data.get("data_dir"):
         data["data_dir"] = str(Path(data["data_dir"]).absolute())
     return current
+
+
+def check_dataset(config, meta) -> None:
+    """Refuse a dataset of another task, a crop larger than its patches, or an evaluation
+    split without examples, before anything is built or written."""
+    if meta.task != config.task:
+        raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
+                          f"{config.task!r}")
+    # The input pipeline checks the crop too, but only once the loop starts, after the
+    # workdir is written; checked here, a refused run changes nothing.
+    crop = int(config.data.crop_size or 0)
+    if crop > meta.patch_size:
+        raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
+                          f"patch size {meta.patch_size}")
+    eval_split = str(config.data.eval_split)
+    if not meta.num_examples.get(eval_split, 0):
+        # Published sets often come with train/test lists only (satseg build
+        # --split-file): say so now, not after the first eval_every steps of training.
+        have = ", ".join(f"{k} {v}" for k, v in meta.num_examples.items() if v)
+        raise SatsegError(
+            f"{config.data.data_dir}: config.data.eval_split={eval_split!r} has no examples "
+            f"(the dataset has {have}); evaluate on another split with "
+            "--config.data.eval_split=test (checkpoints are then chosen on it), or rebuild "
+            "with a validation split (a 'validation' list in --split-file, or --split)")
+
+
+def check_train_config(config) -> None:
+    """Refuse settings that could only fail later (or train on garbage) before anything is
+    read or written: a learning rate that is not a finite number > 0, a batch size that is
+    not a positive multiple of the device count."""
+    lr = config.optimizer.learning_rate
+    try:
+        ok = math.isfinite(float(lr)) and float(lr) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise SatsegError(f"config.optimizer.learning_rate={lr!r}: must be a finite number "
+                          "greater than 0")
+    batch = config.train.batch_size
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
+        raise SatsegError(f"config.train.batch_size={batch!r}: must be a whole number greater "
+                          f"than 0 (a multiple of the {jax.device_count()} device(s))")
+    parallel.check_batch(batch)
 
 
 def check_resume_config(workdir: Path, config, write: bool = True) -> None:
@@ -116,6 +161,11 @@ class WorkdirLock:
     (a temporary folder to it). The kernel releases the lock when its holder dies, however
     it dies, so a crashed run never blocks the next; the file keeps the holder's pid and
     host only to name it in the refusal (and, after a crash, in a note).
+
+    The file exists only while a run holds it (or after a crash): ``release`` removes it,
+    so a finished or refused run leaves no ``.lock`` behind. Removing a lock file is safe
+    because a taker checks, once it holds the lock, that the name still leads to the
+    file it locked (else it locked a removed file, and tries again).
     """
 
     def __init__(self, workdir: Path) -> None:
@@ -128,18 +178,30 @@ class WorkdirLock:
         except (OSError, ValueError):
             return {}
 
+    def _open_locked(self) -> int:
+        """A descriptor of ``self.path`` holding its lock, or SatsegError naming the holder."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise SatsegError(
+                    f"{self.path.parent}: another satseg train is writing it (pid "
+                    f"{holder.get('pid', '?')} on host {holder.get('host', '?')}, lock "
+                    f"{self.path}); wait for it to end, or use another --workdir") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)  # the holder released (and removed) it between open and lock
+
     def acquire(self) -> None:
         """Take the lock or raise SatsegError naming the holder; writes only when taken."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = self._holder(fd)
-            os.close(fd)
-            raise SatsegError(
-                f"{self.path.parent}: another satseg train is writing it (pid "
-                f"{holder.get('pid', '?')} on host {holder.get('host', '?')}, lock "
-                f"{self.path}); wait for it to end, or use another --workdir") from None
+        fd = self._open_locked()
         stale, host = self._holder(fd), socket.gethostname()
         if stale.get("pid") and stale.get("host") == host and not _alive(int(stale["pid"])):
             print(f"note: {self.path}: took over the lock of pid {stale['pid']} on {host}, "
@@ -149,9 +211,13 @@ class WorkdirLock:
         self.fd = fd
 
     def release(self) -> None:
-        """Clear the holder's name and drop the lock (no-op when not held)."""
+        """Remove the lock file and drop the lock (no-op when not held)."""
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)
+            try:
+                self.path.unlink(missing_ok=True)  # while held: no taker is in between
+            except OSError:  # a folder gone read-only: at least clear the holder's name
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None
 
@@ -348,22 +414,25 @@ def load_run(path: str | Path, checkpoint: str | int = "best",
     if parallelism is not None:
         config.parallelism = parallelism
     card = read_card(path, config)
-    manager = checkpoints.make_manager(path, read_only=True)
+    # Steps whose Orbax metadata is damaged stay out of the manager (Orbax reads every
+    # step's metadata when it opens) and are refused when chosen.
+    corrupt = checkpoints.metadata_problems(path.absolute() / "checkpoints")
+    manager = checkpoints.make_manager(path, read_only=True, skip=corrupt)
     try:
-        step = checkpoints.resolve_step(manager, checkpoint)
-        if step is None:
-            raise SatsegError(f"{path}/checkpoints: no checkpoint; train first")
-        k = card.num_classes
-        runner = steps.Runner(config, lambda axis: steps.build_model(config, k, axis), k)
-        tx, _ = steps.create_optimizer(config)  # the restore target needs the moments' shape
-        hw = card.input_size
-        template = steps.create_train_state(0, steps.build_model(config, k), tx,
-                                            (1, hw, hw, card.num_bands))
         try:
+            step = checkpoints.resolve_step(manager, checkpoint, corrupt)
+            if step is None:
+                raise SatsegError(f"{path}/checkpoints: no checkpoint; train first")
+            k = card.num_classes
+            runner = steps.Runner(config, lambda axis: steps.build_model(config, k, axis), k)
+            tx, _ = steps.create_optimizer(config)  # the restore target needs moments' shapes
+            hw = card.input_size
+            template = steps.create_train_state(0, steps.build_model(config, k), tx,
+                                                (1, hw, hw, card.num_bands))
             state, ck_meta = checkpoints.restore(manager, step, runner.abstract_state(template))
         except checkpoints.CorruptCheckpoint as e:
             # Never evaluate or predict from damaged weights; name the ones left to use.
-            others = sorted(s for s in manager.all_steps() if s != step)
+            others = sorted(s for s in manager.all_steps() if s != e.step)
             raise SatsegError(f"{e}; pick another with --checkpoint (saved steps: "
                               f"{others or 'none'})") from None
     finally:

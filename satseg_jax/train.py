@@ -15,7 +15,6 @@ uninterrupted run ends (on CPU; see README "Determinism and preemption").
 from __future__ import annotations
 
 import json
-import math
 import signal
 import threading
 import time
@@ -115,6 +114,10 @@ class StopRequest:
 
 # ----------------------------------------------------------------------------- main loop
 
+FIX_DIVERGENCE = ("lower config.optimizer.learning_rate, enable config.optimizer."
+                  "grad_clip_norm or check the data for NaN/inf, then run again to resume "
+                  "from it")
+
 
 def _class_weights(config, meta) -> np.ndarray | None:
     mode = config.loss.class_weights
@@ -159,49 +162,6 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         raise
 
 
-def _check_dataset(config, meta) -> None:
-    """Refuse a dataset of another task, a crop larger than its patches, or an evaluation
-    split without examples, before anything is built or written."""
-    if meta.task != config.task:
-        raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
-                          f"{config.task!r}")
-    # The input pipeline checks the crop too, but only once the loop starts, after the
-    # workdir is written; checked here, a refused run changes nothing.
-    crop = int(config.data.crop_size or 0)
-    if crop > meta.patch_size:
-        raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
-                          f"patch size {meta.patch_size}")
-    eval_split = str(config.data.eval_split)
-    if not meta.num_examples.get(eval_split, 0):
-        # Published sets often come with train/test lists only (satseg build
-        # --split-file): say so now, not after the first eval_every steps of training.
-        have = ", ".join(f"{k} {v}" for k, v in meta.num_examples.items() if v)
-        raise SatsegError(
-            f"{config.data.data_dir}: config.data.eval_split={eval_split!r} has no examples "
-            f"(the dataset has {have}); evaluate on another split with "
-            "--config.data.eval_split=test (checkpoints are then chosen on it), or rebuild "
-            "with a validation split (a 'validation' list in --split-file, or --split)")
-
-
-def _check_config(config) -> None:
-    """Refuse settings that could only fail later (or train on garbage) before anything is
-    read or written: a learning rate that is not a finite number > 0, a batch size that is
-    not a positive multiple of the device count."""
-    lr = config.optimizer.learning_rate
-    try:
-        ok = math.isfinite(float(lr)) and float(lr) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise SatsegError(f"config.optimizer.learning_rate={lr!r}: must be a finite number "
-                          "greater than 0")
-    batch = config.train.batch_size
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
-        raise SatsegError(f"config.train.batch_size={batch!r}: must be a whole number greater "
-                          f"than 0 (a multiple of the {jax.device_count()} device(s))")
-    parallel.check_batch(batch)
-
-
 def _finite(tree) -> bool:
     """Whether every float array of ``tree`` is finite (checked on the host)."""
     for leaf in jax.tree.leaves(tree):
@@ -219,10 +179,10 @@ class _Training:
     def __init__(self, config, workdir: Path) -> None:
         from satseg_jax import input_pipeline
 
-        _check_config(config)
+        runs.check_train_config(config)
         self.config, self.workdir = config, workdir
         self.meta = meta = input_pipeline.load_meta(config.data.data_dir)
-        _check_dataset(config, meta)
+        runs.check_dataset(config, meta)
         runs.check_resume_config(workdir, config, write=False)
         self.global_batch = int(config.train.batch_size)
         parallel.check_batch(self.global_batch)
@@ -240,6 +200,10 @@ class _Training:
         self.card = runs.card_from_dataset(meta, config)
         self.last_eval: dict | None = None
         self.lock = runs.WorkdirLock(workdir)
+        # Orbax's messages about a failed checkpoint save go here, not to the terminal.
+        self.log_path = workdir / ("train.log" if self.is_main
+                                   else f"train.process{jax.process_index()}.log")
+        self.postponed: int | None = None  # a checkpoint step not saved yet (diverging)
 
     def per_host(self, step: int) -> int:
         """Examples consumed per host after ``step`` (the input pipeline's position)."""
@@ -255,10 +219,13 @@ class _Training:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.is_main:  # before the manager, which removes unfinished checkpoints
             self.lock.acquire()
+        # Steps whose Orbax metadata is damaged: the manager must not open them.
+        corrupt = checkpoints.metadata_problems(self.workdir.absolute() / "checkpoints")
         self.manager = checkpoints.make_manager(self.workdir,
-                                                keep=int(self.config.train.keep_checkpoints))
+                                                keep=int(self.config.train.keep_checkpoints),
+                                                skip=corrupt)
         try:
-            latest = self.restore_newest_good()
+            latest = self.restore_newest_good(list(corrupt.values()))
         except BaseException:
             self.manager.close()
             raise
@@ -271,23 +238,29 @@ class _Training:
                       f"position {expected} examples per host)", flush=True)
         return int(jax.device_get(self.state.step))
 
-    def restore_newest_good(self) -> int | None:
+    def skip(self, e: checkpoints.CorruptCheckpoint) -> int:
+        """Say that a corrupt checkpoint is skipped and where it goes; return its step."""
+        if self.is_main:
+            print(f"skipped checkpoint {e.step}: {e.reason} ({e.path}); moved to "
+                  f"{self.workdir / 'checkpoints_corrupt' / str(e.step)}", flush=True)
+        return e.step
+
+    def restore_newest_good(self, corrupt: list[checkpoints.CorruptCheckpoint]) -> int | None:
         """Restore the newest checkpoint that verifies; return its step (None: none saved).
 
-        A corrupt checkpoint (``checkpoints.CorruptCheckpoint``) is skipped with one line
-        and moved to ``WORKDIR/checkpoints_corrupt/STEP``: left in place, it would keep
-        its step number, and training would never write a good checkpoint there.
+        A corrupt checkpoint (``checkpoints.CorruptCheckpoint``: ``corrupt``, found by its
+        Orbax metadata before the manager opened, or found on restore) is skipped with
+        one line and moved to ``WORKDIR/checkpoints_corrupt/STEP``: left in place, it
+        would keep its step number, and training would never write a good checkpoint
+        there.
         """
-        skipped = []
+        skipped = [self.skip(e) for e in sorted(corrupt, key=lambda e: -e.step)]
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 self.state, ck_meta = checkpoints.restore(
                     self.manager, step, self.runner.abstract_state(self.state))
             except checkpoints.CorruptCheckpoint as e:
-                skipped.append(step)
-                if self.is_main:
-                    print(f"skipped checkpoint {step}: {e.reason} ({e.path}); moved to "
-                          f"{self.workdir / 'checkpoints_corrupt' / str(step)}", flush=True)
+                skipped.append(self.skip(e))
                 continue
             expected = self.per_host(step)
             if ck_meta.get("data_position") != expected:
@@ -324,24 +297,55 @@ class _Training:
         self.manager = checkpoints.make_manager(self.workdir,
                                                 keep=int(self.config.train.keep_checkpoints))
 
-    def save(self, step_metrics: dict | None = None) -> int:
-        """Checkpoint the current state (a no-op when its step is saved already)."""
+    def save(self, step_metrics: dict | None = None, last: bool = True) -> int | None:
+        """Checkpoint the current state (a no-op when its step is saved already); return
+        its step, or None when the save is postponed (see ``diverging``).
+
+        ``last``: no later step will try again (the final step, a stop on a signal), so
+        a state that cannot be saved is an error instead of a postponement.
+        """
         host = self.runner.host_state(self.state)
         step = int(jax.device_get(host.step))
+        good = self.manager.latest_step()
         if not _finite((host.params, host.opt_state, host.batch_stats)):
             # A non-finite checkpoint would become the "latest" and poison every resume.
-            good = self.manager.latest_step()
             raise SatsegError(
                 f"the parameters or optimizer state are non-finite at step {step}: not "
-                f"saved (last good checkpoint: {good}); lower "
-                "config.optimizer.learning_rate, enable config.optimizer.grad_clip_norm or "
-                "check the data for NaN/inf, then run again to resume from it")
+                f"saved (last good checkpoint: {good}); {FIX_DIVERGENCE}")
+        if self.diverging(step, good, last):
+            return None
         ck = {"step": step, "data_position": self.per_host(step),
               "config_model": self.config.model.to_dict(), "metrics": step_metrics or {}}
         checkpoints.save(self.manager, host, ck,
                          metrics={checkpoints.BEST_METRIC: step_metrics["mean_iou"]}
-                         if step_metrics else None)
+                         if step_metrics else None, log=self.log_path)
+        self.postponed = None
         return step
+
+    def diverging(self, step: int, good: int | None, last: bool) -> bool:
+        """Whether the state must not be saved now: the loss of the latest step(s) was
+        non-finite (the train step skipped their updates).
+
+        Why: a learning rate far too large blows the parameters up to huge but finite
+        values; every later loss is NaN, the updates are skipped, the parameters stay
+        finite, and a checkpoint of them would pass the finiteness check, rotate out the
+        good ones, and make every resume diverge again. Such a save is postponed to the
+        next step with a finite loss (one bad batch costs a step); with no later step
+        (``last``) it is an error naming the last good checkpoint.
+        """
+        run = int(self.runner.unreplicate_metric(self.state.nonfinite_run))
+        if not run:
+            return False
+        if last:
+            raise SatsegError(
+                f"the loss was non-finite in the last {run} step(s) to step {step}: the "
+                f"state is not saved (last good checkpoint: {good}); {FIX_DIVERGENCE}")
+        if self.is_main and self.postponed is None:
+            print(f"note: step {step}: the loss was non-finite in the last {run} step(s); "
+                  "the checkpoint is postponed to the next step with a finite loss (last "
+                  f"good checkpoint: {good})", flush=True)
+        self.postponed = step
+        return True
 
     def evaluate(self, step: int, writer) -> dict:
         """Metrics of the evaluation split from one confusion matrix; logged."""
@@ -378,12 +382,12 @@ class _Training:
         if int(run) >= int(self.config.train.max_nonfinite_steps):
             raise SatsegError(
                 f"the loss was non-finite for {int(run)} steps in a row (by step "
-                f"{step}); lower config.optimizer.learning_rate, enable "
-                "config.optimizer.grad_clip_norm or check the data for NaN/inf")
+                f"{step}; last good checkpoint: {self.manager.latest_step()}); "
+                f"{FIX_DIVERGENCE}")
 
     def preempted(self, signum: int, saved_eval: dict | None) -> Preempted:
         """Save the step reached, close the manager, say so; the exception to raise."""
-        saved = self.save(saved_eval)  # no-op when saved already
+        saved = self.save(saved_eval)  # no-op when saved already; never None (last)
         self.close()
         path = Path(self.manager.directory) / str(saved)
         if self.is_main:
@@ -459,8 +463,9 @@ class _Training:
                 do_eval = step % int(config.train.eval_every) == 0 or step == num_steps
                 if do_eval:
                     self.last_eval = self.evaluate(step, writer)
-                if step % int(config.train.checkpoint_every) == 0 or step == num_steps:
-                    self.save(self.last_eval if do_eval else None)
+                due = step % int(config.train.checkpoint_every) == 0 or step == num_steps
+                if due or self.postponed is not None:
+                    self.save(self.last_eval if do_eval else None, last=step == num_steps)
                 # The safe point: this step is complete (and saved if it was due).
                 signum = stop.agreed(step) if step < num_steps else None
                 if signum is not None:

@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -82,3 +83,50 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, options)`` mounts a small tmpfs at tmp_path/name (unmounted after the
+    test); skips where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    mounted = []
+
+    def mount(name: str, options: str):
+        d = tmp_path / name
+        d.mkdir()
+        try:
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)],
+                               capture_output=True, text=True)
+            why = r.stderr.strip() or r.returncode
+        except FileNotFoundError:  # no mount command at all
+            r, why = None, "no mount command"
+        if r is None or r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({why}); "
+                        "the real read-only / full disk cases need root with mount rights")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        # lazy (-l): a file the test process still holds open there (a summary writer)
+        # must not keep the mount alive after the test
+        if subprocess.run(["umount", str(d)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Fill the disk of ``folder`` with one file ``folder/filler`` until at most ``leave``
+    bytes are left; return the file (the test checks that it is all that remains)."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            st = os.statvfs(folder)
+            room = st.f_bavail * st.f_frsize - leave
+            if room <= 0 or not os.write(fd, b"\0" * min(room, 1 << 16)):
+                break
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler

@@ -267,3 +267,50 @@ def test_folder_output_naming_a_file(scene, capsys, command):
     argv = _commands_writing_to(scene, f)[command] + ["--overwrite"]
     refused(capsys, scene["root"], argv,
             f"--out {f} is a file, and the output is a folder; choose another --out")
+
+
+# ----------------------------------------------------------------------------- library API
+
+
+def _library_calls(s: dict[str, Path]) -> dict[str, tuple]:
+    """One call per library entry point that writes, each naming an input as output."""
+    from satseg_jax.area import write_area_csv
+    from satseg_jax.evaluate import evaluate_workdir
+    from satseg_jax.plots import map_preview_png
+    from satseg_jax.predict import predict_scene
+    from satseg_jax.raster.patches import make_patches
+
+    root, scene, labels = s["root"], s["scene"], s["labels"]
+    table = {"classes": ["a"], "rows": {"scene": [1.0]}, "map": str(labels), "regions": None,
+             "units": "km2"}
+    return {
+        "predict_scene": (lambda: predict_scene(root / "no-run", scene, scene),
+                          f"out {scene} is the same file as image {scene}"),
+        "compose_bands": (lambda: compose_bands([s["blue"], s["red"]], s["red"]),
+                          f"out {s['red']} is the same file as bands {s['red']}"),
+        "make_patches": (lambda: make_patches(scene, labels.parent, s["classes"], size=32,
+                                              labels=labels, overwrite=True),
+                         f"out_dir {labels.parent} is or contains labels {labels}"),
+        "write_area_csv": (lambda: write_area_csv(table, labels),
+                           f"out {labels} is the same file as map {labels}"),
+        "map_preview_png": (lambda: map_preview_png(scene, labels, ["a"], [(0, 0, 0)], scene),
+                            f"out {scene} is the same file as image {scene}"),
+        "evaluate_workdir": (lambda: evaluate_workdir(root, save_predictions=True,
+                                                      data_dir=str(root / "predictions_test")),
+                             f"predictions {root / 'predictions_test'} is or contains "
+                             f"data_dir {root / 'predictions_test'}"),
+    }
+
+
+@pytest.mark.parametrize("entry", ["predict_scene", "compose_bands", "make_patches",
+                                   "write_area_csv", "map_preview_png", "evaluate_workdir"])
+def test_library_entry_points_refuse_to_overwrite_their_inputs(scene, entry):
+    """Not only the CLI: a script calling the library directly is refused the same way,
+    before any work (predict and evaluate before a run is even looked for), and every
+    file stays as it was."""
+    call, needle = _library_calls(scene)[entry]
+    before = _tree(scene["root"])
+    with pytest.raises(SatsegError) as e:
+        call()
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert _tree(scene["root"]) == before

@@ -78,30 +78,6 @@ def test_next_run_sweeps_its_own_leftover_temporaries_only(tmp_path):
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    """``tmpfs(name, options)`` mounts a small tmpfs at tmp_path/name (unmounted after the
-    test); skips where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
-    import subprocess
-
-    mounted = []
-
-    def mount(name: str, options: str):
-        d = tmp_path / name
-        d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); "
-                        "the real read-only / full disk cases need root with mount rights")
-        mounted.append(d)
-        return d
-
-    yield mount
-    for d in mounted:
-        subprocess.run(["umount", str(d)], check=False)
-
-
-@pytest.fixture
 def scene_files(tmp_path):
     from satseg_jax.raster.sample import write_sample_scene
 

@@ -303,3 +303,72 @@ def test_area_refuses_class_ids_that_classes_json_does_not_declare(tmp_path, cap
             "0-2): 7 (10 px), 9 (3 px); pass the classes.json") in err[0], err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert area_table(m)["classes"][7] == "class_7"
+
+
+# ----------------------------------------------------------------------------- real disks
+
+
+@pytest.mark.parametrize("case", ["read_only", "full"])
+def test_predict_on_a_real_read_only_or_full_disk(trained, tmpfs, capsys, case):
+    """A real read-only mount, and a tmpfs with 8 KiB left (GDAL fails only in a log line
+    at close or in the COG copy, and left a broken map behind with exit 0): one line
+    naming the map and the cause, exit 2, nothing left, the scene unchanged."""
+    import hashlib
+
+    from tests.conftest import fill_disk
+
+    root, s, scene, run = trained
+    disk = tmpfs("disk", "ro,size=1m" if case == "read_only" else "size=256k")
+    kept = [] if case == "read_only" else [fill_disk(disk, leave=8 << 10).name]
+    out = disk / "map.tif"
+    before = hashlib.sha256(scene.read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert main(["predict", "--workdir", str(run), "--image", str(scene), "--out", str(out),
+                 "--tile", "64", "--overlap", "16", "--checkpoint", "latest"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    print(line)
+    if case == "read_only":
+        assert line == (f"satseg: error: {out}: cannot write it: the file system is read-only "
+                        f"({disk}); nothing was left behind. Choose an output in a folder "
+                        "you can write to")
+    else:
+        assert line.startswith(f"satseg: error: {out}: disk full while writing it ("), line
+        assert line.endswith(f"Free space on the disk of {disk} (or choose an output on "
+                             "another disk) and run the command again"), line
+    assert sorted(p.name for p in disk.iterdir()) == kept
+    assert hashlib.sha256(scene.read_bytes()).hexdigest() == before
+
+
+def test_evaluate_prediction_temporaries_removed_on_failure_and_swept(trained, monkeypatch):
+    """evaluate --save-predictions writes each patch as ``.ID.tif.XXXXXXXX.tmp`` and renames
+    it: a write interrupted (Ctrl-C inside GDAL's write) leaves no temporary behind, and
+    the next run removes those a killed run left (nothing else)."""
+    import shutil
+
+    import rasterio.io
+
+    from satseg_jax.evaluate import evaluate_workdir
+
+    root, s, scene, run = trained
+    pred = run / "predictions_test"
+    shutil.rmtree(pred, ignore_errors=True)
+    real = rasterio.io.DatasetWriter.write
+
+    def interrupted(self, *a, **k):
+        real(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_workdir(run, split="test", checkpoint="latest", save_predictions=True)
+    assert list(pred.iterdir()) == []
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", real)
+    killed = pred / ".sample__r0_c0.tif.ab12cd34.tmp"
+    killed.write_bytes(b"half")
+    (pred / "notes.tif.tmp").write_text("not ours")
+    evaluate_workdir(run, split="test", checkpoint="latest", save_predictions=True)
+    names = sorted(p.name for p in pred.iterdir())
+    assert names[0] == "notes.tif.tmp" and not killed.exists()
+    n_test = json.loads((root / "data" / "satseg_dataset.json").read_text())["num_examples"]
+    assert len(names) - 1 == n_test["test"]
+    assert all(n.endswith(".tif") and not n.startswith(".") for n in names[1:])

@@ -58,7 +58,7 @@ from satseg_jax.datasets.tfds_prepare import (
     tfds_progress,
 )
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_dir
+from satseg_jax.io_utils import atomic_dir, refuse_overwriting_inputs
 from satseg_jax.raster.io import valid_pixels
 
 FORMAT_VERSION = 1
@@ -192,6 +192,8 @@ def build_dataset(patches_dir: str | Path, out_dir: str | Path,
     fractions = check_fractions(DEFAULT_SPLIT if split is None else split)
     beam = beam_config(beam_runner, beam_options)
     patches_dir, out_dir = Path(patches_dir), Path(out_dir)
+    refuse_overwriting_inputs({"out_dir": out_dir}, {"patches_dir": patches_dir,
+                              "split_file": split_file}, folders=("out_dir",))
     folder = read_patches_folder(patches_dir)
     check_out_dir(patches_dir, out_dir)
     assignment, split_info = _assign(folder, split_file, fractions, seed, split_by,
@@ -421,6 +423,8 @@ def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
     fractions = check_fractions(split)
     beam = beam_config(beam_runner, beam_options)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    refuse_overwriting_inputs({"out_dir": out_dir}, {"images_dir": images_dir},
+                              folders=("out_dir",))
     if not images_dir.is_dir():
         raise SatsegError(f"{images_dir}: folder not found; expected DIR/<class>/<image>")
     check_out_dir(images_dir, out_dir)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_path
+from satseg_jax.io_utils import atomic_path, refuse_overwriting_inputs
 from satseg_jax.raster.io import (
     BLOCK,
     block_windows,
@@ -307,6 +307,7 @@ def compose_bands(bands: list[Path], out: Path, names: list[str] | None = None,
 
     bands = [Path(b) for b in bands]
     out = Path(out)
+    refuse_overwriting_inputs({"out": out}, {"bands": bands, "resample_to": resample_to})
     method = _check_options(bands, out, resampling, dtype)
     with ExitStack() as stack:
         stack.enter_context(gdal_env())

@@ -29,7 +29,7 @@ import numpy as np
 
 from satseg_jax.classes import load_classes
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_dir
+from satseg_jax.io_utils import atomic_dir, refuse_overwriting_inputs
 from satseg_jax.raster.io import gdal_env, grid_mismatch, open_raster
 from satseg_jax.raster.masks import MaskReader, quiet_georeference
 from satseg_jax.raster.pairing import Pair, find_pairs, safe_id
@@ -213,6 +213,8 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    refuse_overwriting_inputs({"out_dir": out_dir}, {"images": images, "masks": masks,
+                              "classes_path": classes_path}, folders=("out_dir",))
     stride = check_tiling(size, stride, min_valid, edge)
     if colour_tolerance is not None and not 0 <= int(colour_tolerance) <= 255:
         raise SatsegError(f"--colour-tolerance {colour_tolerance}: must be 0..255")

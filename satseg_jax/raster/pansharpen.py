@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_path
+from satseg_jax.io_utils import atomic_path, refuse_overwriting_inputs
 from satseg_jax.raster.io import open_raster, read_window
 
 METHODS = ("brovey", "weighted", "ihs")
@@ -54,6 +54,7 @@ def pansharpen(bands: list[Path], pan: Path, out: Path, method: str = "brovey",
     if method not in METHODS:
         raise SatsegError(f"--method {method!r}: expected one of {METHODS}")
     bands = [Path(b) for b in bands]
+    refuse_overwriting_inputs({"out": out}, {"bands": bands, "pan": pan})
     names = list(names) if names else [b.stem for b in bands]
     w = np.asarray(weights if weights else [1.0] * len(bands), np.float64)
     if len(w) != len(bands) or (w <= 0).any():

@@ -39,7 +39,7 @@ import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL, ClassSet, load_classes
 from satseg_jax.errors import SatsegError
-from satseg_jax.io_utils import atomic_dir
+from satseg_jax.io_utils import atomic_dir, refuse_overwriting_inputs
 from satseg_jax.raster.io import (
     gdal_env,
     grid_mismatch,
@@ -411,6 +411,9 @@ def make_patches(image: Path, out_dir: Path, classes_path: Path, size: int = 256
     """
     t_start = time.perf_counter()
     image, out_dir = Path(image), Path(out_dir)
+    refuse_overwriting_inputs({"out_dir": out_dir}, {"image": image, "labels": labels,
+                              "vector": vector, "classes_path": classes_path},
+                              folders=("out_dir",))
     if (labels is None) == (vector is None):
         raise SatsegError("patches: give exactly one of --labels RASTER or --vector FILE")
     stride = check_tiling(size, stride, min_valid, edge)

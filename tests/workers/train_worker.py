@@ -26,8 +26,8 @@ def main(argv: list[str]) -> None:
     if kill_after is not None:
         original = checkpoints.save
 
-        def save_then_die(manager, state, meta, metrics=None, force=False):
-            out = original(manager, state, meta, metrics=metrics, force=force)
+        def save_then_die(manager, state, meta, **kwargs):
+            out = original(manager, state, meta, **kwargs)
             if meta["step"] >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             return out
