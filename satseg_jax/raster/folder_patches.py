@@ -44,6 +44,7 @@ from satseg_jax.raster.patches import (
     throughput,
     write_threads,
 )
+from satseg_jax.raster.row_cache import RowCachedDataset
 from satseg_jax.raster.windows import patch_windows
 
 _COLOUR_NAMES = {"red", "green", "blue", "alpha", "gray"}
@@ -132,7 +133,10 @@ def _tile_pairs(tiler: Tiler, pairs: list[Pair], heads: list[dict], mask_mode: s
     done = _Tiled()
     for p, head in tqdm(list(zip(pairs, heads)), desc="patches", unit="image",
                         disable=not progress):
-        with open_raster(p.image) as src, open_raster(p.mask) as mask:
+        with open_raster(p.image) as src_file, open_raster(p.mask) as mask_file:
+            # every file decoded once, top to bottom (see raster.row_cache)
+            src = RowCachedDataset(src_file)
+            mask = RowCachedDataset(mask_file, (src.height, src.width))
             reader = MaskReader(mask, p.mask, tiler.classes, mask_mode, colour_tolerance)
             wins = patch_windows(src.height, src.width, size, stride, edge)
             done.n_windows += len(wins)
