@@ -50,6 +50,30 @@ from satseg_jax.raster.windows import patch_windows
 _COLOUR_NAMES = {"red", "green", "blue", "alpha", "gray"}
 
 
+def _colour_names(ds) -> list[str] | None:
+    """The bands' colour interpretations (red, green, blue...), None unless each band
+    has a distinct one."""
+    names = [c.name for c in ds.colorinterp]
+    ok = len(names) == ds.count and all(n in _COLOUR_NAMES for n in names)
+    return names if ok and len(set(names)) == len(names) else None
+
+
+def common_band_names(heads: list[dict]) -> list[str]:
+    """One band naming for every image of a folder set: the descriptions when all
+    images agree, else the colour interpretations when those agree, else band1..N.
+
+    Why: GeoTIFF tiles cut by a GIS often carry per-tile descriptions (the Amazon set's
+    ``tile1_Amazon_1110.tiff-003-001``); taking the first image's would name the
+    dataset's bands after one tile, and a model trained on them would refuse every
+    other image of the same set.
+    """
+    for key in ("bands", "colour_bands"):
+        names = [h[key] for h in heads]
+        if names[0] and all(n == names[0] for n in names):
+            return list(names[0])
+    return [f"band{i + 1}" for i in range(heads[0]["count"])]
+
+
 def band_names_of(ds) -> list[str]:
     """Band descriptions, else the colour interpretation of RGB(A)/grey images, else
     band1..N: JPEG/PNG tiles have no descriptions but do say which band is red."""
@@ -62,17 +86,38 @@ def band_names_of(ds) -> list[str]:
     return names
 
 
-def _check_pair(pair: Pair, img, mask, ref: dict | None) -> dict:
-    """Header checks of one pair against the first image; returns its header summary."""
+def _check_size(pair: Pair, img, mask, crop_masks: bool) -> str | None:
+    """Refuse a mask of another size than its image, except a larger one with
+    ``crop_masks``: return the line reporting its crop then (None when sizes agree).
+
+    Why crop only on request: a mask a few pixels larger than its image (one Amazon
+    mask is 515 px wide for a 512-px image) is an export slip whose top-left part fits
+    the image, but a mask of another resolution would crop into nonsense; the user
+    looks and decides, and every crop is reported by file.
+    """
+    if (img.width, img.height) == (mask.width, mask.height):
+        return None
+    larger = mask.width >= img.width and mask.height >= img.height
+    if larger and crop_masks:
+        return (f"cropped mask {pair.mask} from {mask.width}x{mask.height} to "
+                f"{img.width}x{img.height} px (its image's size; top-left part kept)")
+    fix = ("pass --crop-masks to keep its top-left part (image-sized), or fix the mask"
+           if larger else "image and mask of a pair must have the same size")
+    raise SatsegError(f"{pair.mask} is {mask.width}x{mask.height} px but its image "
+                      f"{pair.image} is {img.width}x{img.height} px; {fix}")
+
+
+def _check_pair(pair: Pair, img, mask, ref: dict | None, crop_masks: bool = False) -> dict:
+    """Header checks of one pair against the first image; returns its header summary
+    (``cropped``: the crop report line of a larger mask, else None)."""
     head = {"count": img.count, "dtypes": tuple(img.dtypes), "nodata": json_nodata(
-        img.nodata, img.dtypes[0]), "bands": band_names_of(img)}
+        img.nodata, img.dtypes[0]), "bands": band_names_of(img),
+        "colour_bands": _colour_names(img)}
     if len(set(img.dtypes)) > 1:
         raise SatsegError(f"{pair.image}: bands have different dtypes {img.dtypes}; convert "
                           "the image to one dtype")
-    if (img.width, img.height) != (mask.width, mask.height):
-        raise SatsegError(f"{pair.image} is {img.width}x{img.height} px but its mask "
-                          f"{pair.mask} is {mask.width}x{mask.height} px; image and mask of a "
-                          "pair must have the same size")
+    head["cropped"] = _check_size(pair, img, mask, crop_masks)
+    mask = RowCachedDataset(mask, (img.height, img.width))  # the part that is used
     if img.crs is not None and mask.crs is not None:
         problem = grid_mismatch(img, mask)
         if problem:
@@ -91,7 +136,7 @@ def _check_pair(pair: Pair, img, mask, ref: dict | None) -> dict:
 
 
 def _check_pairs(pairs: list[Pair], classes, mask_mode: str, colour_tolerance: int | None,
-                 progress: bool) -> tuple[list[dict], Counter]:
+                 progress: bool, crop_masks: bool = False) -> tuple[list[dict], Counter]:
     """Every pair's header checked against the first before any patch is written: the
     headers (size, crs, bands...) and how many masks are of each kind."""
     from tqdm import tqdm
@@ -102,12 +147,13 @@ def _check_pairs(pairs: list[Pair], classes, mask_mode: str, colour_tolerance: i
     for p in tqdm(pairs, desc="checking pairs", unit="pair", disable=not progress,
                   leave=False):
         with open_raster(p.image) as img, open_raster(p.mask) as mask:
-            head = _check_pair(p, img, mask, ref)
+            head = _check_pair(p, img, mask, ref, crop_masks)
             kinds[MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance).kind] += 1
             head.update(width=img.width, height=img.height,
                         crs=img.crs.to_wkt() if img.crs else None)
         ref = ref or head
         heads.append(head)
+    ref["bands"] = common_band_names(heads)
     return heads, kinds
 
 
@@ -205,14 +251,16 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
                         mask_mode: str = "auto", size: int = 256, stride: int | None = None,
                         min_valid: float = 0.5, edge: str = "drop", overwrite: bool = False,
                         progress: bool = True, scene_label: bool = False, purity: float = 0.9,
-                        threads: int | None = None) -> dict:
+                        threads: int | None = None, crop_masks: bool = False) -> dict:
     """Tile every image/mask pair under ``images``/``masks`` into one patches folder.
 
     ``pair``: ``'{stem}_sat.jpg:{stem}_mask.png'`` when images and masks are named
     differently. ``skip_unpaired``: leave files without a partner out (reported) instead
     of failing. ``colour_tolerance``: accept lossy (JPEG) masks, mapping each pixel to
     the nearest declared colour/value within that distance. ``mask_mode``: see
-    :class:`MaskReader`. The other options mean what they mean for a scene
+    :class:`MaskReader`. ``crop_masks``: a mask larger than its image is cropped to the
+    image (top-left part) and reported in ``cropped_masks``, instead of refused. The
+    other options mean what they mean for a scene
     (:func:`satseg_jax.raster.patches.make_patches`). Returns a JSON-able summary.
     """
     t_start = time.perf_counter()
@@ -227,7 +275,7 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
 
     with gdal_env(), quiet_georeference():
         heads, kinds = _check_pairs(pairing.pairs, classes, mask_mode, colour_tolerance,
-                                    progress)
+                                    progress, crop_masks)
         ref = heads[0]
         with atomic_dir(out_dir, overwrite=overwrite) as tmp, PatchWriter(threads) as writer:
             tiler = Tiler(tmp, writer, classes, size, min_valid, scene_label, purity)
@@ -244,6 +292,9 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
                                 num_patches=len(tiler.rows), kinds=kinds,
                                 colour_tolerance=colour_tolerance, scene_label=scene_label,
                                 purity=purity, skipped=skipped)
+            cropped = [h["cropped"] for h in heads if h["cropped"]]
+            if cropped:  # only then: patches.json of every other import stays as it was
+                info["cropped_masks"] = cropped
             tiler.finish(masks, info, extra=("source", "source_image"))
     return {
         "out": str(out_dir),
@@ -252,6 +303,7 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
         "num_patches": len(tiler.rows),
         "skipped_low_valid": done.n_windows - len(tiler.rows),
         "skipped_unpaired": skipped,
+        "cropped_masks": cropped,
         "smaller_than_size": done.too_small,
         "bands": ref["bands"],
         "georeferenced": info["georeferenced"],
