@@ -168,8 +168,8 @@ def _check_matches(path: Path, m: _Matches, images: Mapping[str, str | None]) ->
         raise SatsegError(
             f"{path}: {n} entr{'y' if n == 1 else 'ies'} match no "
             f"source image of the patches folder: {_listing(m.unmatched)}; name each source "
-            f"by its key (index.csv column source, e.g. {example}), its image file name or "
-            "its file stem")
+            f"by its key (index.csv column source, e.g. {example}), its image file name, "
+            "its file stem, or a glob of keys ('region_a/*')")
     if m.ambiguous:
         entry, split, keys = m.ambiguous[0]
         more = f" ({len(m.ambiguous) - 1} more entries are ambiguous)" \
