@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,9 +110,9 @@ def _check_size(pair: Pair, img, mask, crop_masks: bool) -> str | None:
                       f"{pair.image} is {img.width}x{img.height} px; {fix}")
 
 
-def _check_pair(pair: Pair, img, mask, ref: dict | None, crop_masks: bool = False) -> dict:
-    """Header checks of one pair against the first image; returns its header summary
-    (``cropped``: the crop report line of a larger mask, else None)."""
+def _check_pair(pair: Pair, img, mask, crop_masks: bool = False) -> dict:
+    """Header checks of one pair on its own; returns its header summary (``cropped``:
+    the crop report line of a larger mask, else None)."""
     head = {"count": img.count, "dtypes": tuple(img.dtypes), "nodata": json_nodata(
         img.nodata, img.dtypes[0]), "bands": band_names_of(img),
         "colour_bands": _colour_names(img)}
@@ -123,37 +126,67 @@ def _check_pair(pair: Pair, img, mask, ref: dict | None, crop_masks: bool = Fals
         if problem:
             raise SatsegError(f"{pair.mask}: mask {problem} of its image {pair.image}; "
                               "warp the mask onto the image grid")
-    if ref is not None:
-        for field, what in (("count", "band count"), ("dtypes", "dtype"),
-                            ("nodata", "nodata")):
-            if head[field] != ref[field]:
-                raise SatsegError(
-                    f"{pair.image}: {what} {head[field]} differs from {ref[field]} of "
-                    f"{ref['image']}; every image of a dataset needs the same {what} (convert "
-                    "the odd ones, or tile them separately)")
     head["image"] = str(pair.image)
     return head
 
 
+def _compare_to_ref(pair: Pair, head: dict, ref: dict) -> None:
+    """Every image of a set must have the first one's band count, dtype and nodata."""
+    for key, what in (("count", "band count"), ("dtypes", "dtype"), ("nodata", "nodata")):
+        if head[key] != ref[key]:
+            raise SatsegError(
+                f"{pair.image}: {what} {head[key]} differs from {ref[key]} of "
+                f"{ref['image']}; every image of a dataset needs the same {what} (convert "
+                "the odd ones, or tile them separately)")
+
+
+@contextmanager
+def _in_order(fn, items: list, threads: int) -> Iterator[Iterator]:
+    """An iterator of ``fn(item)`` for every item, run on ``threads`` threads and
+    yielded in item order; leaving the block waits for the threads (files not yet
+    started are cancelled), so nothing is written after an error.
+
+    Why threads: a folder set is thousands of small files, and most of each file's time
+    is GDAL (open, decode, DEFLATE), which releases the GIL, so files overlap on the
+    cores. In order, so the output and the first error reported are those of a serial
+    run.
+    """
+    if threads <= 1:
+        yield map(fn, items)
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="folder-patches")
+    try:
+        yield pool.map(fn, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_pairs(pairs: list[Pair], classes, mask_mode: str, colour_tolerance: int | None,
-                 progress: bool, crop_masks: bool = False) -> tuple[list[dict], Counter]:
+                 progress: bool, crop_masks: bool = False, threads: int = 1
+                 ) -> tuple[list[dict], Counter]:
     """Every pair's header checked against the first before any patch is written: the
     headers (size, crs, bands...) and how many masks are of each kind."""
     from tqdm import tqdm
 
-    ref = None
-    heads = []
-    kinds: Counter = Counter()
-    for p in tqdm(pairs, desc="checking pairs", unit="pair", disable=not progress,
-                  leave=False):
+    def header(p: Pair) -> dict:
         with open_raster(p.image) as img, open_raster(p.mask) as mask:
-            head = _check_pair(p, img, mask, ref, crop_masks)
-            kinds[MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance).kind] += 1
-            head.update(width=img.width, height=img.height,
+            head = _check_pair(p, img, mask, crop_masks)
+            head.update(mask_kind=MaskReader(mask, p.mask, classes, mask_mode,
+                                             colour_tolerance).kind,
+                        width=img.width, height=img.height,
                         crs=img.crs.to_wkt() if img.crs else None)
-        ref = ref or head
-        heads.append(head)
-    ref["bands"] = common_band_names(heads)
+        return head
+
+    heads: list[dict] = []
+    kinds: Counter = Counter()
+    with _in_order(header, pairs, threads) as results:
+        for p, head in tqdm(zip(pairs, results), total=len(pairs), desc="checking pairs",
+                            unit="pair", disable=not progress, leave=False):
+            if heads:
+                _compare_to_ref(p, head, heads[0])
+            kinds[head["mask_kind"]] += 1
+            heads.append(head)
+    heads[0]["bands"] = common_band_names(heads)
     return heads, kinds
 
 
@@ -167,39 +200,57 @@ class _Tiled:
     too_small: list[str] = field(default_factory=list)
 
 
+def _tile_one(tiler: Tiler, p: Pair, head: dict, ref: dict, mask_mode: str,
+              colour_tolerance: int | None, stride: int, edge: str) -> tuple[Tiler, dict, int]:
+    """Tile one source into a Tiler of its own that writes on the calling thread: (its
+    tiler holding the index rows and class totals, the source's summary, windows)."""
+    size, dtype = tiler.size, ref["dtypes"][0]
+    own = Tiler(tiler.tmp, PatchWriter(1), tiler.classes, size, tiler.min_valid,
+                tiler.scene_label, tiler.purity)
+    with open_raster(p.image) as src_file, open_raster(p.mask) as mask_file:
+        # every file decoded once, top to bottom (see raster.row_cache)
+        src = RowCachedDataset(src_file)
+        mask = RowCachedDataset(mask_file, (src.height, src.width))
+        reader = MaskReader(mask, p.mask, tiler.classes, mask_mode, colour_tolerance)
+        wins = patch_windows(src.height, src.width, size, stride, edge)
+        profile = patch_profile(src, size, src.count, dtype, src.nodata)
+        kept = own.tile(
+            src, p.image, wins, lambda w, valid: reader.read(w, size, valid),
+            profile, fill_value(ref["nodata"], dtype), ref["bands"], progress=False,
+            id_prefix=safe_id(p.key) + "__",
+            extra_fields={"source": p.key, "source_image": str(p.image)})
+    source = {"key": p.key, "image": str(p.image), "mask": str(p.mask),
+              "width": head["width"], "height": head["height"], "crs": head["crs"],
+              "mask_kind": reader.kind, "patches": kept}
+    return own, source, len(wins)
+
+
 def _tile_pairs(tiler: Tiler, pairs: list[Pair], heads: list[dict], mask_mode: str,
                 colour_tolerance: int | None, stride: int, edge: str,
-                progress: bool) -> _Tiled:
-    """Tile each source through ``tiler`` like a scene, with its mask read per window."""
+                progress: bool, threads: int = 1) -> _Tiled:
+    """Tile each source like a scene, with its mask read per window, ``threads`` files
+    at a time; rows and totals are gathered into ``tiler`` in source order."""
     from tqdm import tqdm
 
-    size, ref = tiler.size, heads[0]
-    dtype, band_names = ref["dtypes"][0], ref["bands"]
-    img_fill = fill_value(ref["nodata"], dtype)
+    ref = heads[0]
+    itemsize = np.dtype(ref["dtypes"][0]).itemsize
     done = _Tiled()
-    for p, head in tqdm(list(zip(pairs, heads)), desc="patches", unit="image",
-                        disable=not progress):
-        with open_raster(p.image) as src_file, open_raster(p.mask) as mask_file:
-            # every file decoded once, top to bottom (see raster.row_cache)
-            src = RowCachedDataset(src_file)
-            mask = RowCachedDataset(mask_file, (src.height, src.width))
-            reader = MaskReader(mask, p.mask, tiler.classes, mask_mode, colour_tolerance)
-            wins = patch_windows(src.height, src.width, size, stride, edge)
-            done.n_windows += len(wins)
-            done.in_bytes += src.width * src.height * src.count * np.dtype(dtype).itemsize
-            if not wins:
-                done.too_small.append(str(p.image))
-            profile = patch_profile(src, size, src.count, dtype, src.nodata)
-            kept = tiler.tile(
-                src, p.image, wins,
-                lambda w, valid, r=reader: r.read(w, size, valid),
-                profile, img_fill, band_names, progress=False,
-                id_prefix=safe_id(p.key) + "__",
-                extra_fields={"source": p.key, "source_image": str(p.image)})
-        done.sources.append({"key": p.key, "image": str(p.image), "mask": str(p.mask),
-                             "width": head["width"], "height": head["height"],
-                             "crs": head["crs"], "mask_kind": reader.kind,
-                             "patches": kept})
+
+    def one(i: int) -> tuple[Tiler, dict, int]:
+        return _tile_one(tiler, pairs[i], heads[i], ref, mask_mode, colour_tolerance,
+                         stride, edge)
+
+    with _in_order(one, list(range(len(pairs))), threads) as results:
+        for head, (own, source, n_wins) in tqdm(zip(heads, results), total=len(pairs),
+                                                desc="patches", unit="image",
+                                                disable=not progress):
+            tiler.rows.extend(own.rows)
+            tiler.totals += own.totals
+            done.n_windows += n_wins
+            done.in_bytes += head["width"] * head["height"] * head["count"] * itemsize
+            if not n_wins:
+                done.too_small.append(source["image"])
+            done.sources.append(source)
     return done
 
 
@@ -275,12 +326,14 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
 
     with gdal_env(), quiet_georeference():
         heads, kinds = _check_pairs(pairing.pairs, classes, mask_mode, colour_tolerance,
-                                    progress, crop_masks)
+                                    progress, crop_masks, threads)
         ref = heads[0]
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp, PatchWriter(threads) as writer:
-            tiler = Tiler(tmp, writer, classes, size, min_valid, scene_label, purity)
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            # files are written by the threads that tile them (see _in_order); this
+            # tiler only gathers their index rows and class totals
+            tiler = Tiler(tmp, PatchWriter(1), classes, size, min_valid, scene_label, purity)
             done = _tile_pairs(tiler, pairing.pairs, heads, mask_mode, colour_tolerance,
-                               stride, edge, progress)
+                               stride, edge, progress, threads)
             if not tiler.rows:
                 raise SatsegError(
                     f"{images}: no patch was kept from {len(pairing.pairs)} image(s) "
