@@ -198,8 +198,9 @@ def add_patches_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument("--threads", type=int, default=None,
-                   help="threads writing (DEFLATE-encoding) patch files (default: the cores, "
-                   "at most 4); the output is the same for any number")
+                   help="threads writing (DEFLATE-encoding) patch files; with --images, "
+                   "source files tiled at once (default: the cores, at most 4); the output "
+                   "is the same for any number")
 
 
 def print_patches_summary(summary: dict[str, Any]) -> None:
