@@ -65,12 +65,13 @@ def load_meta(data_dir: str) -> DatasetMeta:
         bands=tuple(info["bands"]),
         num_classes=int(info["num_classes"]),
         class_names=tuple(info["class_names"]),
-        mean=tuple(float(x) for x in info["mean"]),
-        std=tuple(float(x) for x in info["std"]),
+        # None in a test-only dataset: evaluate brings the run's statistics
+        mean=tuple(float(x) for x in info["mean"] or ()),
+        std=tuple(float(x) for x in info["std"] or ()),
         nodata=info.get("nodata"),
         patch_size=int(info["patch_size"]),
         num_examples={k: int(v) for k, v in info["num_examples"].items()},
-        class_weights=tuple(float(x) for x in info.get("class_weights", [])),
+        class_weights=tuple(float(x) for x in info.get("class_weights") or ()),
         task=info.get("task", "segmentation"),
         info=info,
     )

@@ -70,11 +70,18 @@ def config_as_saved(config) -> dict:
 
 
 def check_dataset(config, meta) -> None:
-    """Refuse a dataset of another task, a crop larger than its patches, or an evaluation
-    split without examples, before anything is built or written."""
+    """Refuse a dataset of another task, without train examples (a test-only dataset),
+    a crop larger than its patches, or an evaluation split without examples, before
+    anything is built or written."""
     if meta.task != config.task:
         raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
                           f"{config.task!r}")
+    train_split = str(config.data.train_split)
+    if not meta.num_examples.get(train_split, 0):  # e.g. a test-only dataset (build 0,0,1)
+        raise SatsegError(
+            f"{config.data.data_dir}: no {train_split!r} examples (a dataset built without "
+            "train patches is for scoring: satseg evaluate --workdir RUN --data "
+            f"{config.data.data_dir}); train on a dataset built with a train split")
     # The input pipeline checks the crop too, but only once the loop starts, after the
     # workdir is written; checked here, a refused run changes nothing.
     crop = int(config.data.crop_size or 0)

@@ -310,9 +310,12 @@ def test_split_edge_cases():
         assign_splits(rows[:2], (0.7, 0.15, 0.15), method="random")
     with pytest.raises(SatsegError, match="--split-by"):
         assign_splits(rows, (0.7, 0.15, 0.15), method="diagonal")
-    for bad in ((0.5, 0.5, 0.5), (-0.1, 0.6, 0.5), (0.7, 0.3), (0.0, 0.5, 0.5)):
+    for bad in ((0.5, 0.5, 0.5), (-0.1, 0.6, 0.5), (0.7, 0.3), (0.0, 0.0, 0.0)):
         with pytest.raises(SatsegError, match="--split"):
             check_fractions(bad)
+    assert check_fractions((0, 0, 1)) == (0.0, 0.0, 1.0)  # a test-only dataset
+    a, _ = assign_splits(rows, (0.0, 0.0, 1.0))
+    assert set(a.values()) == {"test"} and len(a) == len(rows)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,35 @@ def test_rerun_of_finished_workdir_trains_nothing_and_writes_no_event_file(train
     assert "already at step 12 of 12" in capsys.readouterr().out
     assert sorted(run.glob("events.out.tfevents.*")) == events
     assert 0.0 <= result["mean_iou"] <= 1.0  # the last evaluation, from the checkpoint
+
+
+def test_test_only_dataset_builds_and_evaluate_data_scores_it(trained, tiny_dataset, tmp_path,
+                                                              capsys):
+    """`satseg build --split 0,0,1` makes a dataset of test patches only: it stores no
+    band statistics (its card says the run's are used), and `evaluate --data` scores it
+    with the run's. It holds every patch of the tiny set, so its confusion matrix is the
+    sum of the run's over the three splits of its training dataset."""
+    from satseg_jax.evaluate import evaluate_workdir
+
+    run, data, before = _copy(trained, tmp_path)
+    test_only = tmp_path / "test_only"
+    assert main(["build", "--patches", str(tiny_dataset.parent / "patches"), "--out",
+                 str(test_only), "--split", "0,0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "train 0, validation 0, test 36" in out and "run's train statistics" in out
+    info = json.loads((test_only / "satseg_dataset.json").read_text())
+    assert info["mean"] is None and info["std"] is None and info["stats_split"] is None
+    assert main(["evaluate", "--workdir", str(run), "--data", str(test_only), "--split",
+                 "test", "--checkpoint", "latest"]) == 0
+    got = np.array(json.loads((run / "metrics_test.json").read_text())["confusion_matrix"])
+    want = np.array(before["confusion_matrix"]) + sum(
+        np.array(evaluate_workdir(run, split=s, checkpoint="latest")["confusion_matrix"])
+        for s in ("train", "validation"))
+    assert got.sum() > 0 and np.array_equal(got, want)
+    # Training on it is refused before the workdir is written.
+    config = Path(__file__).resolve().parents[1] / "configs" / "unet_sample.py"
+    assert main(["train", "--config", str(config), "--workdir",
+                 str(tmp_path / "no_run"), f"--config.data.data_dir={test_only}",
+                 "--config.data.eval_split=test"]) == 2
+    assert "no 'train' examples" in capsys.readouterr().err
+    assert not (tmp_path / "no_run").exists()

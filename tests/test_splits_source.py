@@ -163,7 +163,11 @@ def test_split_file_may_list_images_that_gave_no_patch(tmp_path):
     ({"train": KEYS, "holdout": []}, r"unknown split 'holdout'"),
     ({"train": KEYS[:4], "val": [], "validation": KEYS[4:]}, r"both 'val' and 'validation'"),
     ({"train": "0001"}, r"'train' must be a list"),
-    ({"train": [], "test": KEYS}, r"train list is empty"),
+    ({"train": [], "test": []}, r"every split is empty"),
+    ({"train": ["region_c/*"], "test": KEYS},
+     r"1 entry match no source image of the patches folder: region_c/\*.*or a glob of keys"),
+    ({"train": ["region_a/*"], "test": ["*"]}, r"region_a/images/0001 in train \(as "
+     r"'region_a/\*'\) and test \(as '\*'\)"),
     ([KEYS], r"expected a JSON object"),
 ])
 def test_split_file_errors(tmp_path, spec, pattern):
@@ -171,6 +175,20 @@ def test_split_file_errors(tmp_path, spec, pattern):
     with pytest.raises(SatsegError, match=pattern) as e:
         assign_from_split_file(_rows(KEYS, grid=(1, 2)), path)
     assert str(path) in str(e.value)
+
+
+def test_split_file_globs_take_a_folder_and_test_only_lists_need_no_train(tmp_path):
+    """The authors' split by folder ('region_a/*') without listing every image, and a
+    file with a test list only (a published test set built on its own)."""
+    rows = _rows(KEYS, grid=(1, 2))
+    path = _write_json(tmp_path / "t.json", {"train": ["region_a/*", "0003"],
+                                             "val": ["*/0004"], "test": ["*/000[5]"]})
+    assignment, info = assign_from_split_file(rows, path)
+    assert info["sources"] == {"train": KEYS[:3], "validation": [KEYS[3]], "test": [KEYS[4]]}
+    assert {r["patch_id"]: r["source"] for r in rows}.keys() == assignment.keys()
+    path = _write_json(tmp_path / "o.json", {"test": ["*"]})
+    assignment, info = assign_from_split_file(rows, path)
+    assert set(assignment.values()) == {"test"} and info["sources"]["test"] == KEYS
 
 
 def test_split_file_same_name_in_two_regions_asks_for_the_key(tmp_path):

@@ -162,6 +162,9 @@ def _add_patch_inputs(t: argparse.ArgumentParser) -> None:
     t.add_argument("--skip-unpaired", action="store_true",
                    help="with --images: leave out (and report) files without a partner "
                    "instead of failing")
+    t.add_argument("--crop-masks", action="store_true",
+                   help="with --images: crop a mask larger than its image to the image's "
+                   "size (top-left part kept; each crop is reported), instead of refusing it")
     t.add_argument("--colour-tolerance", "--color-tolerance", type=int, default=None,
                    metavar="N", dest="colour_tolerance",
                    help="accept lossy (JPEG) masks: map each pixel to the nearest declared "
@@ -195,8 +198,9 @@ def add_patches_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.add_argument("--threads", type=int, default=None,
-                   help="threads writing (DEFLATE-encoding) patch files (default: the cores, "
-                   "at most 4); the output is the same for any number")
+                   help="threads writing (DEFLATE-encoding) patch files; with --images, "
+                   "source files tiled at once (default: the cores, at most 4); the output "
+                   "is the same for any number")
 
 
 def print_patches_summary(summary: dict[str, Any]) -> None:
@@ -256,12 +260,16 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
         summary = make_folder_patches(
             args.images, args.masks, pair=args.pair, skip_unpaired=args.skip_unpaired,
-            colour_tolerance=args.colour_tolerance, mask_mode=args.mask_mode, **common)
+            colour_tolerance=args.colour_tolerance, mask_mode=args.mask_mode,
+            crop_masks=args.crop_masks, **common)
         for line in summary["skipped_unpaired"]:
             print(f"skipped {line}")
+        for line in summary["cropped_masks"]:
+            print(line)
     else:
-        if args.masks or args.pair or args.skip_unpaired:
-            raise SatsegError("--masks/--pair/--skip-unpaired go with --images DIR; a scene "
+        if args.masks or args.pair or args.skip_unpaired or args.crop_masks:
+            raise SatsegError("--masks/--pair/--skip-unpaired/--crop-masks go with --images "
+                              "DIR; a scene "
                               "(--image) takes --labels RASTER or --vector FILE")
         if not (args.labels or args.vector):
             raise SatsegError("satseg patches --image SCENE needs --labels RASTER or "

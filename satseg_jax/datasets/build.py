@@ -66,6 +66,8 @@ INFO_FILE = "satseg_dataset.json"
 
 
 DEFAULT_SPLIT = (0.7, 0.15, 0.15)
+NORMALISATION_FROM_RUN = ("none stored: no train split; satseg evaluate normalises with "
+                          "the run's train statistics (RUN/run.json)")
 
 
 def _check_split_file_alone(split_file, split, split_by, block_size) -> None:
@@ -132,7 +134,10 @@ def _segmentation_info(folder, stats: DatasetStats, written: dict, split_info: d
     from satseg_jax.datasets.segmentation_builder import NAME, VERSION
 
     classes = folder.classes
-    mean, std = stats.band_summary()
+    test_only = written["train"] == 0
+    # No train split (a test set built on its own): no statistics to normalise with;
+    # evaluate uses the run's (RUN/run.json), i.e. those of the data it was trained on.
+    mean, std = (None, None) if test_only else stats.band_summary()
     return {
         "format_version": FORMAT_VERSION,
         "task": "segmentation",
@@ -151,12 +156,14 @@ def _segmentation_info(folder, stats: DatasetStats, written: dict, split_info: d
         "ignore_label": IGNORE_LABEL,
         "mean": mean,
         "std": std,
-        "stats_split": "train",
+        "stats_split": None if test_only else "train",
+        "normalisation": NORMALISATION_FROM_RUN if test_only else "train split statistics",
         "stats_valid_pixels": int(stats.bands.n[0]),
         "class_pixel_counts": {s: stats.class_counts[s].tolist() for s in SPLITS},
         "ignored_pixel_counts": dict(stats.ignored),
         "num_examples": written,
-        "class_weights": inverse_frequency_weights(stats.class_counts["train"]).tolist(),
+        "class_weights": None if test_only else
+        inverse_frequency_weights(stats.class_counts["train"]).tolist(),
         "class_weights_method": "inverse_frequency_train_mean1_absent0",
         "split": split_info,
         "assignment": assignment,
@@ -284,16 +291,24 @@ def format_summary(info: dict) -> str:
         "examples: " + ", ".join(f"{s} {n.get(s, 0)}" for s in SPLITS)
         + f" (total {sum(n.values())})",
     ]
-    if not n.get("validation"):
+    test_only = info.get("mean") is None
+    if not n.get("validation") and not test_only:
         # Training evaluates config.data.eval_split ("validation" in the shipped configs).
         lines.append("note: the validation split is empty, and training evaluates it by "
                      "default: rebuild with validation images, or train with "
                      "--config.data.eval_split=test (checkpoints are then chosen on test)")
-    lines.append(f"band statistics ({info.get('stats_split', 'train')} split, valid pixels):")
-    bw = max(len(b) for b in info["bands"] + ["band"])
-    lines.append(f"  {'band':<{bw}}  {'mean':>10}  {'std':>10}")
-    for b, m, s in zip(info["bands"], info["mean"], info["std"]):
-        lines.append(f"  {b:<{bw}}  {_fmt_num(m):>10}  {_fmt_num(s):>10}")
+    if test_only:
+        lines += ["test-only dataset (no train patches): score a run on it with satseg "
+                  "evaluate --workdir RUN --data DATA --split "
+                  + ("test" if n.get("test") else "validation"),
+                  f"band statistics: {info.get('normalisation', NORMALISATION_FROM_RUN)}"]
+    else:
+        lines.append(f"band statistics ({info.get('stats_split', 'train')} split, valid "
+                     "pixels):")
+        bw = max(len(b) for b in info["bands"] + ["band"])
+        lines.append(f"  {'band':<{bw}}  {'mean':>10}  {'std':>10}")
+        for b, m, s in zip(info["bands"], info["mean"], info["std"]):
+            lines.append(f"  {b:<{bw}}  {_fmt_num(m):>10}  {_fmt_num(s):>10}")
     names = info["class_names"]
     cw = max(len(x) for x in names + ["ignored", "class"])
     if info.get("task") == "classification":

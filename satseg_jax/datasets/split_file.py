@@ -9,8 +9,10 @@ with its own errors; the assignment by fractions does not need any of it.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,6 +29,7 @@ from satseg_jax.errors import SatsegError
 # Split names a split file may use; "val" is common in published lists.
 SPLIT_FILE_KEYS = {"train": "train", "validation": "validation", "val": "validation",
                    "test": "test"}
+_WILDCARD = re.compile(r"[*?\[]")
 SPLIT_FILE_FORMAT = '{"train": ["img_001.tif", ...], "validation": [...], "test": [...]}'
 
 
@@ -69,9 +72,9 @@ def read_split_file(path: str | Path) -> tuple[dict[str, list[str]], str]:
             raise SatsegError(f"{path}: {k!r} must be a list of source image names "
                               f"(non-empty strings), e.g. {SPLIT_FILE_FORMAT}")
         lists[name] = [x.strip() for x in v]
-    if not lists["train"]:
-        raise SatsegError(f"{path}: the train list is empty or missing; band statistics "
-                          "and training need train images")
+    if not any(lists.values()):
+        raise SatsegError(f"{path}: every split is empty; list the source images of each "
+                          f"split, e.g. {SPLIT_FILE_FORMAT}")
     return lists, sha
 
 
@@ -128,7 +131,9 @@ class _Matches:
 def _match_entries(lists: Mapping[str, list[str]], images: Mapping[str, str | None]
                    ) -> _Matches:
     """Each entry of each split matched to the one source it names (key, image name or
-    stem); entries matching none or several, and sources in two splits, are collected."""
+    stem), or a glob (``*``, ``?``, ``[...]``) to every source key it matches
+    (``training/*``: the authors' folder split); entries matching none (or, without
+    wildcards, several), and sources in two splits, are collected."""
     names: dict[str, set[str]] = {}
     for key, image in images.items():
         for nm in _source_names(key, image):
@@ -136,16 +141,22 @@ def _match_entries(lists: Mapping[str, list[str]], images: Mapping[str, str | No
     m = _Matches()
     for split in SPLITS:
         for entry in lists[split]:
-            keys = sorted(names.get(_norm_name(entry), ()))
+            if _WILDCARD.search(entry):  # a folder of a region: 'training/*'
+                keys = sorted(k for k in images
+                              if fnmatch.fnmatchcase(k, _norm_name(entry)))
+            else:
+                keys = sorted(names.get(_norm_name(entry), ()))
+                if len(keys) > 1:
+                    m.ambiguous.append((entry, split, keys))
+                    continue
             if not keys:
                 m.unmatched.append(entry)
-            elif len(keys) > 1:
-                m.ambiguous.append((entry, split, keys))
-            elif keys[0] in m.split_of and m.split_of[keys[0]][0] != split:
-                other, was = m.split_of[keys[0]]
-                m.twice.append(f"{keys[0]} in {other} (as {was!r}) and {split} (as {entry!r})")
-            else:
-                m.split_of.setdefault(keys[0], (split, entry))
+            for key in keys:
+                if key in m.split_of and m.split_of[key][0] != split:
+                    other, was = m.split_of[key]
+                    m.twice.append(f"{key} in {other} (as {was!r}) and {split} (as {entry!r})")
+                else:
+                    m.split_of.setdefault(key, (split, entry))
     return m
 
 
@@ -157,8 +168,8 @@ def _check_matches(path: Path, m: _Matches, images: Mapping[str, str | None]) ->
         raise SatsegError(
             f"{path}: {n} entr{'y' if n == 1 else 'ies'} match no "
             f"source image of the patches folder: {_listing(m.unmatched)}; name each source "
-            f"by its key (index.csv column source, e.g. {example}), its image file name or "
-            "its file stem")
+            f"by its key (index.csv column source, e.g. {example}), its image file name, "
+            "its file stem, or a glob of keys ('region_a/*')")
     if m.ambiguous:
         entry, split, keys = m.ambiguous[0]
         more = f" ({len(m.ambiguous) - 1} more entries are ambiguous)" \
@@ -190,7 +201,8 @@ def assign_from_split_file(index_rows: Sequence[Mapping], split_file: str | Path
     lists are exhaustive and exact, so anything that is not an exact one-to-one match is
     an error rather than a guess: an entry matching no source, an entry matching several
     (same name in two regions: use the key), a source in two splits, a source in none.
-    The validation split may be empty (many published sets have only train/test).
+    The validation split may be empty (many published sets have only train/test), and so
+    may train: a file listing only test images builds a test-only dataset.
     """
     path = Path(split_file)
     lists, sha = read_split_file(path)
@@ -201,7 +213,7 @@ def assign_from_split_file(index_rows: Sequence[Mapping], split_file: str | Path
     m = _match_entries(lists, images)
     _check_matches(path, m, images)
     assignment = {str(r["patch_id"]): m.split_of[source_of(r)][0] for r in index_rows}
-    if "train" not in assignment.values():
+    if lists["train"] and "train" not in assignment.values():
         raise SatsegError(f"{path}: the {len(lists['train'])} train image(s) gave no patches "
                           "(see satseg patches --min-valid); band statistics and training "
                           "need train patches")

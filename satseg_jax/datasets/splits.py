@@ -39,7 +39,9 @@ TARGET_BLOCKS = 20
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    """Three non-negative fractions summing to 1 (train > 0), else a SatsegError."""
+    """Three non-negative fractions summing to 1, else a SatsegError. A train fraction
+    of 0 is allowed: ``0,0,1`` builds a test-only dataset (a published test set built on
+    its own for ``satseg evaluate --data``), normalised by the run at evaluation time."""
     try:
         f = tuple(float(x) for x in fractions)
     except (TypeError, ValueError):
@@ -50,9 +52,6 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
             or not math.isclose(sum(f), 1.0, abs_tol=1e-6)):
         raise SatsegError(f"--split {text}: give three non-negative fractions "
                           "train,validation,test that sum to 1, e.g. 0.7,0.15,0.15")
-    if f[0] == 0:
-        raise SatsegError(f"--split {text}: the train fraction must be above 0 (band "
-                          "statistics and training need train patches)")
     return f  # type: ignore[return-value]
 
 

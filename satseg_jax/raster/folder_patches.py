@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +47,34 @@ from satseg_jax.raster.patches import (
     throughput,
     write_threads,
 )
+from satseg_jax.raster.row_cache import RowCachedDataset
 from satseg_jax.raster.windows import patch_windows
 
 _COLOUR_NAMES = {"red", "green", "blue", "alpha", "gray"}
+
+
+def _colour_names(ds) -> list[str] | None:
+    """The bands' colour interpretations (red, green, blue...), None unless each band
+    has a distinct one."""
+    names = [c.name for c in ds.colorinterp]
+    ok = len(names) == ds.count and all(n in _COLOUR_NAMES for n in names)
+    return names if ok and len(set(names)) == len(names) else None
+
+
+def common_band_names(heads: list[dict]) -> list[str]:
+    """One band naming for every image of a folder set: the descriptions when all
+    images agree, else the colour interpretations when those agree, else band1..N.
+
+    Why: GeoTIFF tiles cut by a GIS often carry per-tile descriptions (the Amazon set's
+    ``tile1_Amazon_1110.tiff-003-001``); taking the first image's would name the
+    dataset's bands after one tile, and a model trained on them would refuse every
+    other image of the same set.
+    """
+    for key in ("bands", "colour_bands"):
+        names = [h[key] for h in heads]
+        if names[0] and all(n == names[0] for n in names):
+            return list(names[0])
+    return [f"band{i + 1}" for i in range(heads[0]["count"])]
 
 
 def band_names_of(ds) -> list[str]:
@@ -61,52 +89,104 @@ def band_names_of(ds) -> list[str]:
     return names
 
 
-def _check_pair(pair: Pair, img, mask, ref: dict | None) -> dict:
-    """Header checks of one pair against the first image; returns its header summary."""
+def _check_size(pair: Pair, img, mask, crop_masks: bool) -> str | None:
+    """Refuse a mask of another size than its image, except a larger one with
+    ``crop_masks``: return the line reporting its crop then (None when sizes agree).
+
+    Why crop only on request: a mask a few pixels larger than its image (one Amazon
+    mask is 515 px wide for a 512-px image) is an export slip whose top-left part fits
+    the image, but a mask of another resolution would crop into nonsense; the user
+    looks and decides, and every crop is reported by file.
+    """
+    if (img.width, img.height) == (mask.width, mask.height):
+        return None
+    larger = mask.width >= img.width and mask.height >= img.height
+    if larger and crop_masks:
+        return (f"cropped mask {pair.mask} from {mask.width}x{mask.height} to "
+                f"{img.width}x{img.height} px (its image's size; top-left part kept)")
+    fix = ("pass --crop-masks to keep its top-left part (image-sized), or fix the mask"
+           if larger else "image and mask of a pair must have the same size")
+    raise SatsegError(f"{pair.mask} is {mask.width}x{mask.height} px but its image "
+                      f"{pair.image} is {img.width}x{img.height} px; {fix}")
+
+
+def _check_pair(pair: Pair, img, mask, crop_masks: bool = False) -> dict:
+    """Header checks of one pair on its own; returns its header summary (``cropped``:
+    the crop report line of a larger mask, else None)."""
     head = {"count": img.count, "dtypes": tuple(img.dtypes), "nodata": json_nodata(
-        img.nodata, img.dtypes[0]), "bands": band_names_of(img)}
+        img.nodata, img.dtypes[0]), "bands": band_names_of(img),
+        "colour_bands": _colour_names(img)}
     if len(set(img.dtypes)) > 1:
         raise SatsegError(f"{pair.image}: bands have different dtypes {img.dtypes}; convert "
                           "the image to one dtype")
-    if (img.width, img.height) != (mask.width, mask.height):
-        raise SatsegError(f"{pair.image} is {img.width}x{img.height} px but its mask "
-                          f"{pair.mask} is {mask.width}x{mask.height} px; image and mask of a "
-                          "pair must have the same size")
+    head["cropped"] = _check_size(pair, img, mask, crop_masks)
+    mask = RowCachedDataset(mask, (img.height, img.width))  # the part that is used
     if img.crs is not None and mask.crs is not None:
         problem = grid_mismatch(img, mask)
         if problem:
             raise SatsegError(f"{pair.mask}: mask {problem} of its image {pair.image}; "
                               "warp the mask onto the image grid")
-    if ref is not None:
-        for field, what in (("count", "band count"), ("dtypes", "dtype"),
-                            ("nodata", "nodata")):
-            if head[field] != ref[field]:
-                raise SatsegError(
-                    f"{pair.image}: {what} {head[field]} differs from {ref[field]} of "
-                    f"{ref['image']}; every image of a dataset needs the same {what} (convert "
-                    "the odd ones, or tile them separately)")
     head["image"] = str(pair.image)
     return head
 
 
+def _compare_to_ref(pair: Pair, head: dict, ref: dict) -> None:
+    """Every image of a set must have the first one's band count, dtype and nodata."""
+    for key, what in (("count", "band count"), ("dtypes", "dtype"), ("nodata", "nodata")):
+        if head[key] != ref[key]:
+            raise SatsegError(
+                f"{pair.image}: {what} {head[key]} differs from {ref[key]} of "
+                f"{ref['image']}; every image of a dataset needs the same {what} (convert "
+                "the odd ones, or tile them separately)")
+
+
+@contextmanager
+def _in_order(fn, items: list, threads: int) -> Iterator[Iterator]:
+    """An iterator of ``fn(item)`` for every item, run on ``threads`` threads and
+    yielded in item order; leaving the block waits for the threads (files not yet
+    started are cancelled), so nothing is written after an error.
+
+    Why threads: a folder set is thousands of small files, and most of each file's time
+    is GDAL (open, decode, DEFLATE), which releases the GIL, so files overlap on the
+    cores. In order, so the output and the first error reported are those of a serial
+    run.
+    """
+    if threads <= 1:
+        yield map(fn, items)
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="folder-patches")
+    try:
+        yield pool.map(fn, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_pairs(pairs: list[Pair], classes, mask_mode: str, colour_tolerance: int | None,
-                 progress: bool) -> tuple[list[dict], Counter]:
+                 progress: bool, crop_masks: bool = False, threads: int = 1
+                 ) -> tuple[list[dict], Counter]:
     """Every pair's header checked against the first before any patch is written: the
     headers (size, crs, bands...) and how many masks are of each kind."""
     from tqdm import tqdm
 
-    ref = None
-    heads = []
-    kinds: Counter = Counter()
-    for p in tqdm(pairs, desc="checking pairs", unit="pair", disable=not progress,
-                  leave=False):
+    def header(p: Pair) -> dict:
         with open_raster(p.image) as img, open_raster(p.mask) as mask:
-            head = _check_pair(p, img, mask, ref)
-            kinds[MaskReader(mask, p.mask, classes, mask_mode, colour_tolerance).kind] += 1
-            head.update(width=img.width, height=img.height,
+            head = _check_pair(p, img, mask, crop_masks)
+            head.update(mask_kind=MaskReader(mask, p.mask, classes, mask_mode,
+                                             colour_tolerance).kind,
+                        width=img.width, height=img.height,
                         crs=img.crs.to_wkt() if img.crs else None)
-        ref = ref or head
-        heads.append(head)
+        return head
+
+    heads: list[dict] = []
+    kinds: Counter = Counter()
+    with _in_order(header, pairs, threads) as results:
+        for p, head in tqdm(zip(pairs, results), total=len(pairs), desc="checking pairs",
+                            unit="pair", disable=not progress, leave=False):
+            if heads:
+                _compare_to_ref(p, head, heads[0])
+            kinds[head["mask_kind"]] += 1
+            heads.append(head)
+    heads[0]["bands"] = common_band_names(heads)
     return heads, kinds
 
 
@@ -120,36 +200,57 @@ class _Tiled:
     too_small: list[str] = field(default_factory=list)
 
 
+def _tile_one(tiler: Tiler, p: Pair, head: dict, ref: dict, mask_mode: str,
+              colour_tolerance: int | None, stride: int, edge: str) -> tuple[Tiler, dict, int]:
+    """Tile one source into a Tiler of its own that writes on the calling thread: (its
+    tiler holding the index rows and class totals, the source's summary, windows)."""
+    size, dtype = tiler.size, ref["dtypes"][0]
+    own = Tiler(tiler.tmp, PatchWriter(1), tiler.classes, size, tiler.min_valid,
+                tiler.scene_label, tiler.purity)
+    with open_raster(p.image) as src_file, open_raster(p.mask) as mask_file:
+        # every file decoded once, top to bottom (see raster.row_cache)
+        src = RowCachedDataset(src_file)
+        mask = RowCachedDataset(mask_file, (src.height, src.width))
+        reader = MaskReader(mask, p.mask, tiler.classes, mask_mode, colour_tolerance)
+        wins = patch_windows(src.height, src.width, size, stride, edge)
+        profile = patch_profile(src, size, src.count, dtype, src.nodata)
+        kept = own.tile(
+            src, p.image, wins, lambda w, valid: reader.read(w, size, valid),
+            profile, fill_value(ref["nodata"], dtype), ref["bands"], progress=False,
+            id_prefix=safe_id(p.key) + "__",
+            extra_fields={"source": p.key, "source_image": str(p.image)})
+    source = {"key": p.key, "image": str(p.image), "mask": str(p.mask),
+              "width": head["width"], "height": head["height"], "crs": head["crs"],
+              "mask_kind": reader.kind, "patches": kept}
+    return own, source, len(wins)
+
+
 def _tile_pairs(tiler: Tiler, pairs: list[Pair], heads: list[dict], mask_mode: str,
                 colour_tolerance: int | None, stride: int, edge: str,
-                progress: bool) -> _Tiled:
-    """Tile each source through ``tiler`` like a scene, with its mask read per window."""
+                progress: bool, threads: int = 1) -> _Tiled:
+    """Tile each source like a scene, with its mask read per window, ``threads`` files
+    at a time; rows and totals are gathered into ``tiler`` in source order."""
     from tqdm import tqdm
 
-    size, ref = tiler.size, heads[0]
-    dtype, band_names = ref["dtypes"][0], ref["bands"]
-    img_fill = fill_value(ref["nodata"], dtype)
+    ref = heads[0]
+    itemsize = np.dtype(ref["dtypes"][0]).itemsize
     done = _Tiled()
-    for p, head in tqdm(list(zip(pairs, heads)), desc="patches", unit="image",
-                        disable=not progress):
-        with open_raster(p.image) as src, open_raster(p.mask) as mask:
-            reader = MaskReader(mask, p.mask, tiler.classes, mask_mode, colour_tolerance)
-            wins = patch_windows(src.height, src.width, size, stride, edge)
-            done.n_windows += len(wins)
-            done.in_bytes += src.width * src.height * src.count * np.dtype(dtype).itemsize
-            if not wins:
-                done.too_small.append(str(p.image))
-            profile = patch_profile(src, size, src.count, dtype, src.nodata)
-            kept = tiler.tile(
-                src, p.image, wins,
-                lambda w, valid, r=reader: r.read(w, size, valid),
-                profile, img_fill, band_names, progress=False,
-                id_prefix=safe_id(p.key) + "__",
-                extra_fields={"source": p.key, "source_image": str(p.image)})
-        done.sources.append({"key": p.key, "image": str(p.image), "mask": str(p.mask),
-                             "width": head["width"], "height": head["height"],
-                             "crs": head["crs"], "mask_kind": reader.kind,
-                             "patches": kept})
+
+    def one(i: int) -> tuple[Tiler, dict, int]:
+        return _tile_one(tiler, pairs[i], heads[i], ref, mask_mode, colour_tolerance,
+                         stride, edge)
+
+    with _in_order(one, list(range(len(pairs))), threads) as results:
+        for head, (own, source, n_wins) in tqdm(zip(heads, results), total=len(pairs),
+                                                desc="patches", unit="image",
+                                                disable=not progress):
+            tiler.rows.extend(own.rows)
+            tiler.totals += own.totals
+            done.n_windows += n_wins
+            done.in_bytes += head["width"] * head["height"] * head["count"] * itemsize
+            if not n_wins:
+                done.too_small.append(source["image"])
+            done.sources.append(source)
     return done
 
 
@@ -201,14 +302,16 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
                         mask_mode: str = "auto", size: int = 256, stride: int | None = None,
                         min_valid: float = 0.5, edge: str = "drop", overwrite: bool = False,
                         progress: bool = True, scene_label: bool = False, purity: float = 0.9,
-                        threads: int | None = None) -> dict:
+                        threads: int | None = None, crop_masks: bool = False) -> dict:
     """Tile every image/mask pair under ``images``/``masks`` into one patches folder.
 
     ``pair``: ``'{stem}_sat.jpg:{stem}_mask.png'`` when images and masks are named
     differently. ``skip_unpaired``: leave files without a partner out (reported) instead
     of failing. ``colour_tolerance``: accept lossy (JPEG) masks, mapping each pixel to
     the nearest declared colour/value within that distance. ``mask_mode``: see
-    :class:`MaskReader`. The other options mean what they mean for a scene
+    :class:`MaskReader`. ``crop_masks``: a mask larger than its image is cropped to the
+    image (top-left part) and reported in ``cropped_masks``, instead of refused. The
+    other options mean what they mean for a scene
     (:func:`satseg_jax.raster.patches.make_patches`). Returns a JSON-able summary.
     """
     t_start = time.perf_counter()
@@ -225,12 +328,14 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
 
     with gdal_env(), quiet_georeference():
         heads, kinds = _check_pairs(pairing.pairs, classes, mask_mode, colour_tolerance,
-                                    progress)
+                                    progress, crop_masks, threads)
         ref = heads[0]
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp, PatchWriter(threads) as writer:
-            tiler = Tiler(tmp, writer, classes, size, min_valid, scene_label, purity)
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            # files are written by the threads that tile them (see _in_order); this
+            # tiler only gathers their index rows and class totals
+            tiler = Tiler(tmp, PatchWriter(1), classes, size, min_valid, scene_label, purity)
             done = _tile_pairs(tiler, pairing.pairs, heads, mask_mode, colour_tolerance,
-                               stride, edge, progress)
+                               stride, edge, progress, threads)
             if not tiler.rows:
                 raise SatsegError(
                     f"{images}: no patch was kept from {len(pairing.pairs)} image(s) "
@@ -242,6 +347,9 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
                                 num_patches=len(tiler.rows), kinds=kinds,
                                 colour_tolerance=colour_tolerance, scene_label=scene_label,
                                 purity=purity, skipped=skipped)
+            cropped = [h["cropped"] for h in heads if h["cropped"]]
+            if cropped:  # only then: patches.json of every other import stays as it was
+                info["cropped_masks"] = cropped
             tiler.finish(masks, info, extra=("source", "source_image"))
     return {
         "out": str(out_dir),
@@ -250,6 +358,7 @@ def make_folder_patches(images: str | Path, masks: str | Path, out_dir: Path,
         "num_patches": len(tiler.rows),
         "skipped_low_valid": done.n_windows - len(tiler.rows),
         "skipped_unpaired": skipped,
+        "cropped_masks": cropped,
         "smaller_than_size": done.too_small,
         "bands": ref["bands"],
         "georeferenced": info["georeferenced"],

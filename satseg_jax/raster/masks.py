@@ -18,6 +18,7 @@ distance instead, knowingly.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -63,6 +64,28 @@ def palette_lut(ds) -> np.ndarray | None:
     for k, v in cmap.items():
         lut[k] = pack_colours(np.array(v[:3], np.uint8))
     return lut
+
+
+@functools.lru_cache(maxsize=4)
+def colour_tables(classes: ClassSet) -> tuple[np.ndarray, np.ndarray] | None:
+    """(class id, declared?) indexed by a packed colour key (``0xRRGGBB``, or
+    ``UNDEFINED + index`` for a palette index without colour, never declared); None when
+    two entries share a colour (the per-value lookup reports that).
+
+    Why: one table gather per pixel decodes a colour mask at memory speed, where sorting
+    each window's colours (``np.unique``) cost more than decoding the JPEG it came from.
+    32 MiB, built once per class set.
+    """
+    entries = [(c.colour, c.id) for c in classes.classes]
+    entries += [(c, IGNORE_LABEL) for c in classes.ignore_colours]
+    if len({c for c, _ in entries}) != len(entries):
+        return None
+    ids = np.full(int(UNDEFINED) + (1 << 16), IGNORE_LABEL, np.uint8)
+    known = np.zeros(ids.shape, bool)
+    for colour, cid in entries:
+        k = int(pack_colours(np.array(colour, np.uint8)))
+        ids[k], known[k] = cid, True
+    return ids, known
 
 
 class MaskReader:
@@ -129,6 +152,16 @@ class MaskReader:
         return pack_colours(np.moveaxis(raw[:3], 0, -1))
 
     def _decode(self, keys: np.ndarray, what: str) -> np.ndarray:
+        """Class ids of ``keys``: a table gather for exact masks (undeclared keys fall
+        through to the lookup, which reports them); per distinct key with a tolerance."""
+        if self.tolerance is None and self.kind == "values":
+            return self.classes.value_to_id(keys, what)
+        tables = colour_tables(self.classes) if self.tolerance is None else None
+        if tables is not None and keys.dtype == np.uint32 and (
+                self.palette is None or len(self.palette) <= 1 << 16):
+            ids, known = tables
+            if known[keys].all():
+                return ids[keys]
         uniq, inv = np.unique(keys, return_inverse=True)
         return self.classes.lookup(self.kind, uniq, inv.reshape(keys.shape), what,
                                     self.tolerance)
@@ -144,7 +177,10 @@ class MaskReader:
         if self.kind == "colours" and raw.shape[0] == 4:
             sub &= raw[3] != 0  # fully transparent RGBA pixels are unlabelled
         try:
-            out[:win.height, :win.width][sub] = self._decode(keys[sub], str(self.path))
+            if sub.all():  # the usual case: no boolean gather and scatter
+                out[:win.height, :win.width] = self._decode(keys, str(self.path))
+            else:
+                out[:win.height, :win.width][sub] = self._decode(keys[sub], str(self.path))
         except SatsegError:
             self._raise_for_whole_file()
             raise

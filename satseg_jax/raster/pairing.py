@@ -87,12 +87,41 @@ def parse_pattern(pattern: str) -> tuple[re.Pattern, re.Pattern]:
     return out[0], out[1]
 
 
+def _bracket_end(component: str, i: int) -> int:
+    """Index of the ``]`` closing the glob class opened at ``component[i] == '['``, or -1
+    when it is a literal ``[`` (as glob reads it: ``[!`` and a first ``]`` are inside)."""
+    j = i + 1
+    if j < len(component) and component[j] == "!":
+        j += 1
+    if j < len(component) and component[j] == "]":
+        j += 1
+    return component.find("]", j)
+
+
 def _component_regex(component: str) -> str:
-    return "(" + fnmatch.translate(component).removeprefix("(?s:").removesuffix(")\\Z") + ")"
+    """One path component of a glob as a regex with a group per wildcard (``*``, ``?``,
+    ``[...]``), so a match yields the text each wildcard matched: ``*chips`` matches
+    ``val-chips`` with ``val-`` (and ``chips`` with ``''``), which is what pairs
+    ``kampala/*chips`` with ``kampala/*binarymasks`` region by region."""
+    out, i = [], 0
+    while i < len(component):
+        c = component[i]
+        end = _bracket_end(component, i) if c == "[" else -1
+        if c in "*?" or end > 0:
+            part = component[i:end + 1] if end > 0 else c
+            rx = fnmatch.translate(part).removeprefix("(?s:").removesuffix(")\\Z")
+            out.append("(" + rx + ")")
+            i = end + 1 if end > 0 else i + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
 
 
 def expand_folders(spec: str, what: str) -> dict[tuple[str, ...], Path]:
-    """Folders matched by ``spec`` keyed by the text its wildcards matched (() if none)."""
+    """Folders matched by ``spec`` keyed by the text its wildcards matched (() if none):
+    ``'data/*/images'`` gives ``('rural',)`` for ``data/rural/images``, and
+    ``'kampala/*chips'`` gives ``('val-',)`` for ``kampala/val-chips``."""
     if not _WILDCARD.search(spec):
         path = Path(spec)
         if not path.is_dir():
@@ -101,19 +130,18 @@ def expand_folders(spec: str, what: str) -> dict[tuple[str, ...], Path]:
         return {(): path}
     norm = spec.replace("\\", "/").rstrip("/")
     comps = norm.split("/")
-    regex = "/".join(_component_regex(c) if _WILDCARD.search(c) else re.escape(c)
-                     for c in comps)
-    wild_idx = [i for i, c in enumerate(comps) if _WILDCARD.search(c)]
+    wild = {i: re.compile(_component_regex(c)) for i, c in enumerate(comps)
+            if _WILDCARD.search(c)}
     found: dict[tuple[str, ...], Path] = {}
     for m in sorted(glob.glob(norm)):
         if not os.path.isdir(m):
             continue
-        mm = re.fullmatch(regex, m.replace("\\", "/").rstrip("/"))
-        if mm is None:  # glob normalised the path differently; fall back to components
-            mcomps = m.replace("\\", "/").rstrip("/").split("/")
-            region = tuple(mcomps[i] for i in wild_idx if i < len(mcomps))
-        else:
-            region = tuple(mm.groups())
+        mcomps = m.replace("\\", "/").rstrip("/").split("/")
+        region: tuple[str, ...] = ()
+        for i, rx in wild.items():
+            mm = rx.fullmatch(mcomps[i]) if len(mcomps) == len(comps) else None
+            # glob normalised the path differently: the whole component is the region
+            region += mm.groups() if mm else (mcomps[i] if i < len(mcomps) else "",)
         found[region] = Path(m)
     if not found:
         raise SatsegError(f"{what} {spec!r}: the glob matches no folder")
