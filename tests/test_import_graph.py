@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("input_pipeline", ("input_pipeline",)),
     ("steps", ("steps",)),
     ("runs", ("runs",)),
-    ("apps", ("train", "evaluate", "predict")),  # siblings: none imports another
+    ("apps", ("train", "evaluate", "predict", "baseline")),  # siblings: none imports another
     ("sweeps", ("variant_sweep",)),
     ("cli", ("cli", "commands", "__main__")),
 ]
