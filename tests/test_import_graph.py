@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("steps", ("steps",)),
     ("runs", ("runs",)),
     ("apps", ("train", "evaluate", "predict", "baseline")),  # siblings: none imports another
-    ("sweeps", ("variant_sweep",)),
+    ("sweeps", ("variant_sweep", "model_cost", "sweep_tables")),
     ("cli", ("cli", "commands", "__main__")),
 ]
 
