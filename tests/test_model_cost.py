@@ -37,7 +37,6 @@ def test_gflops_equal_the_xla_convolution_cost_whatever_runs_the_convs():
     analytic = model_cost.analytic_gflops(_config("auto"), 3, 4, 32)
     # 2 x multiply-adds of 3x3 convs: depth-2 U-Net, width 8, 32 px ~ 0.03 GFLOPs
     assert 0.01 < analytic < 0.1 and analytic == pytest.approx(want, rel=0.1)
-    onednn = build_model(_config("auto"), 3)
-    if any(True for _ in [0]) and _xla_cost(onednn) < 0.2 * want:
-        # What the column used to show: cost analysis blind to the FFI convolutions.
-        assert model_cost.forward_gflops(_config("auto"), 3, 4, 32) > 4 * _xla_cost(onednn)
+    blind = _xla_cost(build_model(_config("auto"), 3))
+    if blind < 0.5 * want:  # oneDNN convolutions built here: what the column used to show
+        assert model_cost.forward_gflops(_config("auto"), 3, 4, 32) > 4 * blind
