@@ -100,7 +100,7 @@ def test_library_defaults_match_the_signatures(monkeypatch):
         seen.append((module, function, parameter))
         return real(module, function, parameter)
 
-    for mod in ("data", "catalog", "model", "maps"):
+    for mod in ("data", "catalog", "model", "maps", "baseline"):
         monkeypatch.setattr(f"satseg_jax.commands.{mod}.library_default", record)
     cli.build_parser()
     assert len(seen) >= 20

@@ -19,8 +19,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("input_pipeline", ("input_pipeline",)),
     ("steps", ("steps",)),
     ("runs", ("runs",)),
-    ("apps", ("train", "evaluate", "predict")),  # siblings: none imports another
-    ("sweeps", ("variant_sweep",)),
+    ("apps", ("train", "evaluate", "predict", "baseline")),  # siblings: none imports another
+    ("sweeps", ("variant_sweep", "model_cost", "sweep_tables")),
     ("cli", ("cli", "commands", "__main__")),
 ]
 

@@ -4,7 +4,9 @@
         [--steps 300] [--seeds 0,1]
 
 Widths are chosen so the variants have comparable cost on a CPU; change ``variants``
-to compare other settings (depth, norm, upsampling...).
+to compare other settings (depth, norm, upsampling...). ``baselines`` adds classical rows
+(``satseg baseline`` methods); ``baseline_options`` (a dict of ``run_baseline`` arguments,
+e.g. ``{"pixels": 100000}``) and ``split`` (default ``test``) are optional.
 """
 
 from pathlib import Path
@@ -31,4 +33,6 @@ def get_config():
         "r2_unet": {"name": "r2_unet", **{**common, "base_width": 12}},
     }
     sweep.seeds = (0, 1)
+    # Classical rows beside the variants (satseg baseline): the floor and the forests.
+    sweep.baselines = ("majority", "rf", "rf-texture")
     return sweep

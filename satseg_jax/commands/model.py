@@ -202,9 +202,12 @@ def add_benchmark_arguments(m: argparse.ArgumentParser) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """Train every variant of a sweep config on the same data, evaluate on the same test
-    split and write RUNS/benchmark.md, .csv and .png (mean ± std over seeds, plus a
-    majority-class baseline). Finished runs are not redone."""
+    """Train every variant of a sweep config on the same data, evaluate on the same split
+    and write RUNS/benchmark.md, .csv and .png: per variant mean ± std over seeds, a 95 %
+    t-interval, a paired t-test against unet on the same seeds, GFLOPs/img, img/s (all
+    variants timed together after training) and wall time per run; plus the sweep's
+    baseline rows (majority class, random forests; see 'satseg baseline'). Finished runs
+    and baselines are not redone."""
     from satseg_jax.config_files import load_config_file
     from satseg_jax.variant_sweep import run_sweep
 
