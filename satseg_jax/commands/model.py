@@ -46,6 +46,8 @@ EVALUATE_DOC = (
     "Evaluate a trained run on a split: confusion matrix over the whole split (ignore label "
     "255 excluded) -> pixel accuracy, per-class F1 and IoU, macro F1, mIoU. Writes "
     "WORKDIR/metrics_SPLIT.json and a confusion-matrix PNG. The config is read from WORKDIR. "
+    "With --images/--masks/--classes it scores whole labelled images instead (see below). "
+    "--tta averages each prediction over flips and rotations. "
     "Ends by naming every file it wrote."
 )
 OVERRIDES_DOC = (
@@ -210,8 +212,9 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
 def _check_predict_mode(args: argparse.Namespace) -> None:
     """One image (--image/--out) or a folder (--images/--out-dir), never a mix."""
     if bool(args.image) == bool(args.images):
-        raise SatsegError("satseg predict: give --image FILE --out MAP, or --images "
-                          "DIR_OR_GLOB --out-dir OUT (see 'satseg predict --help')")
+        raise SatsegError("satseg predict: the following arguments are required: --image "
+                          "FILE and --out MAP, or --images DIR_OR_GLOB and --out-dir OUT "
+                          "(not both; see 'satseg predict --help')")
     if args.image and (not args.out or args.out_dir or args.overwrite):
         raise SatsegError("satseg predict --image: name the map with --out MAP (--out-dir and "
                           "--overwrite go with --images)")
