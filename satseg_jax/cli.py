@@ -58,12 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Keep the console for our progress lines: library chatter (TF, tfds, Orbax) is
-    routed through absl/TF logging at WARNING; show it only for errors."""
+    """Keep the console for our progress lines and for real warnings.
+
+    TensorFlow (the input pipeline, tfds) prints start-up lines on import that say
+    nothing about the user's work: ``oneDNN custom operations are on ...`` (logged by
+    absl before logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot stop it, and
+    preceded by absl's ``WARNING: All log messages before absl::InitializeLog() ...``)
+    and the CPU-instructions notice. TF's oneDNN graph rewrites only concern its own
+    convolutions and matrix products, which satseg never runs in TF (the model is JAX;
+    tf.data here casts, normalises, flips and crops), so switching them off
+    (``TF_ENABLE_ONEDNN_OPTS=0``) removes the line and changes no result.
+    ``TF_CPP_MIN_LOG_LEVEL=1`` drops TF's C++ INFO lines and keeps its warnings and
+    errors; Python warnings are untouched. A value the user set is kept. Only the CLI
+    calls this: importing satseg_jax changes no environment variable.
+    """
     import logging
     import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    # absl/TF Python logging (tfds, Orbax chatter) at WARNING: show it only for errors.
     logging.getLogger("absl").setLevel(logging.ERROR)
     # urllib3's retry warnings print request paths with their query strings (signed URLs,
     # API keys); our own errors say what failed, redacted.

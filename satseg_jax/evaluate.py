@@ -74,15 +74,17 @@ def _resampled_size(run, meta) -> int:
 
 def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
                      save_predictions: bool = False, data_dir: str | None = None,
-                     resample_to_train_gsd: bool = False, overlays: int = 0) -> dict:
+                     resample_to_train_gsd: bool = False, overlays: int = 0,
+                     tta: bool = False) -> dict:
     """Evaluate WORKDIR's checkpoint on ``split``; write metrics_<split>.json and a PNG.
 
     ``data_dir`` evaluates on another built dataset (same bands and classes), e.g. from
     another sensor or resolution, or on a copy of the training data when the run was
     moved; ``resample_to_train_gsd`` then resamples its patches to the training pixel
     size first. ``overlays`` > 0 draws that many patches, spread evenly over the split, as
-    image | truth | prediction | errors rows in WORKDIR/overlays_<split>.png. The paths
-    written are listed under ``result["written"]``.
+    image | truth | prediction | errors rows in WORKDIR/overlays_<split>.png. ``tta``
+    predicts each patch as the average of its flips and rotations (satseg_jax.tta). The
+    paths written are listed under ``result["written"]``.
     """
     from satseg_jax.runs import load_run
 
@@ -109,16 +111,22 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
         pred_dir.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:  # before any process writes (the eval is collective)
             sweep_folder_leftovers(pred_dir, ".tif")  # of a run killed while writing
-    collector = _PatchCollector(run.runner, pred_dir if save_predictions else None,
+    runner = run.runner
+    if tta:
+        from satseg_jax.tta import tta_runner
+
+        runner = tta_runner(run)
+    collector = _PatchCollector(runner, pred_dir if save_predictions else None,
                                 config.task, meta.patch_size, overlays,
                                 meta.num_examples.get(split, 0), resize_to=resize_to)
     on_batch = collector if (save_predictions or overlays) else None
-    cm = confusion_over_split(run.runner, run.state, meta, split, int(config.eval.batch_size),
+    cm = confusion_over_split(runner, run.state, meta, split, int(config.eval.batch_size),
                               config.task, on_batch=on_batch,
                               crop_size=int(config.eval.get("crop_size", 0)),
                               resize_to=resize_to)
     result = metrics.metrics_from_confusion(cm, list(meta.class_names))
-    result.update(checkpoint_step=int(run.step), split=split, data_dir=str(meta.data_dir))
+    result.update(checkpoint_step=int(run.step), split=split, data_dir=str(meta.data_dir),
+                  tta=tta)
     if resize_to:
         result["resampled_to"] = resize_to
     written = _write_outputs(run, cm, result, collector, split, meta.num_examples.get(split, 0))
@@ -137,13 +145,7 @@ def _write_outputs(run, cm: np.ndarray, result: dict, collector, split: str,
     if jax.process_index() != 0:
         return []
     workdir, card, step = run.path, run.card, run.step
-    out = workdir / f"metrics_{split}.json"
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(metrics.to_jsonable(result), indent=2) + "\n")
-    cm_png = workdir / f"confusion_{split}.png"
-    plots.confusion_matrix_png(cm, list(card.class_names), cm_png,
-                               title=f"{split}, step {step}")
-    written = [out, cm_png]
+    written = write_metrics(run, cm, result, split)
     if collector.samples:
         colours = [parse_colour(c["colour"], str(workdir / "run.json")) for c in card.classes]
         path = workdir / f"overlays_{split}.png"
@@ -153,6 +155,20 @@ def _write_outputs(run, cm: np.ndarray, result: dict, collector, split: str,
             title=f"{split}, step {step}: {len(collector.samples)} of {split_size} patches")
         written.append(path)
     return written
+
+
+def write_metrics(run, cm: np.ndarray, result: dict, split: str) -> list[Path]:
+    """RUN/metrics_<split>.json and RUN/confusion_<split>.png, the format every scoring
+    of a run shares (a split of a dataset, or whole images: evaluate --images)."""
+    from satseg_jax import plots
+
+    out = run.path / f"metrics_{split}.json"
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(metrics.to_jsonable(result), indent=2) + "\n")
+    cm_png = run.path / f"confusion_{split}.png"
+    plots.confusion_matrix_png(cm, list(run.card.class_names), cm_png,
+                               title=f"{split}, step {run.step}")
+    return [out, cm_png]
 
 
 class _PatchCollector:

@@ -20,25 +20,23 @@ Why this shape:
   white and transparent), any other name a GeoTIFF without a CRS. A PNG cannot hold a
   CRS, so a georeferenced scene with ``--out *.png`` is refused rather than silently
   losing its georeference. Without a CRS the summary has pixel counts, never km².
+- **Many scenes, one restore.** :class:`ScenePredictor` holds the restored run and its
+  compiled tile function; ``satseg predict --images`` and ``satseg evaluate --images``
+  map every file of a folder with it. The tile loop and the strip writer live in
+  :mod:`satseg_jax.sliding_window`; ``tta`` averages each tile over its 8 flips and
+  rotations (:mod:`satseg_jax.tta`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from satseg_jax.classes import IGNORE_LABEL, parse_colour
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_path, refuse_overwriting_inputs
-
-# Colour-table entry of the nodata value 255 in predicted maps: white, as ``satseg plot``
-# draws nodata, and fully transparent in a PNG (its tRNS chunk), so no class colour
-# (white is a class in some published sets) is mistaken for it.
-NODATA_RGBA = (255, 255, 255, 0)
 
 
 def _representable(value, dtype: np.dtype) -> bool:
@@ -80,20 +78,6 @@ def model_context(config, tile: int) -> tuple[int, int]:
     if tile % f:
         raise SatsegError(f"--tile {tile} must be divisible by {f} for {config.model.name}")
     return tile, 0
-
-
-def _argmax_classes(probs: np.ndarray) -> np.ndarray:
-    """``np.argmax(probs, axis=0)`` as uint8, the same answer (first class wins ties),
-    1.5x faster (0.040 vs 0.059 s on a 6 x 192 x 4096 strip): numpy's argmax along the
-    leading axis of a (classes, rows, width) strip walks memory with the stride of a
-    whole class plane; this makes one contiguous pass per class instead."""
-    best = probs[0].copy()
-    cls = np.zeros(best.shape, np.uint8)
-    for c in range(1, len(probs)):
-        better = probs[c] > best
-        cls[better] = c
-        np.maximum(best, probs[c], out=best)
-    return cls
 
 
 def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
@@ -212,260 +196,121 @@ def _load(run_or_workdir, checkpoint: str):
 def predict_scene(workdir, image: str | Path, out: str | Path,
                   checkpoint: str = "best", tile: int = 256, overlap: int = 64,
                   blend: str = "gaussian", probabilities: str | Path | None = None,
-                  batch: int = 8, progress: bool = True) -> dict:
+                  batch: int = 8, progress: bool = True, tta: bool = False) -> dict:
     """Predict a class map for a whole scene or plain image; return a summary.
 
-    ``workdir`` is a run folder or a loaded ``runs.Run`` (several scenes, one restore).
-    The summary holds sizes, time, tiles, ``crs`` (WKT, or None for a plain image),
-    ``format`` (COG or PNG), ``class_pixels``, ``pixel_area_m2`` (None without a
-    projected CRS: then there are pixel counts only) and ``notes`` for the user (e.g.
-    an input dtype other than the training data's). ``out`` ending in ``.png`` writes a
-    palette PNG and needs an input without a CRS; any other name writes a GeoTIFF.
-    Everything is checked before the first byte is written, so a refused input leaves
-    nothing behind.
+    ``workdir`` is a run folder or a loaded ``runs.Run``. The summary holds sizes, time,
+    tiles, ``crs`` (WKT, or None for a plain image), ``format`` (COG or PNG),
+    ``class_pixels``, ``pixel_area_m2`` (None without a projected CRS: then there are
+    pixel counts only) and ``notes`` for the user (e.g. an input dtype other than the
+    training data's). ``out`` ending in ``.png`` writes a palette PNG and needs an input
+    without a CRS; any other name writes a GeoTIFF. ``tta`` averages the probabilities
+    over the 8 flips and rotations of each tile (:mod:`satseg_jax.tta`). Everything is
+    checked before the first byte is written, so a refused input leaves nothing behind.
+    Many scenes: :class:`ScenePredictor` restores and compiles once.
     """
-    from satseg_jax.raster.io import gdal_env
-    from satseg_jax.raster.map_files import to_cog, to_png, verify_written
-    from satseg_jax.raster.masks import quiet_georeference
-
     image, out = Path(image), Path(out)
     refuse_overwriting_inputs({"out": out, "probabilities": probabilities},
                               {"image": image, "workdir": getattr(workdir, "path", workdir)})
     check_tiling(tile, overlap, batch)
-    as_png = check_outputs(image, out, probabilities)
+    check_outputs(image, out, probabilities)
     t0 = time.perf_counter()
-    run = _load(workdir, checkpoint)
-    in_tile, margin = model_context(run.config, tile)
-    weights = blend_window(tile, blend)
-    n_dev = jax.device_count()
-    batch = max(n_dev, batch - batch % n_dev)
-    # A bounded GDAL block cache: by default it grows to 5 % of RAM with the scene.
-    with gdal_env(), quiet_georeference(), open_scene(image) as src:
-        raw_dtype, nodata, notes = check_scene(src, run.card, image)
-        profile = map_profile(src)
-        with atomic_path(out) as tmp_map, (
-                atomic_path(Path(probabilities)) if probabilities else _null()) as tmp_prob:
-            writer = _MapWriter(tmp_map, tmp_prob, profile, run.card, tile,
-                                covering_rows(src.height, src.width, tile, overlap))
-            tiler = _Tiler(run, writer, batch, tile, in_tile, margin, raw_dtype, weights,
-                           blend)
-            t_start = time.perf_counter()
-            tiler.run(src, image, overlap, nodata, progress)
-            writer.close()
-            t_loop = time.perf_counter()
-            (to_png if as_png else to_cog)(tmp_map)
-            verify_written(tmp_map, [writer.map_sum])  # GDAL may fail only in a log line
-            if tmp_prob:
-                to_cog(tmp_prob)
-                verify_written(tmp_prob, writer.prob_sums)
-            t_cog = time.perf_counter() - t_loop
-    crs = profile["crs"]
-    return {"map": str(out), "probabilities": str(probabilities) if probabilities else None,
-            "format": "PNG" if as_png else "COG",
-            "crs": crs.to_wkt() if crs is not None else None,
-            "height": profile["height"], "width": profile["width"], "tiles": tiler.tiles_done,
-            "checkpoint_step": int(run.step), "seconds": time.perf_counter() - t0,
-            "seconds_loop": t_loop - t_start, "seconds_cog": t_cog, "batch": batch,
-            "class_pixels": dict(zip(run.card.class_names, writer.counts.tolist())),
-            "pixel_area_m2": _pixel_area_m2(crs, profile["transform"]), "notes": notes}
+    predictor = ScenePredictor(_load(workdir, checkpoint), tile=tile, overlap=overlap,
+                               blend=blend, batch=batch, tta=tta)
+    summary = predictor.predict(image, out, probabilities=probabilities, progress=progress)
+    summary["seconds"] = time.perf_counter() - t0
+    return summary
 
 
-def map_profile(src) -> dict:
-    """GeoTIFF profile of the class map: the scene's grid, uint8, nodata 255, tiled."""
-    return {"driver": "GTiff", "height": src.height, "width": src.width, "count": 1,
-            "dtype": "uint8", "crs": src.crs, "transform": src.transform,
-            "nodata": IGNORE_LABEL, "tiled": True, "blockxsize": 256, "blockysize": 256,
-            "compress": "deflate"}
+class ScenePredictor:
+    """A run ready to map any number of scenes: restored once (by the caller), its
+    tile function built once, and compiled once per input pixel dtype (not once per
+    scene: every tile batch has the same shape, whatever the scene size)."""
 
+    def __init__(self, run, tile: int = 256, overlap: int = 64, blend: str = "gaussian",
+                 batch: int = 8, tta: bool = False, checkpoint: str = "best") -> None:
+        from satseg_jax.sliding_window import TileSetup
 
-def covering_rows(height: int, width: int, tile: int, overlap: int) -> int:
-    """Rows of the blending strip: one tile plus the step between two tile rows."""
-    from satseg_jax.raster.windows import covering_windows
+        check_tiling(tile, overlap, batch)
+        self.run, self.overlap, self.tta = _load(run, checkpoint), overlap, tta
+        card = self.run.card
+        in_tile, margin = model_context(self.run.config, tile)
+        n_dev = jax.device_count()
+        runner = self.run.runner
+        if tta:
+            from satseg_jax.tta import tta_runner
 
-    rows = sorted({w.row for w in covering_windows(height, width, tile, overlap)})
-    return tile + max(0, rows[1] - rows[0] if len(rows) > 1 else 0)
-
-
-class _MapWriter:
-    """Blended probabilities in a strip one tile-row high (plus the overlap); rows no
-    later tile can touch are argmax-ed and written (with the probabilities, if asked).
-    Peak memory is ``width × strip × classes`` floats, whatever the scene height."""
-
-    def __init__(self, tmp_map: Path, tmp_prob: Path | None, profile: dict, card,
-                 tile: int, strip_h: int) -> None:
-        import rasterio
-
-        k, width = card.num_classes, profile["width"]
-        self.k, self.strip_h, self.top = k, strip_h, 0  # top: scene row of acc[:, 0]
-        self.acc = np.zeros((k, strip_h, width), np.float32)
-        self.wsum = np.zeros((strip_h, width), np.float32)
-        self.valid = np.zeros((strip_h, width), bool)
-        self.counts = np.zeros(k, np.int64)
-        self.map_sum, self.prob_sums = 0, np.zeros(k, np.int64)  # as written: read back
-        self.dst = rasterio.open(tmp_map, "w", **profile)
-        self.pdst = (rasterio.open(tmp_prob, "w", **{**profile, "count": k, "nodata": None})
-                     if tmp_prob else None)
-        colours = [tuple(parse_colour(c["colour"], "run.json")) for c in card.classes]
-        cmap = {i: (*c, 255) for i, c in enumerate(colours)}
-        self.dst.write_colormap(1, {**cmap, IGNORE_LABEL: NODATA_RGBA})
-        self.dst.set_band_description(1, "class")
-
-    def add(self, tiles, probs, weights: np.ndarray, blend: str) -> None:
-        """Blend one batch of tile probabilities into the strip."""
-        for (w, _, valid, _), p in zip(tiles, probs):
-            r0, h, wd = w.row - self.top, w.height, w.width
-            rows, cols = slice(r0, r0 + h), slice(w.col, w.col + wd)
-            if blend == "none":
-                self.acc[:, rows, cols] = p[:, :h, :wd]
-                self.wsum[rows, cols] = 1.0
-            else:
-                ww = weights[:h, :wd]
-                self.acc[:, rows, cols] += p[:, :h, :wd] * ww
-                self.wsum[rows, cols] += ww
-            self.valid[rows, cols] = valid[:h, :wd]
-
-    def flush(self, upto: int) -> None:
-        """Write finished scene rows [top, upto) and shift the strip."""
-        from rasterio.windows import Window
-
-        n = upto - self.top
-        if n <= 0:
-            return
-        probs = self.acc[:, :n] / np.maximum(self.wsum[:n], 1e-12)
-        cls = _argmax_classes(probs)
-        cls[~self.valid[:n]] = IGNORE_LABEL
-        self.counts += np.bincount(cls[cls != IGNORE_LABEL], minlength=self.k)[:self.k]
-        win = Window(0, self.top, self.acc.shape[2], n)
-        self.dst.write(cls, 1, window=win)
-        self.map_sum += int(cls.sum(dtype=np.int64))
-        if self.pdst is not None:
-            p8 = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
-            p8[:, ~self.valid[:n]] = 0
-            self.pdst.write(p8, window=win)
-            self.prob_sums += p8.sum(axis=(1, 2), dtype=np.int64)
-        for buf, empty in ((self.acc, 0), (self.wsum, 0), (self.valid, False)):
-            rest = buf[..., n:, :].copy() if n < self.strip_h else buf[..., :0, :]
-            buf[..., :self.strip_h - n, :] = rest
-            buf[..., self.strip_h - n:, :] = empty
-        self.top = upto
-
-    def close(self) -> None:
-        self.dst.close()
-        if self.pdst is not None:
-            self.pdst.close()
-
-
-class _Tiler:
-    """The tile loop: read each tile row's input once, batch tiles, keep one batch on the
-    devices while the next is read, blend results into the writer's strip, and flush
-    scene rows once no queued tile can touch them."""
-
-    def __init__(self, run, writer: _MapWriter, batch: int, tile: int, in_tile: int,
-                 margin: int, raw_dtype: np.dtype, weights: np.ndarray, blend: str) -> None:
-        card = run.card
-        self.trained, self.writer, self.batch = run, writer, batch
-        self.tile, self.in_tile, self.margin = tile, in_tile, margin
-        self.raw_dtype, self.weights, self.blend = raw_dtype, weights, blend
-        self.k_in = card.num_bands
-        self.pending: list = []  # tiles read and normalised, not yet sent to the model
-        self.in_flight: list = []  # (tiles, device probabilities) dispatched, not blended
-        self.tiles_done = 0
-        self.boundary: int | None = None  # scene rows above it are final once blended
+            runner = tta_runner(self.run)
         mean = np.asarray(card.mean, np.float32)
         std = np.asarray([s if s > 0 else 1.0 for s in card.std], np.float32)
-        self.probabilities_of = batch_probabilities(run.runner, tile, mean, std)
-        # Compile before the clock starts on the tile loop (one batch of zeros).
-        np.asarray(self.probabilities_of(
-            run.state, np.zeros((batch, in_tile, in_tile, self.k_in), raw_dtype),
-            np.zeros((batch, in_tile, in_tile), bool)))
+        self.setup = TileSetup(
+            state=self.run.state, probabilities_of=batch_probabilities(runner, tile, mean, std),
+            batch=max(n_dev, batch - batch % n_dev), tile=tile, in_tile=in_tile,
+            margin=margin, weights=blend_window(tile, blend), blend=blend,
+            num_bands=card.num_bands)
+        self._compiled: set[str] = set()
 
-    def dispatch(self) -> None:
-        """Send the pending tiles to the devices without waiting for the result."""
-        if not self.pending:
+    def compile(self, raw_dtype: np.dtype) -> None:
+        """Compile for ``raw_dtype`` tiles (one batch of zeros), once per dtype, so the
+        first scene's timing is not mostly compilation."""
+        if raw_dtype.str in self._compiled:
             return
-        x = np.zeros((self.batch, self.in_tile, self.in_tile, self.k_in), self.raw_dtype)
-        v = np.zeros((self.batch, self.in_tile, self.in_tile), bool)
-        for i, p in enumerate(self.pending):
-            x[i], v[i] = p[1], p[3]
-        self.in_flight.append((list(self.pending),
-                               self.probabilities_of(self.trained.state, x, v)))
-        self.pending.clear()
+        st = self.setup
+        np.asarray(st.probabilities_of(
+            st.state, np.zeros((st.batch, st.in_tile, st.in_tile, st.num_bands), raw_dtype),
+            np.zeros((st.batch, st.in_tile, st.in_tile), bool)))
+        self._compiled.add(raw_dtype.str)
 
-    def blend_in(self, keep: int = 0) -> None:
-        """Blend dispatched batches into the strip, leaving the newest ``keep``."""
-        while len(self.in_flight) > keep:
-            tiles, dev = self.in_flight.pop(0)
-            self.writer.add(tiles, np.asarray(dev), self.weights, self.blend)
-            self.tiles_done += len(tiles)
+    def predict(self, image: str | Path, out: str | Path | None,
+                probabilities: str | Path | None = None, progress: bool = True,
+                on_rows=None) -> dict:
+        """Map one scene into ``out`` (COG, or palette PNG for ``*.png``) and return the
+        summary of :func:`predict_scene`. ``out`` None writes no map: ``on_rows(classes,
+        top)`` receives each finished block of rows instead (evaluate --images)."""
+        from satseg_jax.raster.io import gdal_env
+        from satseg_jax.raster.map_files import to_cog, to_png, verify_written
+        from satseg_jax.raster.masks import quiet_georeference
+        from satseg_jax.sliding_window import MapWriter, Tiler, covering_rows, map_profile
 
-    def maybe_flush(self, height: int) -> None:
-        """Flush up to the boundary once no queued tile starts above it."""
-        queued = [t[0].row for t in self.pending] + [t[0].row for b in self.in_flight
-                                                     for t in b[0]]
-        if self.boundary is not None and min(queued, default=height) >= self.boundary:
-            self.writer.flush(self.boundary)
-            self.boundary = None
-
-    def read_row(self, src, image: Path, row: int, last_col: int, fill) -> np.ndarray:
-        """One read per tile row (its input context, all columns): each pixel is decoded
-        once per row instead of once per overlapping tile."""
-        from rasterio.windows import Window
-
-        from satseg_jax.raster.io import read_window
-
-        m, in_tile = self.margin, self.in_tile
-        x_end = last_col - m + in_tile
-        sw = Window(-m, row - m, x_end + m, in_tile)
-        inside = m == 0 and x_end <= src.width and row - m + in_tile <= src.height \
-            and row >= m
-        # Boundless reads go through a VRT: only for rows that need padding.
-        return (read_window(src, sw, image) if inside else
-                read_window(src, sw, image, boundless=True, fill_value=fill))
-
-    def run(self, src, image: Path, overlap: int, nodata, progress: bool) -> None:
-        """Every covering tile of the scene, in row order; the last rows flushed."""
-        from tqdm import tqdm
-
-        from satseg_jax.raster.io import valid_pixels
-        from satseg_jax.raster.windows import covering_windows
-
-        H, m, tile = src.height, self.margin, self.tile
-        wins = covering_windows(H, src.width, tile, overlap)
-        fill = nodata if nodata is not None and not (
-            isinstance(nodata, float) and math.isnan(nodata)) else 0
-        last_col: dict[int, int] = {}
-        for w in wins:
-            last_col[w.row] = max(last_col.get(w.row, 0), w.col)
-        bar = tqdm(total=len(wins), desc=f"predict {image.name}", unit="tile",
-                   disable=not progress)
-        # Batches run across tile rows (no half-empty batch at the end of each row): the
-        # strip holds two tile rows, and the flush waits until the older row's last batch
-        # is back.
-        row, strip_row = (wins[0].row if wins else 0), None
-        for w in wins:
-            if w.row > row:
-                if self.boundary is not None:  # a third tile row would overrun the strip
-                    self.dispatch()
-                    self.blend_in(keep=0)
-                    self.writer.flush(self.boundary)
-                self.boundary, row = w.row, w.row
-            if w.row != strip_row:
-                strip_row = w.row
-                strip = self.read_row(src, image, w.row, last_col[w.row], fill)
-                strip_valid = valid_pixels(strip, nodata)
-            valid_in = strip_valid[:, w.col:w.col + self.in_tile]
-            self.pending.append((w, strip[:, :, w.col:w.col + self.in_tile].transpose(1, 2, 0),
-                                 valid_in[m:m + tile, m:m + tile], valid_in))
-            if len(self.pending) == self.batch:
-                # Keep one batch computing while the next one is read and normalised.
-                self.dispatch()
-                self.blend_in(keep=1)
-                self.maybe_flush(H)
-            bar.update(1)
-        self.dispatch()
-        self.blend_in(keep=0)
-        self.writer.flush(H)
-        bar.close()
+        image = Path(image)
+        refuse_overwriting_inputs({"out": out, "probabilities": probabilities},
+                                  {"image": image, "workdir": self.run.path})
+        as_png = check_outputs(image, Path(out), probabilities) if out is not None else False
+        t0 = time.perf_counter()
+        run, st = self.run, self.setup
+        # A bounded GDAL block cache: by default it grows to 5 % of RAM with the scene.
+        with gdal_env(), quiet_georeference(), open_scene(image) as src:
+            raw_dtype, nodata, notes = check_scene(src, run.card, image)
+            self.compile(raw_dtype)
+            profile = map_profile(src)
+            strip = covering_rows(src.height, src.width, st.tile, self.overlap)
+            with (atomic_path(Path(out)) if out is not None else _null()) as tmp_map, (
+                    atomic_path(Path(probabilities)) if probabilities else _null()) as tmp_prob:
+                writer = MapWriter(tmp_map, tmp_prob, profile, run.card, strip, on_rows)
+                tiler = Tiler(st, writer, raw_dtype)
+                t_start = time.perf_counter()
+                tiler.run(src, image, self.overlap, nodata, progress)
+                writer.close()
+                t_loop = time.perf_counter()
+                if tmp_map is not None:
+                    (to_png if as_png else to_cog)(tmp_map)
+                    # GDAL may fail only in a log line (full disk): read the map back.
+                    verify_written(tmp_map, [writer.map_sum])
+                if tmp_prob:
+                    to_cog(tmp_prob)
+                    verify_written(tmp_prob, writer.prob_sums)
+                t_cog = time.perf_counter() - t_loop
+        crs = profile["crs"]
+        return {"map": str(out) if out is not None else None,
+                "probabilities": str(probabilities) if probabilities else None,
+                "format": "PNG" if as_png else "COG",
+                "crs": crs.to_wkt() if crs is not None else None,
+                "height": profile["height"], "width": profile["width"],
+                "tiles": tiler.tiles_done, "checkpoint_step": int(run.step),
+                "seconds": time.perf_counter() - t0, "seconds_loop": t_loop - t_start,
+                "seconds_cog": t_cog, "batch": st.batch, "tta": self.tta,
+                "class_pixels": dict(zip(run.card.class_names, writer.counts.tolist())),
+                "pixel_area_m2": _pixel_area_m2(crs, profile["transform"]), "notes": notes}
 
 
 def _pixel_area_m2(crs, transform) -> float | None:

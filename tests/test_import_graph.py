@@ -18,8 +18,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("datasets", ("datasets", "inspect", "inspection")),
     ("input_pipeline", ("input_pipeline",)),
     ("steps", ("steps",)),
-    ("runs", ("runs",)),
+    ("runs", ("runs", "tta", "sliding_window")),
     ("apps", ("train", "evaluate", "predict", "baseline")),  # siblings: none imports another
+    ("whole_images", ("predict_images", "evaluate_images")),  # folders of whole images
     ("sweeps", ("variant_sweep", "model_cost", "sweep_tables")),
     ("cli", ("cli", "commands", "__main__")),
 ]

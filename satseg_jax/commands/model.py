@@ -22,7 +22,18 @@ from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import refuse_overwriting_inputs
 
 PREDICT = ("satseg_jax.predict", "predict_scene")
+PREDICT_IMAGES = ("satseg_jax.predict_images", "predict_images")
 EVALUATE = ("satseg_jax.evaluate", "evaluate_workdir")
+EVALUATE_IMAGES = ("satseg_jax.evaluate_images", "evaluate_images")
+TTA_HELP = ("test-time augmentation: average each tile's softmax probabilities over its 8 "
+            "flips and 90-degree rotations (mapped back first); non-square patches use the "
+            "4 that keep their shape (flips, 180 degrees). About 8x the inference time")
+PROBABILITIES_HELP = (
+    "also write per-class probabilities to this GeoTIFF: one band per class, named by the "
+    "class (band description); uint8 0-255 = probability x 255 (GDAL scale 1/255 set, so "
+    "a GIS shows 0-1), the bands of a pixel summing to ~255; pixels where the image is "
+    "nodata are 0 in every band and masked by the file's mask band (no uint8 value is "
+    "free for a nodata value)")
 
 TRAIN_DOC = (
     "Train a model from a config file. Restores the latest checkpoint in WORKDIR/checkpoints "
@@ -35,6 +46,8 @@ EVALUATE_DOC = (
     "Evaluate a trained run on a split: confusion matrix over the whole split (ignore label "
     "255 excluded) -> pixel accuracy, per-class F1 and IoU, macro F1, mIoU. Writes "
     "WORKDIR/metrics_SPLIT.json and a confusion-matrix PNG. The config is read from WORKDIR. "
+    "With --images/--masks/--classes it scores whole labelled images instead (see below). "
+    "--tta averages each prediction over flips and rotations. "
     "Ends by naming every file it wrote."
 )
 OVERRIDES_DOC = (
@@ -104,9 +117,49 @@ def add_evaluate_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--overlays", type=int, default=library_default(*EVALUATE, "overlays"),
                    metavar="N", help="draw this many patches (spread over the split) as image "
                    "| truth | prediction | errors rows in WORKDIR/overlays_SPLIT.png")
+    e.add_argument("--tta", action="store_true", help=TTA_HELP)
+    w = e.add_argument_group(
+        "whole images (--images/--masks)",
+        "Score the run on whole labelled images instead of a dataset split, as published "
+        "benchmarks do: each image is mapped like 'satseg predict' maps it (sliding window, "
+        "--tile/--overlap/--blend) and compared with its mask; pairing and mask decoding "
+        "are those of 'satseg patches --images/--masks'; no patch is written. Writes "
+        "WORKDIR/metrics_NAME.json and confusion_NAME.png (NAME: --name)")
+    w.add_argument("--images", metavar="DIR_OR_GLOB", help="image folder, or a quoted glob "
+                   "of region folders")
+    w.add_argument("--masks", metavar="DIR_OR_GLOB", help="mask folder(s) (same rules)")
+    w.add_argument("--classes", metavar="classes.json", help="the classes the masks hold "
+                   "(those the run was trained on)")
+    w.add_argument("--pair", metavar="PATTERN", help="e.g. '{stem}_sat.jpg:{stem}_mask.png'")
+    w.add_argument("--skip-unpaired", action="store_true",
+                   help="leave files without a partner out (reported) instead of failing")
+    w.add_argument("--mask-mode", choices=["auto", "index", "colour"],
+                   default=library_default(*EVALUATE_IMAGES, "mask_mode"),
+                   help="how masks are read (default: %(default)s)")
+    w.add_argument("--colour-tolerance", type=int, default=None, metavar="N",
+                   help="accept lossy (JPEG) masks: nearest declared colour within N")
+    w.add_argument("--name", default=library_default(*EVALUATE_IMAGES, "name"),
+                   help="NAME of the metrics files (default: %(default)s)")
+    _tiling_arguments(w, EVALUATE_IMAGES)
+
+
+def _tiling_arguments(g, library: tuple[str, str]) -> None:
+    """--tile, --overlap, --blend, --batch: the sliding window of predict (and of
+    evaluate --images), defaults read from ``library``'s signature."""
+    g.add_argument("--tile", type=int, default=library_default(*library, "tile"),
+                   help="output tile size in pixels (default: %(default)s)")
+    g.add_argument("--overlap", type=int, default=library_default(*library, "overlap"),
+                   help="overlap between tiles (default: %(default)s)")
+    g.add_argument("--blend", choices=["gaussian", "mean", "none"],
+                   default=library_default(*library, "blend"),
+                   help="how overlapping tiles are combined (default: %(default)s)")
+    g.add_argument("--batch", type=int, default=library_default(*library, "batch"),
+                   help="tiles per model call (default: %(default)s)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.images or args.masks:
+        return _evaluate_images(args)
     run = Path(args.workdir)
     written = [run / f"{name}_{args.split}{ext}" for name, ext in (
         ("metrics", ".json"), ("confusion", ".png"), ("overlays", ".png"))]
@@ -120,6 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.workdir, split=args.split, checkpoint=args.checkpoint,
         save_predictions=args.save_predictions, data_dir=args.data,
         resample_to_train_gsd=args.resample_to_train_gsd, overlays=args.overlays,
+        tta=args.tta,
     )
     print(format_metrics_table(result))
     print_wrote([f"{p}/ (predicted masks)" if Path(p).is_dir() else p
@@ -132,23 +186,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--workdir", required=True, help="training run")
-    pr.add_argument("--image", required=True, help="scene GeoTIFF, or a plain image without "
-                    "CRS (JPEG/PNG/TIFF); same bands as training")
-    pr.add_argument("--out", required=True, help="output class map: GeoTIFF, or .png for an "
-                    "image without CRS")
+    pr.add_argument("--image", help="scene GeoTIFF, or a plain image without CRS "
+                    "(JPEG/PNG/TIFF); same bands as training")
+    pr.add_argument("--out", help="output class map: GeoTIFF, or .png for an image without CRS")
+    pr.add_argument("--images", metavar="DIR_OR_GLOB", help="instead of --image/--out: map "
+                    "every image of a folder (searched recursively), a quoted glob of region "
+                    "folders or a quoted glob of files, with one restore and one compile, "
+                    "into --out-dir")
+    pr.add_argument("--out-dir", metavar="OUT", help="with --images: OUT/<name>.tif (COG) "
+                    "for each georeferenced image, OUT/<name>.png (palette PNG) for each "
+                    "plain one, <name> = its path under the folder without suffix, and "
+                    "OUT/predictions.json listing maps and failures. A file that fails is "
+                    "reported by name and the others are mapped; the exit status is then 1")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="with --images: replace an existing, non-empty --out-dir (kept "
+                    "until the new one is complete)")
     pr.add_argument("--checkpoint", default=library_default(*PREDICT, "checkpoint"),
                     help="best | latest | a step (default: %(default)s)")
-    pr.add_argument("--tile", type=int, default=library_default(*PREDICT, "tile"),
-                    help="output tile size in pixels (default: %(default)s)")
-    pr.add_argument("--overlap", type=int, default=library_default(*PREDICT, "overlap"),
-                    help="overlap between tiles (default: %(default)s)")
-    pr.add_argument("--blend", choices=["gaussian", "mean", "none"],
-                    default=library_default(*PREDICT, "blend"),
-                    help="how overlapping tiles are combined (default: %(default)s)")
-    pr.add_argument("--probabilities", default=None,
-                    help="also write per-class probabilities (uint8, 0-255) here")
-    pr.add_argument("--batch", type=int, default=library_default(*PREDICT, "batch"),
-                    help="tiles per model call (default: %(default)s)")
+    _tiling_arguments(pr, PREDICT)
+    pr.add_argument("--tta", action="store_true", help=TTA_HELP)
+    pr.add_argument("--probabilities", default=None, metavar="P.tif",
+                    help=PROBABILITIES_HELP)
+
+
+def _check_predict_mode(args: argparse.Namespace) -> None:
+    """One image (--image/--out) or a folder (--images/--out-dir), never a mix."""
+    if bool(args.image) == bool(args.images):
+        raise SatsegError("satseg predict: the following arguments are required: --image "
+                          "FILE and --out MAP, or --images DIR_OR_GLOB and --out-dir OUT "
+                          "(not both; see 'satseg predict --help')")
+    if args.image and (not args.out or args.out_dir or args.overwrite):
+        raise SatsegError("satseg predict --image: name the map with --out MAP (--out-dir and "
+                          "--overwrite go with --images)")
+    if args.images and (not args.out_dir or args.out or args.probabilities):
+        raise SatsegError("satseg predict --images: name the output folder with --out-dir OUT "
+                          "(--out and --probabilities name one file: use them with --image)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -157,7 +229,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     colour table and nodata (255) where the scene is nodata. A plain image without a CRS
     (JPEG/PNG/TIFF) gives a map of the same size: --out *.png writes a palette PNG
     (value = class id, palette = class colours, 255 = nodata, white and transparent),
-    any other name a GeoTIFF without a CRS; areas are then pixel counts only."""
+    any other name a GeoTIFF without a CRS; areas are then pixel counts only.
+    --images DIR_OR_GLOB --out-dir OUT maps every image of a folder set in one process
+    (one restore, one compile). --probabilities writes one uint8 band per class (0-255 =
+    probability x 255, band descriptions = class names, nodata masked)."""
+    _check_predict_mode(args)
+    if args.images:
+        return _predict_images(args)
     refuse_overwriting_inputs({"--out": args.out, "--probabilities": args.probabilities},
                               {"--image": args.image, "--workdir": args.workdir})
     from satseg_jax.predict import predict_scene
@@ -165,7 +243,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     r = predict_scene(args.workdir, args.image, args.out, checkpoint=args.checkpoint,
                       tile=args.tile, overlap=args.overlap, blend=args.blend,
                       probabilities=args.probabilities, batch=args.batch,
-                      progress=show_progress())
+                      progress=show_progress(), tta=args.tta)
     for note in r["notes"]:
         print(f"satseg: note: {note}", file=sys.stderr)
     print(f"wrote {r['map']} ({r['format']}, {r['width']}x{r['height']} px, {r['tiles']} "
@@ -184,6 +262,65 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:  # geographic: the pixel area varies by row
         print("geographic CRS: 'satseg area --map MAP' gives ellipsoidal km²")
     print("class pixels: " + ", ".join(f"{n} {c}" for n, c in pixels.items()))
+    return 0
+
+
+def _predict_images(args: argparse.Namespace) -> int:
+    """predict --images: every file mapped, failures named as they happen, status 1 at
+    the end if any failed."""
+    refuse_overwriting_inputs({"--out-dir": args.out_dir},
+                              {"--images": args.images, "--workdir": args.workdir},
+                              folders=("--out-dir",))
+    from satseg_jax.predict_images import predict_images
+
+    def report(image, message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"satseg: error: {image}: {message}", file=sys.stderr)
+
+    r = predict_images(args.workdir, args.images, args.out_dir, checkpoint=args.checkpoint,
+                       tile=args.tile, overlap=args.overlap, blend=args.blend,
+                       batch=args.batch, tta=args.tta, overwrite=args.overwrite,
+                       progress=show_progress(), on_error=report)
+    n_ok, n_bad = len(r["maps"]), len(r["failed"])
+    print(f"mapped {n_ok} of {n_ok + n_bad} image(s) (checkpoint {r['checkpoint_step']}"
+          f"{', TTA' if r['tta'] else ''}) in {r['seconds']:.1f} s")
+    print_wrote([f"{r['out_dir']}/ ({n_ok} maps)", r["summary_file"]])
+    if n_bad:
+        print(f"satseg: error: {n_bad} image(s) failed (listed above and in "
+              f"{r['summary_file']})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate_images(args: argparse.Namespace) -> int:
+    """evaluate --images/--masks: whole images scored, metrics table, files written."""
+    missing = [o for o, v in (("--images", args.images), ("--masks", args.masks),
+                              ("--classes", args.classes)) if not v]
+    if missing:
+        raise SatsegError(f"satseg evaluate --images/--masks also needs {', '.join(missing)}")
+    if args.data or args.save_predictions or args.overlays or args.resample_to_train_gsd:
+        raise SatsegError("satseg evaluate --images scores whole images: --data, "
+                          "--save-predictions, --overlays and --resample-to-train-gsd go with "
+                          "dataset splits (use 'satseg predict --images' for the maps)")
+    run = Path(args.workdir)
+    refuse_overwriting_inputs(
+        {"--workdir": [run / f"metrics_{args.name}.json", run / f"confusion_{args.name}.png"]},
+        {"--images": args.images, "--masks": args.masks, "--classes": args.classes})
+    from satseg_jax.evaluate_images import evaluate_images
+    from satseg_jax.metrics import format_metrics_table
+
+    result = evaluate_images(
+        args.workdir, args.images, args.masks, args.classes, pair=args.pair,
+        skip_unpaired=args.skip_unpaired, mask_mode=args.mask_mode,
+        colour_tolerance=args.colour_tolerance, checkpoint=args.checkpoint, tile=args.tile,
+        overlap=args.overlap, blend=args.blend, batch=args.batch, tta=args.tta,
+        name=args.name, progress=show_progress())
+    for line in result["skipped_unpaired"]:
+        print(f"satseg: note: skipped {line}", file=sys.stderr)
+    print(f"{result['num_images']} whole image(s){', TTA' if args.tta else ''}")
+    print(format_metrics_table(result))
+    print_wrote(result["written"])
     return 0
 
 

@@ -28,6 +28,7 @@ import fnmatch
 import glob
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,6 +269,42 @@ def find_pairs(images: str | Path, masks: str | Path, pattern: str | None = None
         raise SatsegError("two image files map to the same source key; rename one")
     return Pairing(tuple(sorted(pairs, key=lambda p: p.key)), tuple(lone_images),
                    tuple(lone_masks))
+
+
+def find_images(images: str | Path) -> list[tuple[str, Path]]:
+    """(key, path) of every raster under ``images``, sorted by key, for inference over a
+    folder set without masks (``satseg predict --images``).
+
+    ``images`` is what ``--images`` takes for pairing (a folder, or a quoted glob of
+    region folders, searched recursively) or a glob of files (``'tiles/*.jpg'``). Keys
+    follow the pairing rule (the path under the common parent of the folders, or of the
+    files, without suffix), so region folders that reuse file names keep distinct keys.
+    """
+    spec = str(images)
+    if _WILDCARD.search(spec) and not any(os.path.isdir(m) for m in glob.glob(spec)):
+        files = [Path(m) for m in sorted(glob.glob(spec)) if os.path.isfile(m)
+                 and m.lower().endswith(RASTER_SUFFIXES)]
+        if not files:
+            raise SatsegError(f"--images {spec!r}: the glob matches no image file "
+                              f"({', '.join(RASTER_SUFFIXES)})")
+        parent = Path(os.path.commonpath([str(f.absolute().parent) for f in files]))
+        found = [(_strip_suffix(f.absolute().relative_to(parent)), f) for f in files]
+    else:
+        dirs = expand_folders(spec, "--images")
+        parent = Path(os.path.commonpath([str(p.absolute()) for p in dirs.values()]))
+        found = [(_strip_suffix(f.absolute().relative_to(parent if len(dirs) > 1 else root
+                                                        .absolute())), f)
+                 for root in dirs.values() for f in _raster_files(root)]
+        if not found:
+            raise SatsegError(f"--images {spec}: no image file ({', '.join(RASTER_SUFFIXES)})"
+                              " in it")
+    counts = Counter(k for k, _ in found)
+    dupes = sorted(k for k, n in counts.items() if n > 1)
+    if dupes:
+        raise SatsegError(f"--images {spec}: {len(dupes)} name(s) differ only in their suffix "
+                          f"(e.g. {dupes[0]}: {[str(f) for k, f in found if k == dupes[0]]}); "
+                          "their maps would have the same name: move one")
+    return sorted(found)
 
 
 def safe_id(key: str) -> str:
