@@ -198,11 +198,11 @@ def check_scene(src, card, image: Path) -> tuple[np.dtype, float | None, list[st
     return raw_dtype, nodata, notes
 
 
-def _load(run_or_workdir, checkpoint: str):
+def _load(run_or_workdir, checkpoint: str, ema: bool = True):
     from satseg_jax.runs import Run, load_run
 
-    run = run_or_workdir if isinstance(run_or_workdir, Run) else load_run(run_or_workdir,
-                                                                          checkpoint)
+    run = run_or_workdir if isinstance(run_or_workdir, Run) else load_run(
+        run_or_workdir, checkpoint, ema=ema)
     if run.config.task != "segmentation":
         raise SatsegError(f"{run.path} is a {run.config.task} run; predict makes "
                           "segmentation maps")
@@ -212,7 +212,7 @@ def _load(run_or_workdir, checkpoint: str):
 def predict_scene(workdir, image: str | Path, out: str | Path,
                   checkpoint: str = "best", tile: int = 256, overlap: int = 64,
                   blend: str = "gaussian", probabilities: str | Path | None = None,
-                  batch: int = 8, progress: bool = True) -> dict:
+                  batch: int = 8, progress: bool = True, ema: bool = True) -> dict:
     """Predict a class map for a whole scene or plain image; return a summary.
 
     ``workdir`` is a run folder or a loaded ``runs.Run`` (several scenes, one restore).
@@ -222,7 +222,8 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     an input dtype other than the training data's). ``out`` ending in ``.png`` writes a
     palette PNG and needs an input without a CRS; any other name writes a GeoTIFF.
     Everything is checked before the first byte is written, so a refused input leaves
-    nothing behind.
+    nothing behind. ``ema`` False predicts with the raw weights of a run trained with
+    an EMA (``weights`` in the summary says which were used).
     """
     from satseg_jax.raster.io import gdal_env
     from satseg_jax.raster.map_files import to_cog, to_png
@@ -232,7 +233,7 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     check_tiling(tile, overlap, batch)
     as_png = check_outputs(image, out, probabilities)
     t0 = time.perf_counter()
-    run = _load(workdir, checkpoint)
+    run = _load(workdir, checkpoint, ema)
     in_tile, margin = model_context(run.config, tile)
     weights = blend_window(tile, blend)
     n_dev = jax.device_count()
@@ -260,7 +261,8 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
             "format": "PNG" if as_png else "COG",
             "crs": crs.to_wkt() if crs is not None else None,
             "height": profile["height"], "width": profile["width"], "tiles": tiler.tiles_done,
-            "checkpoint_step": int(run.step), "seconds": time.perf_counter() - t0,
+            "checkpoint_step": int(run.step), "weights": run.weights,
+            "seconds": time.perf_counter() - t0,
             "seconds_loop": t_loop - t_start, "seconds_cog": t_cog, "batch": batch,
             "class_pixels": dict(zip(run.card.class_names, writer.counts.tolist())),
             "pixel_area_m2": _pixel_area_m2(crs, profile["transform"]), "notes": notes}

@@ -104,6 +104,17 @@ def add_evaluate_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--overlays", type=int, default=library_default(*EVALUATE, "overlays"),
                    metavar="N", help="draw this many patches (spread over the split) as image "
                    "| truth | prediction | errors rows in WORKDIR/overlays_SPLIT.png")
+    add_ema_argument(e, EVALUATE)
+
+
+def add_ema_argument(parser: argparse.ArgumentParser, library: tuple[str, str]) -> None:
+    """``--ema/--no-ema``: which weights of a run trained with config.train.ema_decay."""
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
+                        default=library_default(*library, "ema"),
+                        help="use the exponential moving average of the weights when the run "
+                        "has one (trained with config.train.ema_decay > 0: the weights its "
+                        "best checkpoint was chosen by); --no-ema uses the raw weights "
+                        "(default: %(default)s)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -120,6 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.workdir, split=args.split, checkpoint=args.checkpoint,
         save_predictions=args.save_predictions, data_dir=args.data,
         resample_to_train_gsd=args.resample_to_train_gsd, overlays=args.overlays,
+        ema=args.ema,
     )
     print(format_metrics_table(result))
     print_wrote([f"{p}/ (predicted masks)" if Path(p).is_dir() else p
@@ -149,6 +161,7 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
                     help="also write per-class probabilities (uint8, 0-255) here")
     pr.add_argument("--batch", type=int, default=library_default(*PREDICT, "batch"),
                     help="tiles per model call (default: %(default)s)")
+    add_ema_argument(pr, PREDICT)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -165,11 +178,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     r = predict_scene(args.workdir, args.image, args.out, checkpoint=args.checkpoint,
                       tile=args.tile, overlap=args.overlap, blend=args.blend,
                       probabilities=args.probabilities, batch=args.batch,
-                      progress=show_progress())
+                      progress=show_progress(), ema=args.ema)
     for note in r["notes"]:
         print(f"satseg: note: {note}", file=sys.stderr)
     print(f"wrote {r['map']} ({r['format']}, {r['width']}x{r['height']} px, {r['tiles']} "
-          f"tiles, checkpoint {r['checkpoint_step']}) in {r['seconds']:.1f} s")
+          f"tiles, checkpoint {r['checkpoint_step']}"
+          f"{', EMA weights' if r.get('weights') == 'ema' else ''}) in {r['seconds']:.1f} s")
     if args.probabilities:
         print_wrote([f"{args.probabilities} (per-class probabilities, uint8 0-255)"])
     pixels = r["class_pixels"]
