@@ -25,6 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 1024  # decoded examples held for shuffling
     c.data.cache = True  # keep decoded examples in memory (small datasets only)
     c.data.num_parallel_calls = 2  # tf.data threads for decoding/augmentation
+    # Random resized crop (satseg_jax/augment.py): zoom factor vs the source pixels and
+    # width/height aspect, both drawn log-uniformly; (1.0, 1.0) = off (plain crop).
+    c.data.scale_range = (1.0, 1.0)
+    c.data.aspect_range = (1.0, 1.0)
+    # Per-band photometric jitter after normalisation (image only, never the mask):
+    # brightness shift up to ± this many band std, contrast factor in 1 ± this; 0 = off.
+    c.data.brightness = 0.0
+    c.data.contrast = 0.0
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet"
@@ -38,7 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     # cross_entropy | dice | focal | ce_dice; or set `weights` for a weighted sum.
     c.loss.name = "cross_entropy"
     c.loss.weights = ml_collections.ConfigDict()  # e.g. {'cross_entropy': 1.0, 'dice': 0.5}
-    c.loss.class_weights = "none"  # none | inverse_frequency (from satseg_dataset.json)
+    # none | inverse_frequency | sqrt_inverse_frequency (from satseg_dataset.json) |
+    # one weight per class id, e.g. "1,3"; weights both CE (per pixel) and Dice (per class).
+    c.loss.class_weights = "none"
     c.loss.label_smoothing = 0.0
     c.loss.focal_gamma = 2.0
 
@@ -60,10 +70,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.schedule.scales = (0.1, 0.1)  # piecewise: multiply lr by these at the boundaries
     c.schedule.decay_rate = 0.5  # exponential: lr *= decay_rate every transition_steps
     c.schedule.transition_steps = 200
+    c.schedule.warmup_epochs = 0.0  # > 0: replaces warmup_steps (which must then be 0)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16  # global batch, split across all devices
     c.train.num_steps = 300
+    # Length in passes over the train split instead (num_steps must then be 0); also
+    # eval_every_epochs / checkpoint_every_epochs for eval_every / checkpoint_every.
+    c.train.num_epochs = 0.0
+    c.train.eval_every_epochs = 0.0
+    c.train.checkpoint_every_epochs = 0.0
     c.train.compute_dtype = "float32"  # or bfloat16 (params stay float32)
     # CPU convolutions: 'auto' = oneDNN's (cpu/onednn_conv.py; needs `apt-get install
     # libdnnl-dev g++`) on a one-device CPU run, XLA's otherwise; 'onednn' | 'xla' force.
@@ -76,6 +92,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Several processes agree on a SIGTERM/SIGINT stop every this many steps (an
     # all-gather: ~1 % of a small step at 10).
     c.train.stop_check_every = 10
+    # Exponential moving average of the weights, evaluated (and used by evaluate/predict)
+    # instead of the raw weights; 0 = off. ema_warmup: decay min(d, (1+t)/(10+t)).
+    c.train.ema_decay = 0.0
+    c.train.ema_warmup = True
+    # Stop when the eval split's mIoU has not improved by more than min_delta for this
+    # many evaluations in a row; 0 = never.
+    c.train.early_stopping_patience = 0
+    c.train.early_stopping_min_delta = 0.0
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 32

@@ -75,7 +75,7 @@ def _resampled_size(run, meta) -> int:
 def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str = "best",
                      save_predictions: bool = False, data_dir: str | None = None,
                      resample_to_train_gsd: bool = False, overlays: int = 0,
-                     tta: bool = False) -> dict:
+                     tta: bool = False, ema: bool = True) -> dict:
     """Evaluate WORKDIR's checkpoint on ``split``; write metrics_<split>.json and a PNG.
 
     ``data_dir`` evaluates on another built dataset (same bands and classes), e.g. from
@@ -84,7 +84,8 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
     size first. ``overlays`` > 0 draws that many patches, spread evenly over the split, as
     image | truth | prediction | errors rows in WORKDIR/overlays_<split>.png. ``tta``
     predicts each patch as the average of its flips and rotations (satseg_jax.tta). The
-    paths written are listed under ``result["written"]``.
+    paths written are listed under ``result["written"]``. ``ema`` False scores the raw
+    weights of a run trained with an EMA (``result["weights"]`` says which were scored).
     """
     from satseg_jax.runs import load_run
 
@@ -96,7 +97,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
         {"data_dir": data_dir}, folders=("predictions",))
     if resample_to_train_gsd and not data_dir:
         raise SatsegError("--resample-to-train-gsd needs --data OTHER_DATA_DIR")
-    run = load_run(workdir, checkpoint)
+    run = load_run(workdir, checkpoint, ema=ema)
     config = run.config
     if overlays and config.task != "segmentation":
         raise SatsegError("--overlays draws segmentation masks; this run is a "
@@ -126,7 +127,7 @@ def evaluate_workdir(workdir: str | Path, split: str = "test", checkpoint: str =
                               resize_to=resize_to)
     result = metrics.metrics_from_confusion(cm, list(meta.class_names))
     result.update(checkpoint_step=int(run.step), split=split, data_dir=str(meta.data_dir),
-                  tta=tta)
+                  tta=tta, weights=run.weights)
     if resize_to:
         result["resampled_to"] = resize_to
     written = _write_outputs(run, cm, result, collector, split, meta.num_examples.get(split, 0))

@@ -84,10 +84,11 @@ def evaluate_images(workdir, images: str | Path, masks: str | Path, classes: str
                     mask_mode: str = "auto", colour_tolerance: int | None = None,
                     checkpoint: str = "best", tile: int = 256, overlap: int = 64,
                     blend: str = "gaussian", batch: int = 8, tta: bool = False,
-                    name: str = "images", progress: bool = True) -> dict:
+                    name: str = "images", progress: bool = True, ema: bool = True) -> dict:
     """Score the run on every image/mask pair; write RUN/metrics_<name>.json and
     RUN/confusion_<name>.png; return the metrics (as ``evaluate_workdir`` does, with
-    ``written``, ``num_images``, ``skipped_unpaired`` and ``confusion_per_image``)."""
+    ``written``, ``num_images``, ``skipped_unpaired`` and ``confusion_per_image``).
+    ``ema`` False scores the raw weights of a run trained with an EMA."""
     from tqdm import tqdm
 
     from satseg_jax import metrics
@@ -104,7 +105,7 @@ def evaluate_images(workdir, images: str | Path, masks: str | Path, classes: str
     class_set = load_classes(classes)
     pairing = find_pairs(images, masks, pair)
     skipped = pairing.check_complete(skip_unpaired)
-    run = load_run(workdir, checkpoint)
+    run = load_run(workdir, checkpoint, ema=ema)
     _check_classes(class_set, run.card, Path(classes))
     predictor = ScenePredictor(run, tile=tile, overlap=overlap, blend=blend, batch=batch,
                                tta=tta)
@@ -122,6 +123,7 @@ def evaluate_images(workdir, images: str | Path, masks: str | Path, classes: str
             per_image[p.key] = scorer.cm.tolist()
     result = metrics.metrics_from_confusion(cm, list(run.card.class_names))
     result.update(checkpoint_step=int(run.step), split=name, images=str(images),
+                  weights=run.weights,
                   masks=str(masks), pair=pair, num_images=len(pairing.pairs),
                   skipped_unpaired=skipped, tta=tta, tile=tile, overlap=overlap,
                   blend=blend, seconds=round(time.perf_counter() - t0, 2),

@@ -13,6 +13,8 @@ Why it is shaped this way:
 - **Per-host input.** Each process reads a disjoint 1/P of every epoch (sharded after
   the epoch shuffle, which is identical on every host) and yields its
   ``global_batch / P`` slice of every global batch.
+- **Augmentation** (``augment.py``): random (resized) crop, flips, rotations, and
+  per-band brightness/contrast after normalisation; all drawn from the stateless seed.
 - **Normalisation** uses the per-band mean/std of the *train* split stored in
   ``satseg_dataset.json``; nodata pixels are set to 0 (the mean) after normalising, and
   their mask is already the ignore label 255.
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from satseg_jax import augment
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.datasets.tfenv import import_tf
 from satseg_jax.errors import SatsegError
@@ -96,6 +99,11 @@ def split_dataset(meta: DatasetMeta, split: str):
 def _normalise(tf, image, meta: DatasetMeta):
     """uint/float bands -> float32 (x - mean) / std; nodata, NaN and ±inf pixels -> 0
     (the pixels ``satseg patches`` and the build statistics treat as nodata)."""
+    return _normalise_valid(tf, image, meta)[0]
+
+
+def _normalise_valid(tf, image, meta: DatasetMeta):
+    """``_normalise``'s image and the (H, W) boolean mask of its invalid pixels."""
     x = tf.cast(image, tf.float32)
     invalid = tf.reduce_any(tf.logical_not(tf.math.is_finite(x)), axis=-1)
     if meta.nodata is not None and not (isinstance(meta.nodata, float) and math.isnan(meta.nodata)):
@@ -103,25 +111,27 @@ def _normalise(tf, image, meta: DatasetMeta):
     mean = tf.constant(meta.mean, tf.float32)
     std = tf.constant([s if s > 0 else 1.0 for s in meta.std], tf.float32)
     x = (x - mean) / std
-    return tf.where(invalid[..., None], tf.zeros_like(x), x)
+    return tf.where(invalid[..., None], tf.zeros_like(x), x), invalid
 
 
-def _augment(tf, image, mask, seed, crop_size: int, flip_rotate: bool):
-    """Random crop, flips and 90° rotations applied identically to image and mask.
+def augment_settings(data_config) -> dict:
+    """The augmentation fields of ``config.data`` (absent fields: off), checked."""
+    from satseg_jax.training_control import option
 
-    ``seed`` is a (2,) int tensor: stateless ops make the result a pure function of it.
-    """
-    c = image.shape[-1]
-    both = tf.concat([image, tf.cast(mask, tf.float32)[..., None]], axis=-1)
-    seeds = tf.random.experimental.stateless_split(seed, num=4)
-    if crop_size:
-        both = tf.image.stateless_random_crop(both, (crop_size, crop_size, c + 1), seed=seeds[0])
-    if flip_rotate:
-        both = tf.image.stateless_random_flip_left_right(both, seed=seeds[1])
-        both = tf.image.stateless_random_flip_up_down(both, seed=seeds[2])
-        k = tf.random.stateless_uniform((), seeds[3], minval=0, maxval=4, dtype=tf.int32)
-        both = tf.image.rot90(both, k)
-    return both[..., :c], tf.cast(tf.round(both[..., c]), tf.int32)
+    out = {"scale_range": tuple(float(x) for x in option(data_config, "scale_range", (1, 1))),
+           "aspect_range": tuple(float(x) for x in option(data_config, "aspect_range", (1, 1))),
+           "brightness": float(option(data_config, "brightness", 0.0)),
+           "contrast": float(option(data_config, "contrast", 0.0))}
+    for key in ("scale_range", "aspect_range"):
+        lo_hi = out[key]
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] or not math.isfinite(lo_hi[1]):
+            raise SatsegError(f"config.data.{key}={lo_hi}: expected (low, high) with "
+                              "0 < low <= high, e.g. (0.75, 1.33); (1, 1) = off")
+    if not 0 <= out["brightness"] < 100 or not 0 <= out["contrast"] < 1:
+        raise SatsegError(f"config.data.brightness={out['brightness']:g} / contrast="
+                          f"{out['contrast']:g}: expected brightness >= 0 (band std units) "
+                          "and 0 <= contrast < 1; 0 = off")
+    return out
 
 
 def _id_key(element_spec: dict) -> str:
@@ -173,15 +183,23 @@ def _train_example_fn(tf, meta: DatasetMeta, data_config, *, seed: int, crop: in
                       with_ids: bool, process_index: int, process_count: int):
     """``prepare(pos, ex)``: normalise, then augment with a key from (seed, global
     position); a classification image is augmented with a dummy mask."""
+    aug = augment_settings(data_config)
+    geo = {"scale_range": aug["scale_range"], "aspect_range": aug["aspect_range"]}
+
     def prepare(pos, ex):
-        image = _normalise(tf, ex["image"], meta)
+        image, invalid = _normalise_valid(tf, ex["image"], meta)
         seed_t = tf.stack([tf.constant(seed, tf.int64), pos * process_count + process_index])
+        if aug["brightness"] or aug["contrast"]:
+            image = augment.photometric(tf, image, tf.logical_not(invalid),
+                                        augment.sub_seed(tf, seed_t, 2), aug["brightness"],
+                                        aug["contrast"])
         ids = {"example_id": ex["example_id"]} if with_ids else {}
         if task == "segmentation":
-            image, mask = _augment(tf, image, ex["mask"], seed_t, crop, data_config.augment)
+            image, mask = augment.geometric(tf, image, ex["mask"], seed_t, crop,
+                                            data_config.augment, **geo)
             return {"image": image, "mask": mask, **ids}
         dummy = tf.zeros(tf.shape(image)[:2], tf.uint8)
-        image, _ = _augment(tf, image, dummy, seed_t, crop, data_config.augment)
+        image, _ = augment.geometric(tf, image, dummy, seed_t, crop, data_config.augment, **geo)
         return {"image": image, "label": tf.cast(ex["label"], tf.int32), **ids}
 
     return prepare

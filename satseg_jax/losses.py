@@ -9,7 +9,8 @@ Config shape (``config.loss``, an ml_collections ConfigDict or a plain dict)::
     name: cross_entropy | dice | focal | ce_dice    # ce_dice = cross_entropy + dice, 1:1
     weights: {}            # non-empty -> a weighted sum that replaces ``name``,
                            # e.g. {"cross_entropy": 1.0, "dice": 0.5}
-    class_weights: none | inverse_frequency   # resolved by train.py into a (K,) array
+    class_weights: none | inverse_frequency | sqrt_inverse_frequency | "w0,w1,..."
+                           # resolved by ``resolve_class_weights`` into a (K,) array
     label_smoothing: 0.0   # cross-entropy only
     focal_gamma: 2.0       # focal only
     dice_smooth: 1.0       # optional; Dice's additive smoothing
@@ -24,7 +25,9 @@ Averaging conventions (why: they decide what "one pixel's worth" of loss means):
 - Focal loss uses the same weighted mean with ``(1 - p_y)**gamma`` scaling each pixel's CE.
 - Soft Dice is ``1 - mean_k (2 I_k + s) / (C_k + s)`` with the intersection ``I_k`` and
   cardinality ``C_k = sum p_k + sum onehot_k`` summed over the whole batch (not per
-  image), so an image with few pixels of a class does not dominate.
+  image), so an image with few pixels of a class does not dominate. With class weights
+  the mean over classes is weighted, ``sum_k w_k D_k / sum_k w_k``, so the same weights
+  shift both terms of ``ce_dice`` towards the same classes.
 - Ignored pixels (label 255) contribute to no sum, whatever their logits. A batch with
   no valid pixel gives loss 0 with zero (finite) gradients, never NaN.
 """
@@ -36,6 +39,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.errors import SatsegError
@@ -167,10 +171,13 @@ def _focal_factor(logp_true: jax.Array, valid: jax.Array, gamma: float) -> jax.A
 
 
 def loss_from_statistics(stats: dict[str, jax.Array], loss_config: Any,
-                         smooth: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                         smooth: float | None = None,
+                         class_weights: jax.Array | None = None,
+                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The configured loss (and its components) from ``loss_statistics`` sums.
 
-    ``smooth`` (Dice) defaults to ``config.loss.dice_smooth`` or 1.0.
+    ``smooth`` (Dice) defaults to ``config.loss.dice_smooth`` or 1.0; ``class_weights``
+    weight Dice's mean over classes (the CE sums already hold them).
     """
     comps = loss_components(loss_config)
     if smooth is None:
@@ -186,7 +193,11 @@ def loss_from_statistics(stats: dict[str, jax.Array], loss_config: Any,
         dice = jnp.where(card + smooth > 0,
                          (2 * inter + smooth) / jnp.where(card + smooth > 0, card + smooth, 1.0),
                          1.0)
-        parts["dice"] = 1.0 - jnp.mean(dice)
+        if class_weights is None:
+            parts["dice"] = 1.0 - jnp.mean(dice)
+        else:
+            cw = jnp.asarray(class_weights, jnp.float32)
+            parts["dice"] = 1.0 - jnp.sum(cw * dice) / jnp.sum(cw)
     total = jnp.zeros((), jnp.float32)
     for k, weight in comps.items():
         total = total + weight * parts[k]
@@ -216,7 +227,7 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, loss_config: Any,
         labels = center_crop_labels(labels, logits.shape[1:3])
     stats = loss_statistics(logits, labels, loss_config, logits.shape[-1], class_weights,
                             ignore_label)
-    return loss_from_statistics(stats, loss_config)
+    return loss_from_statistics(stats, loss_config, class_weights=class_weights)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None = None,
@@ -243,3 +254,41 @@ def focal_loss(logits: jax.Array, labels: jax.Array, gamma: float = 2.0,
     cfg = {"name": "focal", "focal_gamma": gamma}
     stats = loss_statistics(logits, labels, cfg, logits.shape[-1], class_weights, ignore_label)
     return loss_from_statistics(stats, cfg)[0]
+
+
+# ----------------------------------------------------------------------------- class weights
+
+CLASS_WEIGHT_MODES = ("none", "inverse_frequency", "sqrt_inverse_frequency")
+
+
+def resolve_class_weights(spec: Any, dataset_weights: tuple[float, ...] | None,
+                          num_classes: int, source: str) -> np.ndarray | None:
+    """``config.loss.class_weights`` as a (K,) float32 array, or None for ``none``.
+
+    ``inverse_frequency`` is the dataset's own weights (``satseg_dataset.json``, from the
+    train split's class counts); ``sqrt_inverse_frequency`` their square roots, rescaled
+    to mean 1 (a milder push towards rare classes, often better with Dice beside CE); an
+    explicit list (a tuple in a config file, or ``"1,3"`` on the command line) gives one
+    positive weight per class id. ``source`` names where the dataset weights come from.
+    """
+    if isinstance(spec, str) and spec in CLASS_WEIGHT_MODES:
+        if spec == "none":
+            return None
+        w = np.asarray(dataset_weights or (), np.float64)
+        if w.shape != (num_classes,):
+            raise SatsegError(f"{source} has no class_weights for {num_classes} classes; "
+                              "rebuild the dataset")
+        if spec == "sqrt_inverse_frequency":
+            w = np.sqrt(w)
+            w = w * (len(w) / w.sum())
+        return w.astype(np.float32)
+    try:
+        items = spec.split(",") if isinstance(spec, str) else list(spec)
+        w = np.asarray([float(x) for x in items], np.float64)
+    except (TypeError, ValueError):
+        w = None
+    if w is None or w.shape != (num_classes,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise SatsegError(f"config.loss.class_weights={spec!r}: expected one of "
+                          f"{', '.join(CLASS_WEIGHT_MODES)} or {num_classes} positive numbers "
+                          "(one per class id), e.g. '1,3'")
+    return w.astype(np.float32)

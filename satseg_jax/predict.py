@@ -182,11 +182,11 @@ def check_scene(src, card, image: Path) -> tuple[np.dtype, float | None, list[st
     return raw_dtype, nodata, notes
 
 
-def _load(run_or_workdir, checkpoint: str):
+def _load(run_or_workdir, checkpoint: str, ema: bool = True):
     from satseg_jax.runs import Run, load_run
 
-    run = run_or_workdir if isinstance(run_or_workdir, Run) else load_run(run_or_workdir,
-                                                                          checkpoint)
+    run = run_or_workdir if isinstance(run_or_workdir, Run) else load_run(
+        run_or_workdir, checkpoint, ema=ema)
     if run.config.task != "segmentation":
         raise SatsegError(f"{run.path} is a {run.config.task} run; predict makes "
                           "segmentation maps")
@@ -196,7 +196,8 @@ def _load(run_or_workdir, checkpoint: str):
 def predict_scene(workdir, image: str | Path, out: str | Path,
                   checkpoint: str = "best", tile: int = 256, overlap: int = 64,
                   blend: str = "gaussian", probabilities: str | Path | None = None,
-                  batch: int = 8, progress: bool = True, tta: bool = False) -> dict:
+                  batch: int = 8, progress: bool = True, tta: bool = False,
+                  ema: bool = True) -> dict:
     """Predict a class map for a whole scene or plain image; return a summary.
 
     ``workdir`` is a run folder or a loaded ``runs.Run``. The summary holds sizes, time,
@@ -207,7 +208,9 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     without a CRS; any other name writes a GeoTIFF. ``tta`` averages the probabilities
     over the 8 flips and rotations of each tile (:mod:`satseg_jax.tta`). Everything is
     checked before the first byte is written, so a refused input leaves nothing behind.
-    Many scenes: :class:`ScenePredictor` restores and compiles once.
+    ``ema`` False predicts with the raw weights of a run trained with an EMA
+    (``weights`` in the summary says which were used). Many scenes:
+    :class:`ScenePredictor` restores and compiles once.
     """
     image, out = Path(image), Path(out)
     refuse_overwriting_inputs({"out": out, "probabilities": probabilities},
@@ -215,7 +218,7 @@ def predict_scene(workdir, image: str | Path, out: str | Path,
     check_tiling(tile, overlap, batch)
     check_outputs(image, out, probabilities)
     t0 = time.perf_counter()
-    predictor = ScenePredictor(_load(workdir, checkpoint), tile=tile, overlap=overlap,
+    predictor = ScenePredictor(_load(workdir, checkpoint, ema), tile=tile, overlap=overlap,
                                blend=blend, batch=batch, tta=tta)
     summary = predictor.predict(image, out, probabilities=probabilities, progress=progress)
     summary["seconds"] = time.perf_counter() - t0
@@ -304,7 +307,7 @@ class ScenePredictor:
         return {"map": str(out) if out is not None else None,
                 "probabilities": str(probabilities) if probabilities else None,
                 "format": "PNG" if as_png else "COG",
-                "crs": crs.to_wkt() if crs is not None else None,
+                "crs": crs.to_wkt() if crs is not None else None, "weights": run.weights,
                 "height": profile["height"], "width": profile["width"],
                 "tiles": tiler.tiles_done, "checkpoint_step": int(run.step),
                 "seconds": time.perf_counter() - t0, "seconds_loop": t_loop - t_start,

@@ -52,13 +52,13 @@ def predict_images(workdir, images: str | Path, out_dir: str | Path,
                    checkpoint: str = "best", tile: int = 256, overlap: int = 64,
                    blend: str = "gaussian", batch: int = 8, tta: bool = False,
                    overwrite: bool = False, progress: bool = True,
-                   on_error=None) -> dict:
+                   on_error=None, ema: bool = True) -> dict:
     """Map every image under ``images`` into ``out_dir``; return a summary.
 
     ``workdir`` is a run folder or a loaded ``runs.Run``. ``on_error(image, message)``
     is called for each file that fails, as it fails (the CLI prints it); the summary
     lists ``maps`` (one entry per mapped file) and ``failed`` (image, error).
-    ``tile``/``overlap``/``blend``/``batch``/``tta`` mean what they mean for
+    ``tile``/``overlap``/``blend``/``batch``/``tta``/``ema`` mean what they mean for
     :func:`satseg_jax.predict.predict_scene`.
     """
     from tqdm import tqdm
@@ -70,7 +70,7 @@ def predict_images(workdir, images: str | Path, out_dir: str | Path,
     t0 = time.perf_counter()
     check_tiling(tile, overlap, batch)
     files = find_images(images)
-    run = workdir if isinstance(workdir, Run) else load_run(workdir, checkpoint)
+    run = workdir if isinstance(workdir, Run) else load_run(workdir, checkpoint, ema=ema)
     predictor = ScenePredictor(run, tile=tile, overlap=overlap, blend=blend, batch=batch,
                                tta=tta)
     maps: list[dict] = []

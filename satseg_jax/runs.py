@@ -397,6 +397,7 @@ class Run:
     runner: steps.Runner
     state: steps.TrainState
     checkpoint_meta: dict
+    weights: str = "raw"  # "ema": ``state`` holds the moving-average weights
 
     @property
     def model(self):
@@ -409,12 +410,14 @@ class Run:
 
 
 def load_run(path: str | Path, checkpoint: str | int = "best",
-             parallelism: str | None = None) -> Run:
+             parallelism: str | None = None, ema: bool = True) -> Run:
     """Load the run at ``path`` with its ``checkpoint`` (best | latest | a step).
 
     The restore target is built from the run's own config and card, so a checkpoint
     restores on whatever devices this process has, and nothing of the training dataset
     is read. ``parallelism`` overrides the run's jit/pmap mode (restore under another).
+    A run trained with ``config.train.ema_decay`` > 0 predicts with its EMA weights (the
+    ones training evaluated and chose "best" by) unless ``ema`` is False.
     """
     path = Path(path)
     config = load_workdir_config(path)
@@ -435,7 +438,8 @@ def load_run(path: str | Path, checkpoint: str | int = "best",
             tx, _ = steps.create_optimizer(config)  # the restore target needs moments' shapes
             hw = card.input_size
             template = steps.create_train_state(0, steps.build_model(config, k), tx,
-                                                (1, hw, hw, card.num_bands))
+                                                (1, hw, hw, card.num_bands),
+                                                ema=steps.ema_settings(config)[0] > 0)
             state, ck_meta = checkpoints.restore(manager, step, runner.abstract_state(template))
         except checkpoints.CorruptCheckpoint as e:
             # Never evaluate or predict from damaged weights; name the ones left to use.
@@ -444,5 +448,9 @@ def load_run(path: str | Path, checkpoint: str | int = "best",
                               f"{others or 'none'})") from None
     finally:
         manager.close()
+    weights = "ema" if ema and steps.has_ema(state) else "raw"
+    if weights == "ema":
+        state = steps.eval_state(state)
     return Run(path=path, config=config, card=card, checkpoint=checkpoint, step=int(step),
-               runner=runner, state=runner.place_state(state), checkpoint_meta=ck_meta)
+               runner=runner, state=runner.place_state(state), checkpoint_meta=ck_meta,
+               weights=weights)

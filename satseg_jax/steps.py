@@ -15,6 +15,11 @@ Two parallel modes (``config.parallelism``):
 - ``pmap``: one replica per local device; gradients are summed with ``lax.psum`` and
   BatchNorm statistics are computed over the whole global batch (``axis_name``).
 
+EMA (``config.train.ema_decay`` > 0): the state also carries an exponential moving
+average of the parameters and BatchNorm statistics, updated by the train step, saved and
+restored with the rest of the state (so its digests cover it and a resume is exact), and
+used instead of the raw weights wherever the model is scored (``eval_state``).
+
 Both give the loss curve of one device. The loss is written as a function of
 batch-level *sums* (see ``losses.loss_statistics``); each device differentiates the
 linearisation of the global loss around the global sums, so per-device gradients add
@@ -39,6 +44,7 @@ from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.cpu.convolution import conv_fn_for
 from satseg_jax.errors import SatsegError
 from satseg_jax.models import get_model
+from satseg_jax.training_control import option
 
 
 class TrainState(struct.PyTreeNode):
@@ -52,6 +58,53 @@ class TrainState(struct.PyTreeNode):
     nonfinite_run: jax.Array  # non-finite steps in a row, now
     nonfinite_max_run: jax.Array  # the longest such run so far
     nonfinite_total: jax.Array  # skipped updates in total
+    # EMA of params / batch_stats; empty dicts when config.train.ema_decay is 0 (then
+    # nothing is added to checkpoints: runs and checkpoints from before EMA still load).
+    ema_params: Any = struct.field(default_factory=dict)
+    ema_batch_stats: Any = struct.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+def ema_settings(config) -> tuple[float, bool]:
+    """(decay, warmup) of ``config.train``; decay 0 means no EMA."""
+    decay = float(option(config.train, "ema_decay", 0.0))
+    if not 0.0 <= decay < 1.0:
+        raise SatsegError(f"config.train.ema_decay={decay!r}: must be in [0, 1) (0 = no EMA; "
+                          "e.g. 0.999)")
+    return decay, bool(option(config.train, "ema_warmup", True))
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """The decay of the update that follows ``step`` completed updates.
+
+    With ``warmup`` it is ``min(decay, (1 + step) / (10 + step))`` (TensorFlow's
+    ``ExponentialMovingAverage(num_updates=step)``): a short run, or one whose early
+    weights are far from its final ones, would otherwise average in the random
+    initialisation for ~1 / (1 - decay) steps.
+    """
+    d = jnp.asarray(decay, jnp.float32)
+    if warmup:
+        t = jnp.asarray(step, jnp.float32)
+        d = jnp.minimum(d, (1.0 + t) / (10.0 + t))
+    return d
+
+
+def ema_update(ema: Any, new: Any, d: jax.Array) -> Any:
+    """``d * ema + (1 - d) * new``, leaf by leaf (float32 like the parameters)."""
+    return jax.tree.map(lambda e, x: (d * e + (1.0 - d) * x).astype(e.dtype), ema, new)
+
+
+def has_ema(state: TrainState) -> bool:
+    return bool(jax.tree.leaves(state.ema_params))
+
+
+def eval_state(state: TrainState) -> TrainState:
+    """The state to score the model with: its EMA weights when it has them."""
+    if not has_ema(state):
+        return state
+    return state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats)
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -118,8 +171,10 @@ def input_hw(config, patch_size: int) -> int:
     return crop if crop else patch_size
 
 
-def create_train_state(seed: int, model, tx, input_shape: tuple[int, ...]) -> TrainState:
-    """Initialise parameters (on the default device) and the optimizer state.
+def create_train_state(seed: int, model, tx, input_shape: tuple[int, ...],
+                       ema: bool = False) -> TrainState:
+    """Initialise parameters (on the default device) and the optimizer state; with
+    ``ema`` the moving averages start as copies of the initial weights.
 
     Parameters are drawn with an ``rbg`` key: XLA's CPU compile of threefry-based
     initialisers takes tens of seconds even for tiny U-Nets, rbg a few. The state's own
@@ -135,9 +190,13 @@ def create_train_state(seed: int, model, tx, input_shape: tuple[int, ...]) -> Tr
     def zero():  # distinct buffers: the train step donates the whole state
         return jnp.zeros((), jnp.int32)
 
+    def copy(tree):
+        return jax.tree.map(jnp.copy, tree) if ema else {}
+
     return TrainState(step=zero(), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params), rng=jax.random.PRNGKey(int(seed)),
-                      nonfinite_run=zero(), nonfinite_max_run=zero(), nonfinite_total=zero())
+                      nonfinite_run=zero(), nonfinite_max_run=zero(), nonfinite_total=zero(),
+                      ema_params=copy(params), ema_batch_stats=copy(batch_stats))
 
 
 # ----------------------------------------------------------------------------- steps
@@ -162,12 +221,13 @@ def _labels_for(logits: jax.Array, batch: dict, task: str) -> jax.Array:
 
 
 def make_train_step(model, tx, loss_config, num_classes: int, class_weights, task: str,
-                    axis_name: str | None = None):
-    """Build ``train_step(state, batch) -> (state, metrics)`` for jit (axis_name None) or pmap."""
+                    axis_name: str | None = None, ema: tuple[float, bool] = (0.0, True)):
+    """Build ``train_step(state, batch) -> (state, metrics)`` for jit (axis_name None) or
+    pmap; ``ema`` = (decay, warmup) updates the state's moving averages (decay 0: none)."""
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
     def combine(stats):
-        return losses.loss_from_statistics(stats, loss_config)[0]
+        return losses.loss_from_statistics(stats, loss_config, class_weights=cw)[0]
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -199,6 +259,12 @@ def make_train_step(model, tx, loss_config, num_classes: int, class_weights, tas
             return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
         run = jnp.where(finite, 0, state.nonfinite_run + 1)
+        if ema[0] > 0:
+            d = ema_decay_at(state.step, *ema)
+            state = state.replace(
+                ema_params=pick(ema_update(state.ema_params, new_params, d), state.ema_params),
+                ema_batch_stats=pick(ema_update(state.ema_batch_stats, new_bs,
+                                                d), state.ema_batch_stats))
         new_state = state.replace(
             step=state.step + 1,
             params=pick(new_params, state.params),
@@ -266,7 +332,8 @@ class Runner:
         train_step = None
         if tx is not None:
             train_step = make_train_step(self.model, tx, loss_config, num_classes,
-                                         class_weights, task, axis_name=axis)
+                                         class_weights, task, axis_name=axis,
+                                         ema=ema_settings(config))
         eval_step = make_eval_step(self.model, num_classes, task, axis_name=axis)
         predict = make_predict_fn(self.model)
         if self.mode == "jit":

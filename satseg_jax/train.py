@@ -16,101 +16,15 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
-from satseg_jax import checkpoints, metrics, parallel, runs, steps
+from satseg_jax import checkpoints, losses, metrics, parallel, runs, steps, training_control
 from satseg_jax.errors import SatsegError
-
-# ----------------------------------------------------------------------------- preemption
-
-# With several processes the stop flags are combined by a collective every this many
-# steps (config.train.stop_check_every overrides it). The collective itself is cheap
-# (tests/workers/stop_check_cost.py measures it), but reading its result makes the host
-# wait for the step in flight, which on an accelerator costs the overlap of host work
-# with device work; every 10 steps bounds that and still stops within seconds.
-STOP_CHECK_EVERY = 10
-
-
-class Preempted(SystemExit):
-    """Training stopped on a signal after saving a checkpoint of the step it reached.
-
-    A ``SystemExit`` so that, uncaught, the process ends quietly with the shell's
-    "killed by signal N" status ``128 + N`` (143 for SIGTERM, 130 for SIGINT): a scheduler
-    or script sees an interrupted run, not a finished one, and no traceback is printed.
-    Callers that want to go on (a sweep, a test) catch it.
-    """
-
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
-        super().__init__(128 + int(signum))
-        self.signum = int(signum)
-        self.step = step
-        self.checkpoint = checkpoint
-
-
-class StopRequest:
-    """SIGTERM / SIGINT -> a flag that the training loop polls once per step.
-
-    Why only a flag: a Python signal handler runs between two bytecodes of whatever the
-    main thread is doing — inside an Orbax write, a tf.data call, an XLA dispatch — so
-    saving or raising there could leave half-done work behind. The loop checks the flag
-    after a step is complete (``agreed``), where the state is consistent, and saves there.
-    A second signal changes nothing; SIGKILL ends at once and loses only the steps since
-    the last completed checkpoint (Orbax writes to a temporary directory and renames it).
-
-    A context manager: the previous handlers are put back on exit, so a caller's own
-    handling of Ctrl-C (pytest's, a notebook's) is untouched after training. Handlers can
-    only be set from the main thread; elsewhere nothing is installed and the flag stays
-    clear.
-    """
-
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
-                 check_every: int = 1, process_count: int = 1) -> None:
-        self.signals = tuple(signals)
-        self.check_every = max(1, int(check_every))
-        self.process_count = int(process_count)
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            # None: the previous handler was not set from Python; the default is closest.
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
-
-    def agreed(self, step: int) -> int | None:
-        """The signal to stop on after ``step``, the same on every process, or None.
-
-        One process: the local flag, every step. Several: each process must save its part
-        of the *same* step, and none may be left waiting in a collective for one that
-        left, so the flags are combined (any process's signal stops all) every
-        ``check_every`` steps — at the same steps on every process, since all run the same
-        loop.
-        """
-        if self.process_count == 1:
-            return self.signum
-        if step % self.check_every:
-            return None
-        from jax.experimental import multihost_utils
-
-        flags = np.ravel(multihost_utils.process_allgather(np.int32(self.signum or 0)))
-        return next((int(f) for f in flags if f), None)
+from satseg_jax.preemption import STOP_CHECK_EVERY, Preempted, StopRequest  # noqa: F401
 
 # ----------------------------------------------------------------------------- main loop
 
@@ -120,16 +34,9 @@ FIX_DIVERGENCE = ("lower config.optimizer.learning_rate, enable config.optimizer
 
 
 def _class_weights(config, meta) -> np.ndarray | None:
-    mode = config.loss.class_weights
-    if mode == "none":
-        return None
-    if mode == "inverse_frequency":
-        w = np.asarray(meta.class_weights, np.float32)
-        if w.shape != (meta.num_classes,):
-            raise SatsegError(f"{meta.data_dir}/satseg_dataset.json has no class_weights for "
-                              f"{meta.num_classes} classes; rebuild the dataset")
-        return w
-    raise SatsegError(f"config.loss.class_weights={mode!r}: expected none or inverse_frequency")
+    return losses.resolve_class_weights(config.loss.class_weights, meta.class_weights,
+                                        meta.num_classes,
+                                        f"{meta.data_dir}/satseg_dataset.json")
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:
@@ -180,9 +87,14 @@ class _Training:
         from satseg_jax import input_pipeline
 
         runs.check_train_config(config)
+        config = config.copy_and_resolve_references()  # epochs become steps in the copy
         self.config, self.workdir = config, workdir
         self.meta = meta = input_pipeline.load_meta(config.data.data_dir)
         runs.check_dataset(config, meta)
+        input_pipeline.augment_settings(config.data)  # refuse bad ranges before any work
+        self.schedule_notes = training_control.resolve_epochs(
+            config, meta.num_examples.get(str(config.data.train_split), 0), jax.process_count())
+        self.early = training_control.EarlyStopping.from_config(config.train)
         runs.check_resume_config(workdir, config, write=False)
         self.global_batch = int(config.train.batch_size)
         parallel.check_batch(self.global_batch)
@@ -195,7 +107,8 @@ class _Training:
                                    class_weights=_class_weights(config, meta))
         hw = steps.input_hw(config, meta.patch_size)
         self.state = steps.create_train_state(int(config.seed), steps.build_model(config, k),
-                                              tx, (1, hw, hw, meta.num_bands))
+                                              tx, (1, hw, hw, meta.num_bands),
+                                              ema=steps.ema_settings(config)[0] > 0)
         self.n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
         self.card = runs.card_from_dataset(meta, config)
         self.last_eval: dict | None = None
@@ -267,6 +180,8 @@ class _Training:
                 raise SatsegError(f"{self.workdir}: checkpoint {step} has data position "
                                   f"{ck_meta.get('data_position')}, expected {expected}")
             self.last_eval = ck_meta.get("metrics") or None
+            self.early = training_control.EarlyStopping.from_config(
+                self.config.train, ck_meta.get("early_stopping"))
             break
         else:
             step = None
@@ -307,7 +222,8 @@ class _Training:
         host = self.runner.host_state(self.state)
         step = int(jax.device_get(host.step))
         good = self.manager.latest_step()
-        if not _finite((host.params, host.opt_state, host.batch_stats)):
+        if not _finite((host.params, host.opt_state, host.batch_stats, host.ema_params,
+                        host.ema_batch_stats)):
             # A non-finite checkpoint would become the "latest" and poison every resume.
             raise SatsegError(
                 f"the parameters or optimizer state are non-finite at step {step}: not "
@@ -315,7 +231,9 @@ class _Training:
         if self.diverging(step, good, last):
             return None
         ck = {"step": step, "data_position": self.per_host(step),
-              "config_model": self.config.model.to_dict(), "metrics": step_metrics or {}}
+              "config_model": self.config.model.to_dict(), "metrics": step_metrics or {},
+              "early_stopping": self.early.record(),
+              "evaluated_weights": "ema" if steps.has_ema(host) else "raw"}
         checkpoints.save(self.manager, host, ck,
                          metrics={checkpoints.BEST_METRIC: step_metrics["mean_iou"]}
                          if step_metrics else None, log=self.log_path)
@@ -350,7 +268,7 @@ class _Training:
     def evaluate(self, step: int, writer) -> dict:
         """Metrics of the evaluation split from one confusion matrix; logged."""
         config = self.config
-        cm = steps.confusion_over_split(self.runner, self.state, self.meta,
+        cm = steps.confusion_over_split(self.runner, steps.eval_state(self.state), self.meta,
                                         config.data.eval_split, int(config.eval.batch_size),
                                         config.task, crop_size=int(config.eval.crop_size))
         result = metrics.metrics_from_confusion(cm, list(self.meta.class_names))
@@ -406,9 +324,13 @@ class _Training:
         from clu import metric_writers
 
         start = self.open_workdir()
-        if start >= self.num_steps:
+        if start >= self.num_steps or self.early.stopped_at is not None:
             self.close()
-            if self.is_main:
+            if self.is_main and self.early.stopped_at is not None:
+                print(f"{self.workdir}: stopped early at step {self.early.stopped_at} "
+                      f"({self.early.reason(self.config.data.eval_split)}); nothing to train "
+                      "(use a new --workdir to train again)", flush=True)
+            elif self.is_main:
                 print(f"{self.workdir}: already at step {start} of {self.num_steps}; nothing "
                       "to train (raise config.train.num_steps to train longer)", flush=True)
             return self.last_eval or {}
@@ -418,22 +340,25 @@ class _Training:
         if start == 0:
             writer.write_hparams(dict(_flat(json.loads(self.config.to_json_best_effort()))))
         if self.is_main:
+            for note in self.schedule_notes:
+                print(note, flush=True)
             print(f"Model {self.config.model.name}: {self.n_params:,} parameters; "
                   f"{self.meta.num_examples} examples; {jax.device_count()} device(s), "
                   f"parallelism={self.runner.mode}", flush=True)
         t0 = time.time()
         with metric_writers.ensure_flushes(writer):
-            self.loop(start, writer)
+            last = self.loop(start, writer)
         self.close()
         if self.is_main:
             dt = time.time() - t0
-            print(f"Trained steps {start + 1}..{self.num_steps} in {dt:.1f} s "
-                  f"({(self.num_steps - start) * self.global_batch / dt:.1f} img/s incl. eval "
+            print(f"Trained steps {start + 1}..{last} in {dt:.1f} s "
+                  f"({(last - start) * self.global_batch / dt:.1f} img/s incl. eval "
                   "and checkpoints)", flush=True)
         return self.last_eval or {}
 
-    def loop(self, start: int, writer) -> None:
-        """Steps ``start + 1 .. num_steps``: train, log, evaluate, save, stop on a signal."""
+    def loop(self, start: int, writer) -> int:
+        """Steps ``start + 1 .. num_steps``: train, log, evaluate, save, stop on a signal or
+        early; return the last step trained."""
         from clu import periodic_actions
 
         from satseg_jax import input_pipeline
@@ -461,15 +386,35 @@ class _Training:
                     self.log(step, train_metrics, writer, clock)
                     train_metrics = []
                 do_eval = step % int(config.train.eval_every) == 0 or step == num_steps
+                early = False
+                improved = False
                 if do_eval:
                     self.last_eval = self.evaluate(step, writer)
+                    early = self.early.update(step, self.last_eval["mean_iou"])
+                    # With early stopping, every new best is saved: it is the checkpoint
+                    # the run will be judged by, whatever checkpoint_every says.
+                    improved = self.early.patience > 0 and self.early.best_step == step
                 due = step % int(config.train.checkpoint_every) == 0 or step == num_steps
-                if due or self.postponed is not None:
-                    self.save(self.last_eval if do_eval else None, last=step == num_steps)
+                if due or early or improved or self.postponed is not None:
+                    self.save(self.last_eval if do_eval else None,
+                              last=step == num_steps or early)
+                if early:
+                    self.report_early_stop(step)
+                    return step
                 # The safe point: this step is complete (and saved if it was due).
                 signum = stop.agreed(step) if step < num_steps else None
                 if signum is not None:
                     raise self.preempted(signum, self.last_eval if do_eval else None)
+        return num_steps
+
+    def report_early_stop(self, step: int) -> None:
+        """One line: where and why training stopped, and the checkpoint kept as best."""
+        if self.is_main:
+            best = Path(self.manager.directory) / str(
+                checkpoints.resolve_step(self.manager, "best"))
+            print(f"Early stop after step {step}/{self.num_steps}: "
+                  f"{self.early.reason(self.config.data.eval_split)}; best checkpoint "
+                  f"{best}", flush=True)
 
 
 def _flat(d: dict, prefix: str = ""):

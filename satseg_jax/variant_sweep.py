@@ -43,6 +43,11 @@ def _config_for(sweep, label: str, seed: int, steps: int | None):
     cfg.model = ml_collections.ConfigDict(dict(sweep.variants[label]))
     cfg.seed = int(seed)
     if steps:
+        from satseg_jax.training_control import EPOCH_FIELDS
+
+        for section, _, epochs_key in EPOCH_FIELDS:  # --steps replaces a length in epochs
+            if epochs_key in cfg[section]:
+                cfg[section][epochs_key] = 0.0
         cfg.train.num_steps = int(steps)
         cfg.train.eval_every = int(steps)
         cfg.train.checkpoint_every = int(steps)

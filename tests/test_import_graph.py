@@ -13,7 +13,8 @@ PKG = Path(__file__).resolve().parents[1] / "satseg_jax"
 # raster <- datasets <- input_pipeline <- steps <- runs <- train/evaluate/predict <- cli
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "io_utils", "classes", "config_files", "config_overrides", "metrics",
-              "losses", "parallel", "checkpoints", "plots", "cpu", "models")),
+              "losses", "parallel", "checkpoints", "plots", "cpu", "models", "preemption",
+              "training_control", "augment")),
     ("raster", ("raster", "catalog", "area")),
     ("datasets", ("datasets", "inspect", "inspection")),
     ("input_pipeline", ("input_pipeline",)),

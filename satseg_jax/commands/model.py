@@ -118,6 +118,7 @@ def add_evaluate_arguments(e: argparse.ArgumentParser) -> None:
                    metavar="N", help="draw this many patches (spread over the split) as image "
                    "| truth | prediction | errors rows in WORKDIR/overlays_SPLIT.png")
     e.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_ema_argument(e, EVALUATE)
     w = e.add_argument_group(
         "whole images (--images/--masks)",
         "Score the run on whole labelled images instead of a dataset split, as published "
@@ -157,6 +158,16 @@ def _tiling_arguments(g, library: tuple[str, str]) -> None:
                    help="tiles per model call (default: %(default)s)")
 
 
+def add_ema_argument(parser: argparse.ArgumentParser, library: tuple[str, str]) -> None:
+    """``--ema/--no-ema``: which weights of a run trained with config.train.ema_decay."""
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction,
+                        default=library_default(*library, "ema"),
+                        help="use the exponential moving average of the weights when the run "
+                        "has one (trained with config.train.ema_decay > 0: the weights its "
+                        "best checkpoint was chosen by); --no-ema uses the raw weights "
+                        "(default: %(default)s)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.images or args.masks:
         return _evaluate_images(args)
@@ -173,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.workdir, split=args.split, checkpoint=args.checkpoint,
         save_predictions=args.save_predictions, data_dir=args.data,
         resample_to_train_gsd=args.resample_to_train_gsd, overlays=args.overlays,
-        tta=args.tta,
+        tta=args.tta, ema=args.ema,
     )
     print(format_metrics_table(result))
     print_wrote([f"{p}/ (predicted masks)" if Path(p).is_dir() else p
@@ -205,6 +216,7 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
                     help="best | latest | a step (default: %(default)s)")
     _tiling_arguments(pr, PREDICT)
     pr.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_ema_argument(pr, PREDICT)
     pr.add_argument("--probabilities", default=None, metavar="P.tif",
                     help=PROBABILITIES_HELP)
 
@@ -243,11 +255,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     r = predict_scene(args.workdir, args.image, args.out, checkpoint=args.checkpoint,
                       tile=args.tile, overlap=args.overlap, blend=args.blend,
                       probabilities=args.probabilities, batch=args.batch,
-                      progress=show_progress(), tta=args.tta)
+                      progress=show_progress(), tta=args.tta, ema=args.ema)
     for note in r["notes"]:
         print(f"satseg: note: {note}", file=sys.stderr)
     print(f"wrote {r['map']} ({r['format']}, {r['width']}x{r['height']} px, {r['tiles']} "
-          f"tiles, checkpoint {r['checkpoint_step']}) in {r['seconds']:.1f} s")
+          f"tiles, checkpoint {r['checkpoint_step']}"
+          f"{', EMA weights' if r.get('weights') == 'ema' else ''}) in {r['seconds']:.1f} s")
     if args.probabilities:
         print_wrote([f"{args.probabilities} (per-class probabilities, uint8 0-255)"])
     pixels = r["class_pixels"]
@@ -281,7 +294,7 @@ def _predict_images(args: argparse.Namespace) -> int:
     r = predict_images(args.workdir, args.images, args.out_dir, checkpoint=args.checkpoint,
                        tile=args.tile, overlap=args.overlap, blend=args.blend,
                        batch=args.batch, tta=args.tta, overwrite=args.overwrite,
-                       progress=show_progress(), on_error=report)
+                       progress=show_progress(), on_error=report, ema=args.ema)
     n_ok, n_bad = len(r["maps"]), len(r["failed"])
     print(f"mapped {n_ok} of {n_ok + n_bad} image(s) (checkpoint {r['checkpoint_step']}"
           f"{', TTA' if r['tta'] else ''}) in {r['seconds']:.1f} s")
@@ -315,7 +328,7 @@ def _evaluate_images(args: argparse.Namespace) -> int:
         skip_unpaired=args.skip_unpaired, mask_mode=args.mask_mode,
         colour_tolerance=args.colour_tolerance, checkpoint=args.checkpoint, tile=args.tile,
         overlap=args.overlap, blend=args.blend, batch=args.batch, tta=args.tta,
-        name=args.name, progress=show_progress())
+        name=args.name, progress=show_progress(), ema=args.ema)
     for line in result["skipped_unpaired"]:
         print(f"satseg: note: skipped {line}", file=sys.stderr)
     print(f"{result['num_images']} whole image(s){', TTA' if args.tta else ''}")
