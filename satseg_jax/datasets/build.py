@@ -27,7 +27,6 @@ pipeline. Without it nothing changes: not a byte of the records, not a number.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,10 +319,12 @@ def format_summary(info: dict) -> str:
     width = {s: max(len(s), *(len(c) for c in cells[s])) for s in SPLITS}
     lines += [title, f"  {'class':<{cw}}  " + "  ".join(f"{s:>{width[s]}}" for s in SPLITS)
               + f"  {'weight':>7}"]
-    weights = info.get("class_weights") or [math.nan] * len(names)
+    # A test-only dataset has no train pixels, hence no weights: '-', not 'nan'.
+    weights = info.get("class_weights") or [None] * len(names)
     for i, name in enumerate(names):
         row = "  ".join(f"{cells[s][i]:>{width[s]}}" for s in SPLITS)
-        lines.append(f"  {name:<{cw}}  {row}  {weights[i]:7.3f}")
+        w = "-" if weights[i] is None else f"{weights[i]:.3f}"
+        lines.append(f"  {name:<{cw}}  {row}  {w:>7}")
     if info.get("task") != "classification":
         ign = info["ignored_pixel_counts"]
         lines.append(f"  {'ignored':<{cw}}  "
