@@ -149,11 +149,13 @@ def sweep_leftovers(target: Path) -> list[Path]:
     """Remove the temporaries an earlier, killed run left beside ``target`` (return them).
 
     Only names this module makes for ``target``: ``.NAME.XXXXXXXX.tmp`` (mkstemp/mkdtemp,
-    8 random characters) and atomic_dir's ``.NAME.old``; nothing else is touched. A second
+    8 random characters), the same + ``.cog``/``.png`` (a map's rewrite, killed midway)
+    and atomic_dir's ``.NAME.old``; nothing else is touched. A second
     run writing the same output at the same time would lose its temporary: one output,
     one writer.
     """
-    made = re.compile(re.escape(f".{target.name}.") + _RANDOM + r"\.tmp")
+    # ``.tmp.cog`` / ``.tmp.png``: the COG/PNG rewrite of a map (raster.map_files)
+    made = re.compile(re.escape(f".{target.name}.") + _RANDOM + r"\.tmp(\.cog|\.png)?")
     swept = []
     if target.parent.is_dir():
         for p in target.parent.iterdir():

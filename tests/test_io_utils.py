@@ -62,13 +62,15 @@ def test_next_run_sweeps_its_own_leftover_temporaries_only(tmp_path):
     (leftovers[0] / "half.tif").write_bytes(b"x")
     leftovers[1].mkdir()
     decoys = [".other.k3j_9x2a.tmp", ".out.short.tmp", "out.k3j_9x2a.tmp",
-              ".out.K3J_9X2A.tmp", ".out.k3j_9x2a.tmp.keep", "notes.txt"]
+              ".out.K3J_9X2A.tmp", ".out.k3j_9x2a.tmp.keep", ".out.k3j_9x2a.tmp.cogs",
+              "notes.txt"]
     for d in decoys:
         (tmp_path / d).write_text("keep me")
     assert main(["sample", "--out", str(tmp_path / "out"), "--size", "64"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(decoys + ["out"])
     # a file output sweeps its own too
     (tmp_path / ".m.csv.abcdefgh.tmp").write_text("half")
+    (tmp_path / ".m.csv.abcdefgh.tmp.cog").write_text("half")  # predict's COG rewrite
     with atomic_path(tmp_path / "m.csv") as tmp:
         tmp.write_text("ok")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(decoys + ["out", "m.csv"])
