@@ -190,9 +190,32 @@ def predict_patches(fitted: dict, meta, split: str, progress: bool = False
             pred = np.full(mask.shape, fitted["majority_class"], np.uint8)
         else:
             f = pixel_features(image, meta, fitted["windows"])
-            pred = fitted["model"].predict(f.reshape(-1, f.shape[-1]))  # class ids
+            pred = predict_pixels(fitted["model"], f.reshape(-1, f.shape[-1]))
             pred = pred.reshape(mask.shape).astype(np.uint8)
         yield mask, pred
+
+
+def predict_pixels(model, features: np.ndarray) -> np.ndarray:
+    """Class ids of ``features`` (n, F), the same on every run and core count.
+
+    Why not ``model.predict`` with the forest's ``n_jobs``: scikit-learn then adds the
+    trees' probabilities into one array in whatever order its threads finish, and a
+    near-tie between two classes can flip between runs (seen: 2 pixels in 9,000). Here
+    the pixels are cut into one chunk per core and each chunk is predicted by one thread
+    over the trees in their fixed order (tree inference releases the GIL).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n_jobs = model.n_jobs
+    model.n_jobs = 1
+    try:
+        chunks = np.array_split(features, min(_cores(), max(1, len(features) // 4096)))
+        if len(chunks) == 1:
+            return model.predict(features)
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            return np.concatenate(list(pool.map(model.predict, chunks)))
+    finally:
+        model.n_jobs = n_jobs
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -375,7 +375,8 @@ def test_errors_name_the_problem_and_leave_no_out_dir(patches, tmp_path):
         assert _leftovers(tmp_path) == [], folder
     with pytest.raises(SatsegError, match="sum to 1"):
         build_dataset(patches, out, split=(0.5, 0.5, 0.5), progress=False)
-    with pytest.raises(SatsegError, match="contains the patches folder"):
+    with pytest.raises(SatsegError,
+                       match="is or contains patches_dir .*choose an out_dir folder outside it"):
         build_dataset(patches, patches.parent, overwrite=True, progress=False)
     assert not out.exists()
 

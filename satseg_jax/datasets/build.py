@@ -52,7 +52,6 @@ from satseg_jax.datasets.statistics import (
 from satseg_jax.datasets.tfds_prepare import (
     beam_config,
     beam_work_dir,
-    check_out_dir,
     prepare,
     tfds_progress,
 )
@@ -201,7 +200,6 @@ def build_dataset(patches_dir: str | Path, out_dir: str | Path,
     refuse_overwriting_inputs({"out_dir": out_dir}, {"patches_dir": patches_dir,
                               "split_file": split_file}, folders=("out_dir",))
     folder = read_patches_folder(patches_dir)
-    check_out_dir(patches_dir, out_dir)
     assignment, split_info = _assign(folder, split_file, fractions, seed, split_by,
                                      block_size, str(patches_dir / "index.csv"))
     tfds = import_tfds()
@@ -443,7 +441,6 @@ def build_classification_dataset(images_dir: str | Path, out_dir: str | Path,
                               folders=("out_dir",))
     if not images_dir.is_dir():
         raise SatsegError(f"{images_dir}: folder not found; expected DIR/<class>/<image>")
-    check_out_dir(images_dir, out_dir)
     tfds = import_tfds()
     from satseg_jax.datasets.classification_builder import SatsegScenes
 

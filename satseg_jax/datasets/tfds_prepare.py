@@ -33,14 +33,6 @@ def tfds_progress(tfds, enable: bool) -> Iterator[None]:
         tfds.display_progress_bar(was)
 
 
-def check_out_dir(patches_dir: Path, out_dir: Path) -> None:
-    """Refuse an output folder that is or holds the input: ``--overwrite`` would delete it."""
-    src, out = patches_dir.resolve(), out_dir.resolve()
-    if out == src or src.is_relative_to(out):
-        raise SatsegError(f"--out {out_dir}: is or contains the patches folder {patches_dir}; "
-                          "choose another output folder")
-
-
 def prepare(builder, tfds, tmp: Path, manual_dir: Path | None,
              beam: dict | None = None) -> None:
     """Run tfds's generation into ``tmp`` without network access, then tidy up.

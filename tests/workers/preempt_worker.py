@@ -29,7 +29,8 @@ import sys
 
 
 def _die(where: str) -> None:
-    print(f"preempt_worker: SIGKILL {where}", file=sys.stderr, flush=True)
+    # sys.__stderr__: during a checkpoint save, sys.stderr is the run's train.log.
+    print(f"preempt_worker: SIGKILL {where}", file=sys.__stderr__, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
