@@ -110,6 +110,30 @@ def _write_error(target: Path, exc: BaseException) -> SatsegError | None:
 
 
 @contextlib.contextmanager
+def workdir_writes(workdir: Path, label: str = "--workdir") -> Iterator[None]:
+    """A run folder that cannot be created or written (read-only file system, no
+    permission, full disk) becomes one SatsegError naming it and the cause.
+
+    Why apart from :func:`_reported`: a run folder is not an output replaced whole, so
+    there is no "nothing was left behind" to promise; what exists there is untouched.
+    """
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, SatsegError):
+            raise
+        if is_disk_full(e):
+            raise DiskFullError(f"{label} {workdir}: disk full ({e.strerror}); free space "
+                                "and run the same command again") from e
+        if e.errno in _NOT_WRITABLE:
+            where = os.fsdecode(e.filename) if e.filename is not None else workdir
+            raise NotWritableError(f"{label} {workdir}: cannot write it: "
+                                   f"{_NOT_WRITABLE[e.errno]} ({where}); choose a {label} "
+                                   "in a folder you can write to") from e
+        raise
+
+
+@contextlib.contextmanager
 def _reported(target: Path) -> Iterator[None]:
     """A failed write of ``target`` (full disk, read-only or forbidden folder) becomes a
     SatsegError naming it; other exceptions pass unchanged."""

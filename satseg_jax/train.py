@@ -22,7 +22,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from satseg_jax import checkpoints, losses, metrics, parallel, runs, steps, training_control
+from satseg_jax import (
+    checkpoints,
+    io_utils,
+    losses,
+    metrics,
+    parallel,
+    runs,
+    steps,
+    training_control,
+)
 from satseg_jax.errors import SatsegError
 from satseg_jax.preemption import STOP_CHECK_EVERY, Preempted, StopRequest  # noqa: F401
 
@@ -129,9 +138,10 @@ class _Training:
         Why this order: a resume refused on restore (a checkpoint of another model, a
         dataset with other bands) must leave the run it was pointed at as it was.
         """
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.is_main:  # before the manager, which removes unfinished checkpoints
-            self.lock.acquire()
+        with io_utils.workdir_writes(self.workdir):
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if self.is_main:  # before the manager, which removes unfinished checkpoints
+                self.lock.acquire()
         # Steps whose Orbax metadata is damaged: the manager must not open them.
         corrupt = checkpoints.metadata_problems(self.workdir.absolute() / "checkpoints")
         self.manager = checkpoints.make_manager(self.workdir,

@@ -27,8 +27,8 @@ Inputs are small generated rasters, so the whole file runs in well under a minut
 | NaN loss                               | test_nan_loss_stops_after_n_steps (library       |
 |                                        | level: test_train.py::test_nonfinite_losses_...) |
 | disk full: patches, TFRecords, compose | test_disk_full_while_writing_*                   |
-| disk full: checkpoint                  | not here: checkpoints.save does not turn ENOSPC  |
-|                                        | into a SatsegError yet (see the closing report)  |
+| disk full: checkpoint                  | test_disk_full_while_writing_a_checkpoint (real  |
+|                                        | tmpfs: test_checkpoints.py::test_full_disk_...)  |
 
 Idempotency: test_patches_rerun_is_byte_identical, test_build_rerun_is_byte_identical,
 test_interrupted_*_leaves_nothing_and_rerun_equals_clean.

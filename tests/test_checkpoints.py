@@ -180,6 +180,23 @@ def test_bad_learning_rate_or_batch_refused_before_any_work(tiny_dataset, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_train_on_a_read_only_file_system_is_one_line(tiny_dataset, tmpfs):
+    """A real read-only mount: a new workdir on it, and a workdir that exists there, are
+    one SatsegError line naming the workdir and the cause (the CLI: exit 2); nothing is
+    trained or written."""
+    from satseg_jax.train import train_and_evaluate
+
+    ro = tmpfs("ro", "ro,size=1m")
+    # to be created (mkdir fails on it) / already there (the lock file cannot be made)
+    for run, where in ((ro / "run", ro / "run"), (ro, ro / ".lock")):
+        with pytest.raises(SatsegError) as e:
+            train_and_evaluate(tiny_config(str(tiny_dataset)), run)
+        assert str(e.value) == (f"--workdir {run}: cannot write it: the file system is "
+                                f"read-only ({where}); choose a --workdir in a folder you "
+                                "can write to")
+    assert list(ro.iterdir()) == []
+
+
 def test_non_finite_state_is_never_saved_and_a_rerun_resumes(tiny_dataset, tmp_path,
                                                              monkeypatch, capsys):
     """Parameters gone non-finite after step 4 (simulated: the host check says so): the

@@ -105,18 +105,22 @@ def test_build_on_a_read_only_disk(patches, tmpfs, capsys):
     assert _tree(patches) == before
 
 
-@pytest.mark.parametrize("command", ["build", "patches"])
+@pytest.mark.parametrize("command", ["build", "patches", "area"])
 def test_build_and_patches_on_a_full_disk(patches, tmpfs, capsys, command):
     """A real tmpfs with 16 KiB left: the write fails part way (TFRecords, patch
     GeoTIFFs); one line naming the output and the cause, the half-written folder gone,
     the other file on the disk untouched."""
     full = tmpfs("full", "size=256k")
-    filler = fill_disk(full, leave=16 << 10)
+    filler = fill_disk(full, leave=0 if command == "area" else 16 << 10)
     size = filler.stat().st_size
     before = _tree(patches)
     out = full / "out"
     if command == "build":
         argv = ["build", "--patches", patches, "--out", out, "--split-by", "random"]
+    elif command == "area":  # a few hundred bytes of CSV: the disk must be full to fail
+        sample = patches.parent / "sample"
+        out = full / "area.csv"
+        argv = ["area", "--map", sample / "labels.tif", "--out", out]
     else:
         sample = patches.parent / "sample"
         argv = ["patches", "--image", sample / "blue.tif", "--labels", sample / "labels.tif",

@@ -168,6 +168,27 @@ def test_plot_out_is_an_input(scene, capsys):
                 f"--out {victim} is the same file as {option} {victim}")
 
 
+def test_search_and_download_outputs_are_not_their_inputs(tmp_path, capsys):
+    """search --out on its --aoi or static --catalog, download's manifest.json on its
+    --items or --aoi: refused before any network access, files unchanged."""
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text('{"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}')
+    cat = tmp_path / "catalog.json"
+    cat.write_text("{}")
+    refused(capsys, tmp_path, ["search", "--catalog", cat, "--collection", "c", "--aoi", aoi,
+                               "--out", aoi], f"--out {aoi} is the same file as --aoi {aoi}")
+    refused(capsys, tmp_path, ["search", "--catalog", cat, "--collection", "c", "--out", cat],
+            f"--out {cat} is the same file as --catalog {cat}")
+    items = tmp_path / "dl" / "manifest.json"
+    items.parent.mkdir()
+    items.write_text('{"type": "FeatureCollection", "features": []}')
+    refused(capsys, tmp_path, ["download", "--items", items, "--assets", "red", "--out",
+                               items.parent],
+            f"--out {items} is the same file as --items {items}")
+    refused(capsys, tmp_path, ["download", "--items", aoi, "--assets", "red", "--out", aoi],
+            f"--out {aoi} is a file, and the output is a folder")
+
+
 def test_evaluate_outputs_are_not_the_data(tmp_path, capsys):
     """evaluate writes RUN/metrics_SPLIT.json, confusion/overlays PNGs and
     predictions_SPLIT/: --data must not be one of them."""

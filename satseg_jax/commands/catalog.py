@@ -12,6 +12,7 @@ from pathlib import Path
 
 from satseg_jax.commands.common import library_default, names, show_progress
 from satseg_jax.errors import SatsegError
+from satseg_jax.io_utils import refuse_overwriting_inputs
 
 SEARCH = ("satseg_jax.catalog.search", "search_items")
 DOWNLOAD = ("satseg_jax.catalog.download", "download_items")
@@ -52,6 +53,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from satseg_jax.catalog.aoi import parse_bbox, read_aoi
     from satseg_jax.catalog.auth import redact, request_headers
 
+    refuse_overwriting_inputs({"--out": args.out}, {"--aoi": args.aoi, "--catalog": args.catalog})
     headers = request_headers(args.token_header, args.header)
     if args.list_collections:
         print(stac.format_collections(stac.list_collections(
@@ -109,6 +111,11 @@ def cmd_download(args: argparse.Namespace) -> int:
     from satseg_jax.catalog.auth import redact, request_headers
     from satseg_jax.catalog.download import download_items
 
+    # The folder is resumed (never replaced whole); what download writes over is its
+    # manifest.json, so an input may sit in the folder but must not be that file.
+    refuse_overwriting_inputs({"--out": args.out}, {}, folders=("--out",))
+    refuse_overwriting_inputs({"--out": Path(args.out) / "manifest.json"},
+                              {"--items": args.items, "--aoi": args.aoi})
     headers = request_headers(args.token_header, args.header)
     aoi_bounds, aoi_geom = read_aoi(args.aoi) if args.aoi else (None, None)
     catalog = None if args.items else args.catalog  # items from a file: their own hrefs
