@@ -32,3 +32,30 @@ def test_sweep_config_lists_every_unet_variant():
     names = {v["name"] for v in sweep.variants.values()}
     assert {"unet", "attention_unet", "residual_unet", "unet_plus_plus", "r2_unet"} <= names
     assert len(sweep.seeds) >= 2
+
+
+@pytest.mark.parametrize("recipe", ["rgb_vhr", "multispectral"])
+def test_real_sweep_uses_the_recipe_and_the_same_variants(recipe):
+    """The real-data sweep: the recipe's data handling and loss, shortened to fixed steps
+    (no epochs, no early stop: every run trains alike), >= 3 seeds, the sample sweep's
+    variants and baselines, scored on test (the best checkpoint is picked on validation)."""
+    from satseg_jax.config_files import check_config_fields
+    from satseg_jax.config_overrides import load_config
+
+    bench = Path(__file__).parents[1] / "configs" / "bench"
+    sweep = load_config(f"{bench / 'unet_variants_real.py'}:{recipe}")
+    plain = load_config_file(bench / "unet_variants.py")
+    recipe_config = load_config_file(bench.parent / "real" / f"{recipe}.py")
+    check_config_fields(sweep.base, recipe)
+    assert sweep.variants.to_dict() == plain.variants.to_dict()
+    assert tuple(sweep.baselines) == ("majority", "rf", "rf-texture")
+    assert len(sweep.seeds) >= 3 and sweep.split == "test"
+    assert sweep.base.data.eval_split == "validation"
+    b = sweep.base
+    assert b.train.num_steps == 300 and b.train.num_epochs == 0
+    assert b.train.early_stopping_patience == 0 and b.train.eval_every > 0
+    assert b.loss.to_dict() == recipe_config.loss.to_dict()
+    assert b.data.brightness == recipe_config.data.brightness
+    assert b.data.scale_range == recipe_config.data.scale_range
+    with pytest.raises(Exception, match="recipe 'nope'"):
+        load_config(f"{bench / 'unet_variants_real.py'}:nope")

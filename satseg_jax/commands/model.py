@@ -341,8 +341,8 @@ def _evaluate_images(args: argparse.Namespace) -> int:
 
 
 def add_benchmark_arguments(m: argparse.ArgumentParser) -> None:
-    m.add_argument("--sweep", required=True, help="sweep config, e.g. "
-                   "configs/bench/unet_variants.py")
+    m.add_argument("--sweep", required=True, help="sweep config FILE.py[:ARG], e.g. "
+                   "configs/bench/unet_variants.py or configs/bench/unet_variants_real.py:rgb_vhr")
     m.add_argument("--workdir", required=True, help="folder for the runs and the tables")
     m.add_argument("--steps", type=int, default=None, help="training steps per run "
                    "(default: the sweep config's)")
@@ -358,10 +358,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     variants timed together after training) and wall time per run; plus the sweep's
     baseline rows (majority class, random forests; see 'satseg baseline'). Finished runs
     and baselines are not redone."""
-    from satseg_jax.config_files import load_config_file
+    from satseg_jax.config_overrides import load_config
     from satseg_jax.variant_sweep import run_sweep
 
-    sweep = load_config_file(args.sweep)
+    sweep = load_config(args.sweep)
     if args.data_dir:
         sweep.base.data.data_dir = args.data_dir
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
