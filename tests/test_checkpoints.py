@@ -108,6 +108,45 @@ def test_evaluate_refuses_a_corrupt_checkpoint_and_writes_nothing(trained, tmp_p
     assert sorted(p.name for p in run.iterdir()) == listing
 
 
+def test_predict_refuses_a_corrupt_checkpoint_and_writes_no_map(trained, tiny_dataset, tmp_path,
+                                                                capsys):
+    """satseg predict from a checkpoint with flipped bytes: one line, no map, no temporary;
+    --checkpoint 8 (intact) then maps the scene."""
+    run = _copy(trained, tmp_path)
+    flip_array_bytes(run / "checkpoints" / "12")
+    scene, out = tiny_dataset.parent / "scene.tif", tmp_path / "maps" / "map.tif"
+    out.parent.mkdir()
+    line = _one_line(capsys, ["predict", "--workdir", run, "--checkpoint", "latest",
+                              "--image", scene, "--out", out])
+    assert f"{run}/checkpoints/12: checkpoint 12 is corrupt" in line
+    assert "pick another with --checkpoint" in line
+    assert list(out.parent.iterdir()) == []
+    assert main(["predict", "--workdir", str(run), "--checkpoint", "8", "--image", str(scene),
+                 "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_every_checkpoint_corrupt_is_one_line_and_moves_them_aside(trained, tmp_path):
+    """train on a workdir whose every checkpoint fails its digests: one error saying so,
+    every one set aside in checkpoints_corrupt/ (nothing deleted), no .lock left."""
+    from satseg_jax.train import train_and_evaluate
+
+    run = _copy(trained, tmp_path)
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    for step in steps:
+        flip_array_bytes(run / "checkpoints" / str(step))
+    with pytest.raises(SatsegError) as e:
+        train_and_evaluate(tiny_config(_data_dir(run)), run)
+    assert str(e.value).startswith(f"{run / 'checkpoints'}: no checkpoint verifies (skipped "
+                                   f"{steps}"), str(e.value)
+    assert sorted(int(p.name) for p in (run / "checkpoints_corrupt").iterdir()) == steps
+    assert not (run / ".lock").exists()
+
+
+def _data_dir(run: Path) -> str:
+    return json.loads((run / "config.json").read_text())["data"]["data_dir"]
+
+
 @pytest.mark.parametrize("name", ["state/_METADATA", "meta/metadata"])
 def test_corrupt_orbax_json_is_corrupt_not_another_model(trained, tmp_path, capsys, name):
     run = _copy(trained, tmp_path)
