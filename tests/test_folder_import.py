@@ -118,3 +118,40 @@ def test_real_sets_pair_as_they_come(images, masks_, pair, n):
     pairing = find_pairs(str(SHARED_DATA / images), str(SHARED_DATA / masks_), pair)
     assert len(pairing.pairs) == n
     assert not pairing.unpaired_images and not pairing.unpaired_masks
+
+
+def test_predict_accepts_the_images_of_a_set_named_by_colour(tmp_path):
+    """The Amazon tiles carry per-tile band descriptions (tile1_Amazon_1052...), so the
+    folder import names their bands by colour (red, green, blue); predict and evaluate
+    --images must accept every image of the set under that naming (they refused them
+    all), and still refuse bands in another order."""
+    from dataclasses import replace
+
+    from satseg_jax.errors import SatsegError
+    from satseg_jax.predict import check_scene
+    from satseg_jax.raster.io import open_raster
+    from satseg_jax.runs import RunCard
+
+    d = SHARED_DATA / "amazon_forest_s2_rgb" / "dataset"
+    if not d.is_dir():
+        pytest.skip(f"real sample data not found at {d} (set SATSEG_SHARED_DATA to its parent)")
+    classes = tmp_path / "classes.json"
+    classes.write_text('[{"id": 0, "name": "forest", "value": 1}, '
+                       '{"id": 1, "name": "non-forest", "value": 2}]')
+    make_folder_patches(d / "training" / "images", d / "training" / "masks", tmp_path / "p",
+                        classes, mask_mode="index", crop_masks=True, progress=False)
+    import json
+
+    bands = tuple(json.loads((tmp_path / "p" / "patches.json").read_text())["bands"])
+    assert bands == ("red", "green", "blue")
+    card = RunCard(task="segmentation", model="unet", bands=bands, image_dtype="uint8",
+                   nodata=None, mean=(0.0,) * 3, std=(1.0,) * 3, patch_size=256,
+                   input_size=256, classes=(), pixel_size=None)
+    images = sorted((d / "validation" / "images").glob("*.tiff"))
+    assert len(images) == 15
+    for image in images:
+        with open_raster(image) as src:
+            assert all(src.descriptions) and src.descriptions[0] != "red"
+            check_scene(src, card, image)
+            with pytest.raises(SatsegError, match="differ from the run's"):
+                check_scene(src, replace(card, bands=("blue", "green", "red")), image)

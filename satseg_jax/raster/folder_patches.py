@@ -33,7 +33,13 @@ import numpy as np
 from satseg_jax.classes import load_classes
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_dir, refuse_overwriting_inputs
-from satseg_jax.raster.io import gdal_env, grid_mismatch, open_raster
+from satseg_jax.raster.io import (
+    COLOUR_NAMES,
+    colour_band_names,
+    gdal_env,
+    grid_mismatch,
+    open_raster,
+)
 from satseg_jax.raster.masks import MaskReader, quiet_georeference
 from satseg_jax.raster.pairing import Pair, find_pairs, safe_id
 from satseg_jax.raster.patches import (
@@ -49,16 +55,6 @@ from satseg_jax.raster.patches import (
 )
 from satseg_jax.raster.row_cache import RowCachedDataset
 from satseg_jax.raster.windows import patch_windows
-
-_COLOUR_NAMES = {"red", "green", "blue", "alpha", "gray"}
-
-
-def _colour_names(ds) -> list[str] | None:
-    """The bands' colour interpretations (red, green, blue...), None unless each band
-    has a distinct one."""
-    names = [c.name for c in ds.colorinterp]
-    ok = len(names) == ds.count and all(n in _COLOUR_NAMES for n in names)
-    return names if ok and len(set(names)) == len(names) else None
 
 
 def common_band_names(heads: list[dict]) -> list[str]:
@@ -83,7 +79,7 @@ def band_names_of(ds) -> list[str]:
     names = []
     for i, d in enumerate(ds.descriptions):
         ci = ds.colorinterp[i].name if i < len(ds.colorinterp) else ""
-        names.append(d or (ci if ci in _COLOUR_NAMES else f"band{i + 1}"))
+        names.append(d or (ci if ci in COLOUR_NAMES else f"band{i + 1}"))
     if len(set(names)) != len(names):
         names = [f"band{i + 1}" for i in range(ds.count)]
     return names
@@ -115,7 +111,7 @@ def _check_pair(pair: Pair, img, mask, crop_masks: bool = False) -> dict:
     the crop report line of a larger mask, else None)."""
     head = {"count": img.count, "dtypes": tuple(img.dtypes), "nodata": json_nodata(
         img.nodata, img.dtypes[0]), "bands": band_names_of(img),
-        "colour_bands": _colour_names(img)}
+        "colour_bands": colour_band_names(img)}
     if len(set(img.dtypes)) > 1:
         raise SatsegError(f"{pair.image}: bands have different dtypes {img.dtypes}; convert "
                           "the image to one dtype")

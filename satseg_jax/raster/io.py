@@ -199,6 +199,18 @@ def same_grid(t1, t2) -> bool:
 # ----------------------------------------------------------------------------- nodata
 
 
+COLOUR_NAMES = frozenset({"red", "green", "blue", "alpha", "gray"})
+
+
+def colour_band_names(ds) -> list[str] | None:
+    """The bands' colour interpretations (red, green, blue...), None unless each band
+    has a distinct one. Why it matters: a folder set is named by them when its per-tile
+    descriptions disagree, so predict/evaluate must accept an image named that way."""
+    names = [c.name for c in ds.colorinterp]
+    ok = len(names) == ds.count and all(n in COLOUR_NAMES for n in names)
+    return names if ok and len(set(names)) == len(names) else None
+
+
 def is_nan(v) -> bool:
     """True for a float NaN (a nodata value that no pixel can equal)."""
     return isinstance(v, float) and math.isnan(v)
