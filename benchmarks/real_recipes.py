@@ -98,6 +98,8 @@ def evaluate_set(name: str, runs: Path, collect_only: bool) -> dict:
                 out[f"{target}_{label}_wall_s"] = wall
             if kept.exists():
                 out[f"{target}_{label}"] = metrics_of(kept)
+    for kept in sorted(d.glob("metrics_whole_test*.json")):  # evaluate --images, if run
+        out[kept.stem.removeprefix("metrics_")] = metrics_of(kept)
     for method in BASELINES:
         kept = d / f"baseline_{method}_test.json"
         if not collect_only and not kept.exists():
