@@ -162,17 +162,20 @@ def check_scene(src, card, image: Path) -> tuple[np.dtype, float | None, list[st
     if src.count != card.num_bands:
         raise SatsegError(f"{image}: has {src.count} bands; the run was trained on "
                           f"{card.num_bands} ({', '.join(card.bands)})")
-    from satseg_jax.raster.io import colour_band_names
+    from satseg_jax.raster.io import COLOUR_NAMES, colour_band_names
 
     # Either naming may be the run's: a folder set whose tiles carry per-tile
-    # descriptions (the Amazon set's tile1_Amazon_1052...) is named by its colours.
+    # descriptions (the Amazon set's tile1_Amazon_1052...) is named by its colours. A
+    # colour naming refuses only a run named by colours (a plain RGBA PNG says nothing
+    # about a run of blue/green/red/nir bands).
+    bands = list(card.bands)
     names = [d for d in src.descriptions if d]
-    namings = [n for n in (names if len(names) == src.count else None,
-                           colour_band_names(src)) if n]
-    if namings and list(card.bands) not in namings:
-        raise SatsegError(f"{image}: bands {namings[0]} differ from the run's "
-                          f"{list(card.bands)}; compose the scene with the same bands in the "
-                          "same order")
+    names = names if len(names) == src.count else None
+    colours = colour_band_names(src)
+    named_by_colour = colours is not None and set(bands) <= COLOUR_NAMES
+    if bands not in (names, colours) and (names or named_by_colour):
+        raise SatsegError(f"{image}: bands {names or colours} differ from the run's "
+                          f"{bands}; compose the scene with the same bands in the same order")
     raw_dtype = np.dtype(src.dtypes[0])
     nodata = src.nodata if src.nodata is not None else card.nodata
     if not _representable(nodata, raw_dtype):
