@@ -110,7 +110,13 @@ def _speed_fns(config, num_classes: int, num_bands: int, size: int, batch: int
     import jax
     import jax.numpy as jnp
 
-    from satseg_jax.steps import Runner, build_model, create_optimizer, create_train_state
+    from satseg_jax.steps import (
+        Runner,
+        build_model,
+        create_optimizer,
+        create_train_state,
+        ema_settings,
+    )
 
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -129,8 +135,11 @@ def _speed_fns(config, num_classes: int, num_bands: int, size: int, batch: int
                                            if state.batch_stats else {})}
     x = jnp.asarray(images)
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
-    holder = {"state": runner.place_state(create_train_state(0, model, tx,
-                                                             (1, size, size, num_bands)))}
+    # With EMA on (the real-data recipes) the train step updates an average of the
+    # parameters, which the state must hold, as in training.
+    ema = ema_settings(config)[0] > 0
+    holder = {"state": runner.place_state(create_train_state(
+        0, model, tx, (1, size, size, num_bands), ema=ema))}
     data = runner.shard({"image": images, key: labels.astype(np.int32)})
 
     def train_once():

@@ -40,3 +40,18 @@ def test_gflops_equal_the_xla_convolution_cost_whatever_runs_the_convs():
     blind = _xla_cost(build_model(_config("auto"), 3))
     if blind < 0.5 * want:  # oneDNN convolutions built here: what the column used to show
         assert model_cost.forward_gflops(_config("auto"), 3, 4, 32) > 4 * blind
+
+
+def test_speeds_of_a_config_with_ema():
+    """A recipe config (EMA of the weights on) is timed like any other: the timing state
+    carries the average the train step updates (it had none: a pytree error ended the
+    real-data sweep after all its training)."""
+    from pathlib import Path
+
+    from satseg_jax.config_files import load_config_file
+
+    c = load_config_file(Path(__file__).parents[1] / "configs" / "unet_sample.py")
+    c.model.depth, c.model.base_width = 2, 4
+    c.train.ema_decay = 0.9
+    out = model_cost.measure_speeds({"ema": (c, 3, 4, 32)}, batch=2, repeats=1, warmup=1)
+    assert out["ema"]["train_img_s"] > 0 and out["ema"]["inference_img_s"] > 0
