@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = "runs/quickstart/data"  # written by `satseg build`
     c.data.train_split = "train"
-    c.data.eval_split = "validation"
+    c.data.eval_split = "validation"  # scored during training; "" = none (fixed schedule)
     c.data.crop_size = 64  # random crop for training; 0 or the patch size = no crop
     c.data.augment = True  # random flips and 90° rotations, same for image and mask
     c.data.shuffle_buffer = 1024  # decoded examples held for shuffling

@@ -72,7 +72,9 @@ def config_as_saved(config) -> dict:
 def check_dataset(config, meta) -> None:
     """Refuse a dataset of another task, without train examples (a test-only dataset),
     a crop larger than its patches, or an evaluation split without examples, before
-    anything is built or written."""
+    anything is built or written. An empty ``config.data.eval_split`` means no evaluation
+    during training (a published train/test split with no validation: a fixed schedule,
+    and "best" is the last checkpoint); early stopping then has nothing to watch."""
     if meta.task != config.task:
         raise SatsegError(f"{config.data.data_dir} is a {meta.task} dataset but config.task="
                           f"{config.task!r}")
@@ -89,6 +91,14 @@ def check_dataset(config, meta) -> None:
         raise SatsegError(f"config.data.crop_size={crop} is larger than the dataset's "
                           f"patch size {meta.patch_size}")
     eval_split = str(config.data.eval_split)
+    if not eval_split:  # no evaluation during training: a fixed schedule, the last step
+        patience = int(config.train.get("early_stopping_patience", 0) or 0)
+        if patience > 0:
+            raise SatsegError(
+                f"config.train.early_stopping_patience={patience} needs an evaluation split "
+                "to watch, but config.data.eval_split is empty; set it (e.g. 'validation') "
+                "or set --config.train.early_stopping_patience=0")
+        return
     if not meta.num_examples.get(eval_split, 0):
         # Published sets often come with train/test lists only (satseg build
         # --split-file): say so now, not after the first eval_every steps of training.

@@ -395,7 +395,8 @@ class _Training:
                 if step % int(config.train.log_every) == 0 or step == num_steps:
                     self.log(step, train_metrics, writer, clock)
                     train_metrics = []
-                do_eval = step % int(config.train.eval_every) == 0 or step == num_steps
+                do_eval = bool(str(config.data.eval_split)) and (
+                    step % int(config.train.eval_every) == 0 or step == num_steps)
                 early = False
                 improved = False
                 if do_eval:

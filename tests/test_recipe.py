@@ -308,6 +308,29 @@ def test_training_stops_early_on_a_plateau(tiny_dataset, tmp_path, capsys):
     assert "stopped early at step 2" in capsys.readouterr().out
 
 
+def test_no_evaluation_split_trains_a_fixed_schedule_and_best_is_the_last(
+        tiny_dataset, tmp_path, capsys):
+    """A published train/test split without validation: ``eval_split=''`` evaluates
+    nothing while training (no split is looked at), keeps the last checkpoints, and
+    ``evaluate --checkpoint best`` scores the last step; early stopping is refused."""
+    from satseg_jax.evaluate import evaluate_workdir
+    from satseg_jax.train import train_and_evaluate
+
+    cfg = tiny_config(tiny_dataset, **{"data.eval_split": "", "train.keep_checkpoints": 1})
+    train_and_evaluate(cfg, tmp_path / "fixed")
+    out = capsys.readouterr().out
+    assert "mIoU" not in out and "Trained steps 1..12" in out
+    saved = sorted(int(p.name) for p in (tmp_path / "fixed" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert saved == [12]
+    assert evaluate_workdir(tmp_path / "fixed", split="test")["checkpoint_step"] == 12
+    refused = tiny_config(tiny_dataset, **{"data.eval_split": "",
+                                           "train.early_stopping_patience": 3})
+    with pytest.raises(SatsegError, match="early_stopping_patience=3 needs an evaluation"):
+        train_and_evaluate(refused, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
 # ----------------------------------------------------------------------------- epochs, configs
 
 
