@@ -4,8 +4,8 @@ Why: issue 30 asks whether the deep recipe beats a per-pixel random forest with 
 features on real labelled imagery, by how much, and at what cost on 2 CPU cores. This
 runs the README's commands (section "The real labelled sets: one import each") and then,
 per set: ``satseg train`` with its recipe, ``satseg evaluate`` on the held-out test split
-with EMA and TTA each on and off (the best checkpoint is chosen on validation, never on
-test), and ``satseg baseline`` majority / rf / rf-texture on the same split. For Kampala
+with EMA and TTA each on and off (the last checkpoint of the recipe's fixed schedule:
+no split is looked at while training, test never), and ``satseg baseline`` majority / rf / rf-texture on the same split. For Kampala
 it also scores the out-of-region Philippines set (test-only dataset). Every figure comes
 from the metrics JSON the commands write; nothing is computed here.
 
