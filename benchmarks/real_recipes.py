@@ -6,8 +6,9 @@ runs the README's commands (section "The real labelled sets: one import each") a
 per set: ``satseg train`` with its recipe, ``satseg evaluate`` on the held-out test split
 with EMA and TTA each on and off (the last checkpoint of the recipe's fixed schedule:
 no split is looked at while training, test never), and ``satseg baseline`` majority /
-rf / rf-texture on the same split. For Kampala it also scores the out-of-region Philippines set (test-only dataset). Every figure comes
-from the metrics JSON the commands write; nothing is computed here.
+rf / rf-texture on the same split. For Kampala it also scores the out-of-region
+Philippines set (test-only dataset). Every figure comes from the metrics JSON the
+commands write; nothing is computed here.
 
     python benchmarks/real_recipes.py --runs runs [--sets amazon,kampala] \\
         [--out benchmarks/results/real_recipes_cpu-2core.json] [--collect-only]
