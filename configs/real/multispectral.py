@@ -21,7 +21,7 @@ README "Recipes for real imagery"):
   before the model fits: an earlier recipe (width 32, depth 4, 7.8 M parameters,
   160-px crops of batch 8, 480 steps in 18 min) ended at training accuracy 0.946 and
   test mIoU 0.864, tied with a texture random forest. The quickstart-sized U-Net makes
-  ~10x more steps in the same time and fits better: 0.882 after 1,500 steps.
+  several times more steps in the same time and fits better: 0.882 after 1,500 steps.
 - **Width and depth**: U-Net, base width 16, depth 3 (0.48 M parameters). At 10 m,
   forest / land-cover classes are mostly spectra and texture over a few hundred metres:
   an 8x bottleneck (80 m cells) with a ~70 px receptive field is context enough.
