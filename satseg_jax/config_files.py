@@ -29,7 +29,8 @@ CONFIG_FIELDS: dict[str, frozenset[str] | None] = {
     "loss": frozenset({"name", "weights", "class_weights", "label_smoothing", "focal_gamma",
                        "dice_smooth"}),
     "optimizer": frozenset({"name", "learning_rate", "weight_decay", "momentum", "b1", "b2",
-                            "grad_clip_norm"}),
+                            "grad_clip_norm", "encoder_lr_multiplier",
+                            "decay_norms_and_biases"}),
     "schedule": frozenset({"name", "warmup_steps", "end_factor", "boundaries", "scales",
                            "decay_rate", "transition_steps", "warmup_epochs"}),
     "train": frozenset({"batch_size", "num_steps", "compute_dtype", "cpu_conv", "log_every",
@@ -37,7 +38,7 @@ CONFIG_FIELDS: dict[str, frozenset[str] | None] = {
                         "max_nonfinite_steps", "stop_check_every", "num_epochs",
                         "eval_every_epochs", "checkpoint_every_epochs", "ema_decay",
                         "ema_warmup", "early_stopping_patience",
-                        "early_stopping_min_delta"}),
+                        "early_stopping_min_delta", "freeze_encoder_steps"}),
     "eval": frozenset({"batch_size", "crop_size"}),
     "distributed": frozenset({"coordinator_address", "num_processes", "process_id", "auto"}),
 }

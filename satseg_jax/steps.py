@@ -39,7 +39,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from satseg_jax import losses, metrics, parallel
+from satseg_jax import finetune, losses, metrics, parallel
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.cpu.convolution import conv_fn_for
 from satseg_jax.errors import SatsegError
@@ -132,17 +132,23 @@ def create_schedule(config) -> optax.Schedule:
 
 
 def create_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, schedule) from ``config.optimizer`` and ``config.schedule``."""
+    """(optimizer, schedule) from ``config.optimizer`` and ``config.schedule``, with the
+    fine-tuning controls of ``finetune`` (encoder groups, no decay on norms/biases)."""
     o = config.optimizer
     schedule = create_schedule(config)
-    if o.name == "adam":
-        opt = optax.adam(schedule, b1=o.b1, b2=o.b2)
-    elif o.name == "adamw":
-        opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
-    elif o.name == "sgd":
-        opt = optax.sgd(schedule, momentum=o.momentum, nesterov=False)
-    else:
+    decay_all = bool(finetune.setting(config, "optimizer", "decay_norms_and_biases"))
+
+    def make(lr: optax.Schedule) -> optax.GradientTransformation:
+        if o.name == "adam":
+            return optax.adam(lr, b1=o.b1, b2=o.b2)
+        if o.name == "adamw":
+            return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                               mask=None if decay_all else finetune.decay_mask)
+        if o.name == "sgd":
+            return optax.sgd(lr, momentum=o.momentum, nesterov=False)
         raise SatsegError(f"config.optimizer.name={o.name!r}: expected adam, adamw or sgd")
+
+    opt = finetune.grouped_optimizer(config, make, schedule)
     if o.grad_clip_norm and o.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(float(o.grad_clip_norm)), opt)
     return opt, schedule
@@ -172,9 +178,11 @@ def input_hw(config, patch_size: int) -> int:
 
 
 def create_train_state(seed: int, model, tx, input_shape: tuple[int, ...],
-                       ema: bool = False) -> TrainState:
+                       ema: bool = False, encoder: dict | None = None) -> TrainState:
     """Initialise parameters (on the default device) and the optimizer state; with
-    ``ema`` the moving averages start as copies of the initial weights.
+    ``ema`` the moving averages start as copies of the initial weights. ``encoder``
+    (``{'params': ..., 'batch_stats': ...}``, e.g. pretrained weights from
+    ``weights.adapt``) replaces the initialised ``encoder`` submodule first.
 
     Parameters are drawn with an ``rbg`` key: XLA's CPU compile of threefry-based
     initialisers takes tens of seconds even for tiny U-Nets, rbg a few. The state's own
@@ -186,6 +194,11 @@ def create_train_state(seed: int, model, tx, input_shape: tuple[int, ...],
     )
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
+    if encoder is not None:
+        params = {**params, finetune.ENCODER: jax.tree.map(jnp.asarray, encoder["params"])}
+        if encoder.get("batch_stats"):
+            batch_stats = {**batch_stats,
+                           finetune.ENCODER: jax.tree.map(jnp.asarray, encoder["batch_stats"])}
 
     def zero():  # distinct buffers: the train step donates the whole state
         return jnp.zeros((), jnp.int32)
@@ -281,7 +294,8 @@ def make_train_step(model, tx, loss_config, num_classes: int, class_weights, tas
         if axis_name is not None:
             correct, count = lax.psum((correct, count), axis_name)
         out = {"loss": loss, "accuracy": correct / jnp.maximum(count, 1),
-               "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
+               "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32),
+               **finetune.group_update_norms(updates)}
         return new_state, out
 
     return train_step

@@ -14,6 +14,7 @@ uninterrupted run ends (on CPU; see README "Determinism and preemption").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
@@ -78,6 +79,25 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         raise
 
 
+def _encoder_start(config, meta, model, input_shape: tuple[int, ...]):
+    """``weights.adapt.encoder_start`` for this run (None without encoder_weights),
+    checked against the shapes of the model's own encoder."""
+    from satseg_jax.weights.adapt import encoder_start
+
+    if not str(config.model.get("encoder_weights", "") or ""):
+        encoder_start(config.model, {}, meta.bands, meta.mean, meta.std, meta.data_dir)
+        return None
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jax.numpy.zeros(input_shape), train=False))
+    template = {c: shapes[c]["encoder"] for c in ("params", "batch_stats")
+                if "encoder" in shapes.get(c, {})}
+    if "params" not in template:
+        raise SatsegError("config.model.encoder_weights needs a named encoder: set "
+                          "config.model.encoder (e.g. resnet34)")
+    return encoder_start(config.model, template, meta.bands, meta.mean, meta.std,
+                         meta.data_dir)
+
+
 def _finite(tree) -> bool:
     """Whether every float array of ``tree`` is finite (checked on the host)."""
     for leaf in jax.tree.leaves(tree):
@@ -115,11 +135,21 @@ class _Training:
                                    tx=tx, loss_config=config.loss,
                                    class_weights=_class_weights(config, meta))
         hw = steps.input_hw(config, meta.patch_size)
-        self.state = steps.create_train_state(int(config.seed), steps.build_model(config, k),
-                                              tx, (1, hw, hw, meta.num_bands),
-                                              ema=steps.ema_settings(config)[0] > 0)
+        model = steps.build_model(config, k)
+        start = _encoder_start(config, meta, model, (1, hw, hw, meta.num_bands))
+        if start is not None:  # pretrained bands normalise as the weights expect
+            self.meta = meta = dataclasses.replace(meta, mean=start.mean, std=start.std)
+        self.start_notes = () if start is None else start.notes
+        self.state = steps.create_train_state(int(config.seed), model, tx,
+                                              (1, hw, hw, meta.num_bands),
+                                              ema=steps.ema_settings(config)[0] > 0,
+                                              encoder=None if start is None
+                                              else start.variables)
         self.n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
         self.card = runs.card_from_dataset(meta, config)
+        if start is not None:
+            self.card = dataclasses.replace(self.card, provenance={
+                **self.card.provenance, "encoder_weights": start.provenance})
         self.last_eval: dict | None = None
         self.lock = runs.WorkdirLock(workdir)
         # Orbax's messages about a failed checkpoint save go here, not to the terminal.
@@ -352,6 +382,9 @@ class _Training:
         if self.is_main:
             for note in self.schedule_notes:
                 print(note, flush=True)
+            for note in self.start_notes:
+                print(f"Encoder weights {self.config.model.encoder_weights}: {note}",
+                      flush=True)
             print(f"Model {self.config.model.name}: {self.n_params:,} parameters; "
                   f"{self.meta.num_examples} examples; {jax.device_count()} device(s), "
                   f"parallelism={self.runner.mode}", flush=True)

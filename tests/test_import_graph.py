@@ -14,7 +14,8 @@ PKG = Path(__file__).resolve().parents[1] / "satseg_jax"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "io_utils", "classes", "config_files", "config_overrides", "metrics",
               "losses", "parallel", "checkpoints", "plots", "cpu", "models", "preemption",
-              "training_control", "augment")),
+              "training_control", "augment", "finetune")),
+    ("weights", ("weights",)),  # pretrained encoders: PyTorch state dicts -> Flax
     ("raster", ("raster", "catalog", "area")),
     ("datasets", ("datasets", "inspect", "inspection")),
     ("input_pipeline", ("input_pipeline",)),

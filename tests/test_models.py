@@ -201,7 +201,7 @@ def test_registry_errors_name_the_options():
     with pytest.raises(SatsegError, match="norm='bn'.*batch"):
         get_model({"name": "unet", "norm": "bn"}, 2)
     with pytest.raises(SatsegError, match="upsample"):
-        get_model({"name": "unet_original", "upsample": "nearest"}, 2)
+        get_model({"name": "unet_original", "upsample": "pixel_shuffle"}, 2)
     # Attribute-style configs work as well as mappings.
     ns = types.SimpleNamespace(name="unet", depth=3, base_width=4)
     model = get_model(ns, 2)

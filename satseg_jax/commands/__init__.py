@@ -4,6 +4,6 @@
 Order here is the order of ``satseg --help``: the pipeline's.
 """
 
-from satseg_jax.commands import baseline, catalog, data, maps, model
+from satseg_jax.commands import baseline, catalog, data, maps, model, weights
 
-MODULES = (data, catalog, model, baseline, maps)
+MODULES = (data, catalog, model, baseline, maps, weights)

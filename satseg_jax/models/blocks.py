@@ -20,7 +20,7 @@ from satseg_jax.errors import SatsegError
 NORMS = ("batch", "group", "none")
 
 
-UPSAMPLES = ("transpose", "bilinear")
+UPSAMPLES = ("transpose", "bilinear", "nearest")
 # A conv_fn: a ``lax.conv_general_dilated`` stand-in with its signature (an accelerated
 # conv, e.g. one chosen by ``satseg_jax.cpu.conv_fn_for``); None = XLA's own. It may carry
 # an optional ``batch_norm_relu`` attribute (see ``Norm``); the models use nothing else.
@@ -241,7 +241,7 @@ class ConvTranspose2x2(nn.ConvTranspose):
 
 
 class Up(nn.Module):
-    """Double the resolution: 2×2 transposed conv, or bilinear resize + 3×3 conv.
+    """Double the resolution: 2×2 transposed conv, or bilinear / nearest resize + 3×3 conv.
 
     Both map to ``features`` channels (half of the coarser level in a U-Net).
     """
@@ -257,12 +257,22 @@ class Up(nn.Module):
             return ConvTranspose2x2(self.features, (2, 2), strides=(2, 2), padding="VALID",
                                     dtype=self.dtype, conv_fn=self.conv_fn,
                                     name="ConvTranspose_0")(x)
-        if self.mode == "bilinear":
-            n, h, w, c = x.shape
-            x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
+        if self.mode in ("bilinear", "nearest"):
+            x = upsample2x(x, self.mode)
             return nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype,
                            conv_general_dilated=self.conv_fn)(x)
-        raise SatsegError(f"config.model.upsample={self.mode!r}: expected transpose or bilinear")
+        raise SatsegError(f"config.model.upsample={self.mode!r}: expected one of "
+                          f"{list(UPSAMPLES)}")
+
+
+def upsample2x(x: jax.Array, mode: str) -> jax.Array:
+    """×2 resize of an NHWC array: 'nearest' repeats each pixel (torch's
+    ``interpolate(scale_factor=2, mode='nearest')``), 'bilinear' uses half-pixel centres
+    (torch's ``align_corners=False``)."""
+    if mode == "nearest":
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    n, h, w, c = x.shape
+    return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
 
 
 def center_crop(x: jax.Array, height: int, width: int) -> jax.Array:

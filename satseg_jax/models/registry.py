@@ -21,6 +21,10 @@ from satseg_jax.errors import SatsegError
 _REGISTRY: dict[str, type[nn.Module]] = {}
 # Fields set by the code (or by flax), not by the config.
 _INTERNAL = {"num_classes", "dtype", "axis_name", "parent", "name", "padding", "conv_fn"}
+# config.model fields that choose the starting weights of a named encoder, not the module
+# (read when training starts: satseg_jax/weights/adapt.py); every model with an
+# ``encoder`` knob takes them.
+START_FIELDS = ("encoder_weights", "adapt_bands")
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -76,11 +80,15 @@ def get_model(model_config: Any, num_classes: int, dtype: Any = jnp.float32,
     listing the valid choices.
     """
     cfg = _as_dict(model_config)
+    start = {f: cfg.pop(f) for f in START_FIELDS if f in cfg}
     name = cfg.pop("name", None)
     if name not in _REGISTRY:
         raise SatsegError(f"config.model.name={name!r}: unknown model; registered: "
                           f"{registered_models()}")
     valid = set(model_knobs(name))
+    if start and "encoder" not in valid:
+        raise SatsegError(f"config.model: {sorted(start)} need a model with an encoder "
+                          f"option; {name!r} has none")
     unknown = sorted(set(cfg) - valid)
     if unknown:
         raise SatsegError(f"config.model: {unknown} are not options of {name!r}; valid: "

@@ -12,6 +12,15 @@ variants in ``variants.py``:
   end of the contracting path"); active only with ``train=True``.
 - ``upsample`` ['transpose']: 'transpose' (2×2 up-conv) | 'bilinear' (resize + 3×3 conv).
 - ``bn_momentum`` [0.9]: BatchNorm running-statistics momentum.
+- ``encoder`` ['none']: 'none' is the plain encoder above; a name of
+  ``models/encoders`` (``resnet18``/``34``/``50``) puts that encoder under the decoder,
+  smp-style (see ``_UNetBase._encoder_forward``): ``depth`` (1-5) is then the number of
+  encoder stages used, and decoder level ``l`` has ``base_width * 2**l`` channels, so
+  depth 5, base width 16 and ``upsample='nearest'`` is smp's ``Unet`` decoder
+  (256, 128, 64, 32, 16) with its 3×3 head.
+- ``encoder_bn`` ['train']: 'frozen' keeps a named encoder's BatchNorm in inference mode
+  while training (its running statistics, e.g. pretrained ones, stay as they are; the
+  usual choice for small batches). The decoder's BatchNorm trains either way.
 
 Models are called ``model.apply(variables, x, train=bool, rngs={'dropout': key})`` on
 NHWC float input and return float32 LOGITS (never probabilities).
@@ -28,14 +37,20 @@ import jax.numpy as jnp
 from satseg_jax.errors import SatsegError
 from satseg_jax.models.blocks import (
     AttentionGate,
+    ConvTranspose2x2,
     Head,
     Up,
     center_crop,
     check_unet_knobs,
     down,
     make_block,
+    upsample2x,
 )
+from satseg_jax.models.encoders import NO_ENCODER, check_encoder, make_encoder
 from satseg_jax.models.registry import register_model
+
+MAX_ENCODER_DEPTH = 5  # encoders give feature maps at strides 2 to 32
+ENCODER_BN_MODES = ("train", "frozen")
 
 
 def valid_output_size(input_size: int, depth: int) -> int | None:
@@ -110,6 +125,8 @@ class UNetKnobs(nn.Module):
     dropout: float = 0.0
     upsample: str = "transpose"
     bn_momentum: float = 0.9
+    encoder: str = NO_ENCODER
+    encoder_bn: str = "train"
     dtype: Any = jnp.float32
     axis_name: str | None = None
     conv_fn: Any = None  # set by the code (train.build_model), not by configs
@@ -117,6 +134,13 @@ class UNetKnobs(nn.Module):
     def __post_init__(self) -> None:
         check_unet_knobs(self.depth, self.base_width, self.norm, self.upsample, self.dropout,
                          self.bn_momentum)
+        check_encoder(self.encoder)
+        if self.encoder_bn not in ENCODER_BN_MODES:
+            raise SatsegError(f"config.model.encoder_bn={self.encoder_bn!r}: expected one of "
+                              f"{list(ENCODER_BN_MODES)}")
+        if self.encoder != NO_ENCODER and self.depth > MAX_ENCODER_DEPTH:
+            raise SatsegError(f"config.model.depth={self.depth} with encoder "
+                              f"{self.encoder!r}: at most {MAX_ENCODER_DEPTH} (its stages)")
         super().__post_init__()
 
 
@@ -140,8 +164,45 @@ class _UNetBase(UNetKnobs):
                           momentum=self.bn_momentum, dtype=self.dtype, axis_name=self.axis_name,
                           conv_fn=self.conv_fn)
 
+    def _upsample(self, x: jax.Array) -> jax.Array:
+        """×2 up-sampling in the encoder path, keeping the channels (nearest is smp's; the
+        level block after it does the convolving)."""
+        if self.upsample == "transpose":
+            return ConvTranspose2x2(x.shape[-1], (2, 2), strides=(2, 2), padding="VALID",
+                                    dtype=self.dtype, conv_fn=self.conv_fn)(x)
+        return upsample2x(x, self.upsample)
+
+    def _encoder_forward(self, x: jax.Array, train: bool) -> jax.Array:
+        """A named encoder (``models/encoders``) under a U-Net decoder, as smp builds it:
+        from the deepest feature map up, ×2 up-sampling, concatenation with the encoder
+        feature of that stride (decoder features first), one level block; the last level
+        (stride 1) has no skip; a 3×3 head. The encoder's submodule is named ``encoder``,
+        which is what pretrained weights (``config.model.encoder_weights``) replace."""
+        require_divisible(x, self.depth, self.__class__.__name__)
+        features = make_encoder(self.encoder, dtype=self.dtype, axis_name=self.axis_name,
+                                conv_fn=self.conv_fn, stages=self.depth,
+                                name="encoder")(x, train and self.encoder_bn == "train")
+        h = features[-1]
+        if self.dropout:
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        for level in reversed(range(self.depth)):
+            width = self.base_width * 2**level
+            h = self._upsample(h)
+            if level:
+                skip = features[level - 1]
+                if self.attention:
+                    skip = AttentionGate(max(1, width // 2), dtype=self.dtype,
+                                         conv_fn=self.conv_fn)(skip, h)
+                h = jnp.concatenate([h, skip], axis=-1)
+            h = self.block(width)(h, train)
+        logits = nn.Conv(self.num_classes, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                         conv_general_dilated=self.conv_fn, name="head")(h)
+        return logits.astype(jnp.float32)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.encoder != NO_ENCODER:
+            return self._encoder_forward(x, train)
         self._check_input(x)
         x = x.astype(self.dtype)
         block = self.block
@@ -192,6 +253,12 @@ class UNetOriginal(_UNetBase):
 
     norm: str = "none"
     padding: str = "VALID"
+
+    def __post_init__(self) -> None:
+        if self.encoder != NO_ENCODER:
+            raise SatsegError("config.model.encoder: unet_original has no encoder option (its "
+                              "valid convolutions are the paper's); use unet")
+        super().__post_init__()
 
     def _check_input(self, x: jax.Array) -> None:
         for side in (x.shape[1], x.shape[2]):

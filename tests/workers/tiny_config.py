@@ -48,6 +48,19 @@ def apply_overrides(config, items: list[str]):
         node = config
         for p in parents:
             node = node[p]
+        if leaf not in node:  # a field the tiny config does not set (e.g. model.encoder)
+            node[leaf] = _parse(value)
+            continue
         old = node[leaf]
         node[leaf] = value.lower() in ("1", "true") if isinstance(old, bool) else type(old)(value)
     return config
+
+
+def _parse(value: str):
+    """int, float or the string itself."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
