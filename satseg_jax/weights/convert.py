@@ -141,15 +141,3 @@ def _torch_shape(flax_shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
         return flax_shape[::-1]
     return flax_shape
 
-
-def strip_prefix(state_dict: Mapping[str, Any], prefix: str, what: str) -> dict[str, Any]:
-    """The entries of ``state_dict`` under ``prefix`` (e.g. ``backbone.``), renamed without
-    it; refused when no key has it (a typo would otherwise empty the dict)."""
-    if not prefix:
-        return dict(state_dict)
-    kept = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if not kept:
-        sample = ", ".join(sorted(state_dict)[:5])
-        raise SatsegError(f"{what}: no key starts with --prefix {prefix!r} (keys look like: "
-                          f"{sample})")
-    return kept

@@ -1,7 +1,7 @@
 """ResNet-18/34/50 encoders (He et al. 2016), laid out exactly as torchvision's ``resnet*``
 (and timm's, which share the layout): the same layers, strides, paddings and names, so a
 torchvision / timm / torchgeo state dict converts key for key
-(``satseg_jax.weights.torch_import``) and gives the same features.
+(``satseg_jax.weights.convert``) and gives the same features.
 
 Each returns the feature pyramid at strides 2, 4, 8, 16 and 32 (smp's encoder outputs
 without the input itself): ``relu(bn1(conv1(x)))``, ``layer1`` (after the 3×3 max-pool),
