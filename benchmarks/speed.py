@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py [--quick] [--base 32 --depth 4 --size 128 --batch 8
                                 --bands 4 --classes 6 --reps 5 --dtype float32|bfloat16]
+    python benchmarks/speed.py --encoder resnet34 --bands 3 --classes 2   # vs smp's Unet
 
 Why it is built this way:
 
@@ -18,6 +19,13 @@ Why it is built this way:
   ``configs/unet_sample.py`` with the model size overridden; the PyTorch side is the
   twin in ``benchmarks/torch_unet.py`` (same parameter count, channels_last, AdamW,
   gradient clipping, cross-entropy with ignore label 255).
+- **Encoder U-Nets.** ``--encoder resnet34`` (any name of ``satseg_jax.models.encoders``)
+  times ``unet`` with that encoder under the smp-style decoder (depth 5, base width 16,
+  nearest up-sampling unless given) against segmentation_models_pytorch's
+  ``Unet(encoder)`` with the same decoder widths: the same architecture, parameter for
+  parameter (the worker checks the counts agree). FLOPs per image then come from
+  torch's ``FlopCounterMode`` on one smp train step when torch is installed (the
+  analytic count is the plain U-Net's), else from XLA's cost analysis.
 - **Figures.** img/s (median of ``--reps`` timed reps after warm-up, with min–max),
   GFLOP/s from XLA's cost analysis of the compiled step (on GPUs it leaves cuDNN
   convolutions out, so the analytic count is reported too and used there), share of a
@@ -60,6 +68,8 @@ if str(BENCH) not in sys.path:
 RESULT_TAG = "SPEED_RESULT "
 QUICK = {"base": 4, "depth": 2, "size": 32, "batch": 2, "reps": 2, "warmup": 1,
          "steps_per_rep": 1}
+# With --encoder: smp's Unet decoder (widths 256..16 over 5 encoder stages), unless given.
+ENCODER_DEFAULTS = {"base": 16, "depth": 5}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -295,7 +305,7 @@ def sample_config(args: argparse.Namespace) -> Any:
         c = ns(seed=0, task="segmentation", parallelism="jit",
                data=ns(crop_size=0),
                model=ns(name="unet", depth=3, base_width=16, norm="batch", dropout=0.0,
-                        upsample="transpose"),
+                        upsample="transpose", encoder="none", encoder_bn="train"),
                loss=ns(name="cross_entropy", weights={}, class_weights="none",
                        label_smoothing=0.0, focal_gamma=2.0),
                optimizer=ns(name="adamw", learning_rate=3e-3, weight_decay=1e-4,
@@ -307,6 +317,9 @@ def sample_config(args: argparse.Namespace) -> Any:
                         cpu_conv="auto"))
     c.model.base_width = args.base
     c.model.depth = args.depth
+    if args.encoder != "none":  # smp's Unet decoder: nearest up-sampling
+        c.model.encoder = args.encoder
+        c.model.upsample = "nearest"
     c.train.batch_size = args.batch
     c.train.compute_dtype = args.dtype
     c.data.crop_size = 0
@@ -393,8 +406,11 @@ def torch_side(args: argparse.Namespace, platform_name: str, compile_model: bool
 
     torch.manual_seed(0)
     dev = "cuda" if platform_name == "gpu" and torch.cuda.is_available() else "cpu"
-    model = torch_unet.build(args.bands, args.classes, args.base, args.depth,
-                             channels_last=True).to(dev)
+    if args.encoder != "none":
+        model = smp_unet(args).to(dev).to(memory_format=torch.channels_last)
+    else:
+        model = torch_unet.build(args.bands, args.classes, args.base, args.depth,
+                                 channels_last=True).to(dev)
     nparams = torch_unet.param_count(model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-4)
     rng = np.random.default_rng(0)
@@ -429,6 +445,32 @@ def torch_side(args: argparse.Namespace, platform_name: str, compile_model: bool
 
     return {"train": train, "predict": predict, "params": nparams,
             "threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def smp_unet(args: argparse.Namespace) -> Any:
+    """segmentation_models_pytorch's ``Unet`` with encoder ``args.encoder`` (random init)
+    and the decoder widths of the JAX model (``base * 2**level``, deepest first)."""
+    from satseg_jax.weights.torch_libs import import_torch_library
+
+    smp = import_torch_library("segmentation_models_pytorch")
+    widths = tuple(args.base * 2**level for level in reversed(range(args.depth)))
+    return smp.Unet(args.encoder, encoder_depth=args.depth, encoder_weights=None,
+                    decoder_channels=widths, in_channels=args.bands, classes=args.classes)
+
+
+def torch_train_flops(args: argparse.Namespace) -> float | None:
+    """FLOPs of one trained image (forward + backward) of the smp twin, counted by torch's
+    ``FlopCounterMode`` (convolutions and matmuls, a multiply-add = 2 FLOPs, as XLA)."""
+    try:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:
+        return None
+    model = smp_unet(args).eval()  # BatchNorm's mode changes no convolution or matmul
+    x = torch.zeros(1, args.bands, args.size, args.size)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return float(counter.get_total_flops())
 
 
 # ----------------------------------------------------------------------------- model patches
@@ -599,6 +641,8 @@ def worker(args: argparse.Namespace) -> dict:
     if use_torch:
         t = torch_side(args, platform_name)
         out["torch"] = {"params": t["params"], "threads": t["threads"], "version": t["version"]}
+        # The same architecture on both sides, or the ratio means nothing.
+        out["same_param_count"] = t["params"] == j["params"]
         fns["torch_train"] = t["train"]
     steps = args.steps_per_rep
     rounds = {k: (lambda f=f: [f() for _ in range(steps)]) for k, f in fns.items()}
@@ -732,7 +776,9 @@ def print_table(report: dict) -> None:
     cfg = report["config"]
     print(f"\n{m['machine']}: {m['cpu']} ({m['cores']} cores), {m['device_kind']}; "
           f"jax {m['jax']} flax {m['flax']} torch {m['torch']}")
-    print(f"unet base {cfg['base']} depth {cfg['depth']}, {cfg['size']}px x {cfg['bands']} "
+    enc = cfg.get("encoder", "none")
+    model = f"unet-{enc} (vs smp Unet)" if enc != "none" else "unet"
+    print(f"{model} base {cfg['base']} depth {cfg['depth']}, {cfg['size']}px x {cfg['bands']} "
           f"bands, batch {cfg['batch']}, {cfg['dtype']}; {report['flops_per_image_g']:.2f} "
           f"GFLOP/trained image ({report['flops_source']}); matmul ceiling "
           f"{report.get('matmul_ceiling_gflops') or float('nan'):.0f} GFLOP/s")
@@ -809,6 +855,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--bands", type=int, default=4)
     p.add_argument("--classes", type=int, default=6)
+    p.add_argument("--encoder", default="none",
+                   help="a named encoder (resnet34, ...): unet with it vs smp's Unet")
     p.add_argument("--reps", type=int, default=5, help="timed reps (median, min-max)")
     p.add_argument("--warmup", type=int, default=2, help="untimed reps first")
     p.add_argument("--steps-per-rep", type=int, default=2, help="train steps per timed rep")
@@ -833,10 +881,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--matmul", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    defaults = {a.dest: a.default for a in p._actions}
+    given = {k for k in defaults if hasattr(args, k) and getattr(args, k) != defaults[k]}
     if args.quick:
-        defaults = {a.dest: a.default for a in p._actions}
         for k, v in QUICK.items():
-            if getattr(args, k) == defaults[k]:
+            if k not in given:
+                setattr(args, k, v)
+    if args.encoder != "none":
+        for k, v in ENCODER_DEFAULTS.items():
+            if k not in given:
                 setattr(args, k, v)
     args.sections = [s for s in args.sections.split(",") if s]
     tc = args.torch_compile
@@ -844,8 +897,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-WORKER_KEYS = ("base", "depth", "size", "batch", "bands", "classes", "reps", "warmup",
-               "steps_per_rep", "dtype")
+WORKER_KEYS = ("base", "depth", "size", "batch", "bands", "classes", "encoder", "reps",
+               "warmup", "steps_per_rep", "dtype")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -887,16 +940,25 @@ def main(argv: list[str] | None = None) -> int:
     report["matmul"] = mm
     report["matmul_ceiling_gflops"] = mm["ceiling_gflops"] if mm else None
     analytic = analytic_train_flops(args.bands, args.classes, args.base, args.depth, args.size)
+    counted = None
+    if args.encoder != "none":  # the analytic count is the plain U-Net's
+        counted = None if args.no_torch else torch_train_flops(args)
+        analytic = counted
     xla = first.get("jax", {}).get("flops_xla_per_step")
     # XLA's count on GPU leaves cuDNN convolutions out: trust it only on the CPU, and
     # only from a variant whose convolutions XLA compiled (with every variant on oneDNN,
     # e.g. --no-default, it counts just the element-wise rest: < 1 % of the analytic).
-    if xla and info["platform"] == "cpu" and xla / args.batch > 0.5 * analytic:
+    if counted:
+        flops_img, source = counted, "torch FlopCounterMode, smp twin"
+    elif xla and info["platform"] == "cpu" and (analytic is None
+                                                or xla / args.batch > 0.5 * analytic):
         flops_img, source = xla / args.batch, "XLA cost analysis"
-    else:
+    elif analytic is not None:
         flops_img, source = analytic, "analytic (3x forward)"
+    else:  # an encoder U-Net on an accelerator without torch: no trustworthy count
+        flops_img, source = float("nan"), "none (install torch to count)"
     report["flops_per_image_g"] = flops_img / 1e9
-    report["flops_per_image_analytic_g"] = analytic / 1e9
+    report["flops_per_image_analytic_g"] = analytic / 1e9 if analytic else None
     report["flops_per_image_xla_g"] = xla / args.batch / 1e9 if xla else None
     report["flops_source"] = source
     for res in report["variants"].values():
@@ -912,7 +974,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(out)
     print(f"wrote {out}")
     errors = [n for n, r in report["variants"].items() if "error" in r]
-    return 1 if errors else 0
+    differ = [n for n, r in report["variants"].items() if r.get("same_param_count") is False]
+    for name in differ:
+        res = report["variants"][name]
+        print(f"speed.py: variant {name}: the JAX model has {res['jax']['params']:,} parameters "
+              f"and the PyTorch one {res['torch']['params']:,}; the ratio compares different "
+              "models (for --encoder, smp builds every encoder stage: use --depth 5)",
+              file=sys.stderr)
+    return 1 if errors or differ else 0
 
 
 if __name__ == "__main__":

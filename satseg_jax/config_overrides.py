@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import collections.abc
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,41 @@ def apply_overrides(config, overrides: Sequence[Override]) -> None:
             raise SatsegError(f"{o.option}: {e}") from None
 
 
+def add_model_knobs(config, overrides: Sequence[Override], spec: str | Path) -> None:
+    """Add to ``config.model`` each knob an override sets that the file leaves out but the
+    chosen model takes (e.g. ``--config.model.encoder=resnet34`` on a recipe written
+    before encoders), at the model's default, so the value is read with the knob's type.
+
+    Why: ``config.model`` is checked against the model's own knobs (models.registry), not
+    a fixed list, so a file cannot be expected to spell every knob of every model. A name
+    that is no knob of the model is refused, listing the model's knobs.
+    """
+    keys = [o.key.split(".", 1)[1] for o in overrides
+            if o.key.startswith("model.") and o.key.count(".") == 1]
+    model = config.get("model") if hasattr(config, "get") else None
+    if not keys or not callable(getattr(model, "keys", None)):
+        return
+    name = next((o.value for o in reversed(overrides) if o.key == "model.name"),
+                model.get("name"))
+    from satseg_jax.models import registry  # importing the package registers every model
+
+    try:
+        defaults = registry.model_field_defaults(name)
+    except SatsegError:  # an unknown model: get_model names the registered ones
+        return
+    valid = sorted(set(model.keys()) | set(defaults) | {"name"})
+    for key in keys:
+        if key in model:
+            continue
+        if key not in defaults:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SatsegError(f"--config.model.{key} (config file {spec}): unknown config field "
+                              f"config.model.{key}{hint}; valid fields of config.model for "
+                              f"{name!r}: {', '.join(valid)}")
+        model[key] = defaults[key]
+
+
 def config_from_args(spec: str, overrides: Sequence[Override]):
     """The locked config of ``--config SPEC`` with ``overrides`` applied.
 
@@ -240,6 +276,7 @@ def config_from_args(spec: str, overrides: Sequence[Override]):
 
     config = load_config(spec)
     check_config_fields(config, spec)
+    add_model_knobs(config, overrides, spec)
     check_override_keys(config, [o.key for o in overrides], spec)
     apply_overrides(config, overrides)
     if hasattr(config, "lock"):

@@ -60,13 +60,16 @@ def _resampled_size(run, meta) -> int:
                 "pixel size before 'satseg patches'")
     config = run.config
     resize_to = max(1, round(meta.patch_size * gsd / train_gsd))
-    depth = int(config.model.get("depth", 0))
     if config.model.name == "unet_original":
         from satseg_jax.models import largest_valid_input
 
-        resize_to = largest_valid_input(resize_to, depth) or resize_to
-    elif depth:  # same-padded U-Nets need multiples of 2**depth
-        resize_to = max(2**depth, resize_to - resize_to % 2**depth)
+        resize_to = largest_valid_input(resize_to, int(config.model.get("depth", 4))) \
+            or resize_to
+    else:  # same-padded models need multiples of theirs (2**depth for U-Nets, 32 for fpn)
+        from satseg_jax.models.registry import input_multiple
+
+        f = input_multiple(config.model)
+        resize_to = max(f, resize_to - resize_to % f)
     print(f"resampling {meta.patch_size}-px patches of {gsd:g} m to {resize_to} px "
           f"({train_gsd:g} m, the training pixel size)", flush=True)
     return resize_to

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from satseg_jax.errors import SatsegError
+from satseg_jax.models.registry import model_encoder
 from satseg_jax.training_control import option
 
 ENCODER = "encoder"  # the submodule name every encoder-backed model uses
@@ -34,7 +35,9 @@ ENCODER = "encoder"  # the submodule name every encoder-backed model uses
 DEFAULTS = {("train", "freeze_encoder_steps"): 0,
             ("optimizer", "encoder_lr_multiplier"): 1.0,
             ("optimizer", "decay_norms_and_biases"): True}
-NO_DECAY_LEAVES = ("bias", "scale")  # biases; BatchNorm/GroupNorm/LayerNorm scales
+# Biases; BatchNorm/GroupNorm/LayerNorm scales; ConvNeXt's layer scale (timm decays
+# none of them: every 1-D parameter is left out).
+NO_DECAY_LEAVES = ("bias", "scale", "gamma")
 
 
 def setting(config: Any, section: str, key: str) -> Any:
@@ -43,10 +46,8 @@ def setting(config: Any, section: str, key: str) -> Any:
 
 
 def has_encoder(config: Any) -> bool:
-    model = config.model
-    name = model.get("encoder", "none") if hasattr(model, "get") else getattr(
-        model, "encoder", "none")
-    return str(name or "none") != "none"
+    """Whether the model has a named encoder (its own default counts: fpn's resnet34)."""
+    return model_encoder(config.model) != "none"
 
 
 def param_labels(params: Any) -> Any:

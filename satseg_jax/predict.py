@@ -74,7 +74,9 @@ def model_context(config, tile: int) -> tuple[int, int]:
         inp = valid_input_size(tile, depth)
         out = valid_output_size(inp, depth)
         return inp, (inp - out) // 2
-    f = 2 ** int(config.model.get("depth", 0))
+    from satseg_jax.models.registry import input_multiple
+
+    f = input_multiple(config.model)
     if tile % f:
         raise SatsegError(f"--tile {tile} must be divisible by {f} for {config.model.name}")
     return tile, 0

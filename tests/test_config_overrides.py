@@ -158,6 +158,30 @@ def test_unknown_keys_list_the_valid_fields():
         _config("--config.seed.x=1")
 
 
+def test_model_knobs_the_file_leaves_out_are_set_with_their_type():
+    """A recipe written before encoders takes ``--config.model.encoder=resnet34`` (and
+    the start fields): config.model is checked against the chosen model's knobs, so a
+    knob of that model is added at its default and parsed with its type; a name that is
+    no knob of the model (after a --config.model.name switch too) is refused, listing the
+    model's knobs."""
+    recipe = str(REPO / "configs" / "real" / "rgb_vhr.py")
+    c = _config("--config.model.encoder=resnet34", "--config.model.depth=5",
+                "--config.model.bn_momentum=0.5", "--config.model.encoder_weights=runs/enc",
+                spec=recipe)
+    assert (c.model.encoder, c.model.depth, c.model.encoder_weights) == \
+        ("resnet34", 5, "runs/enc")
+    assert isinstance(c.model.bn_momentum, float) and c.model.bn_momentum == 0.5
+    assert "adapt_bands" not in c.model  # only what was asked for is added
+    with pytest.raises(SatsegError) as e:
+        _config("--config.model.encodr=resnet34", spec=recipe)
+    msg = str(e.value)
+    assert "did you mean 'encoder'" in msg and "for 'unet'" in msg
+    assert "encoder_bn" in msg and "encoder_weights" in msg
+    with pytest.raises(SatsegError, match="unknown config field config.model.encoder_bn"):
+        _config("--config.model.name=cerranet", "--config.model.encoder_bn=frozen",
+                spec=recipe)
+
+
 def test_the_config_ends_up_locked():
     c = _config("--config.train.num_steps=3")
     assert c.is_locked

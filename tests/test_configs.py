@@ -61,3 +61,34 @@ def test_real_sweep_uses_the_recipe_and_the_same_variants(recipe):
     assert b.data.scale_range == recipe_config.data.scale_range
     with pytest.raises(Exception, match="recipe 'nope'"):
         load_config(f"{bench / 'unet_variants_real.py'}:nope")
+
+
+@pytest.mark.parametrize("recipe", ["rgb_vhr", "multispectral"])
+def test_encoder_sweep_has_issue_31s_rows_on_the_real_schedule(recipe):
+    """configs/bench/encoders_real.py: the real sweep's schedule, seeds, split and
+    baselines; the plain recipe U-Net as the ``unet`` row every other row is paired
+    against; unet x {resnet18, resnet34, resnet50, convnext_tiny}, unet_plus_plus x
+    resnet34, deeplabv3plus x resnet50, fpn x resnet34; every row builds on the recipe's
+    crop (divisible by 32 for the 5-stage encoders)."""
+    from satseg_jax.config_overrides import load_config
+
+    bench = Path(__file__).parents[1] / "configs" / "bench"
+    sweep = load_config(f"{bench / 'encoders_real.py'}:{recipe}")
+    real = load_config(f"{bench / 'unet_variants_real.py'}:{recipe}")
+    assert sweep.base.to_dict() == real.base.to_dict()
+    assert tuple(sweep.seeds) == tuple(real.seeds) and sweep.split == "test"
+    assert tuple(sweep.baselines) == ("majority", "rf", "rf-texture")
+    rows = sweep.variants.to_dict()
+    assert rows["unet"] == real.base.model.to_dict()
+    pairs = {(r["name"], r.get("encoder", "none")) for r in rows.values()}
+    assert pairs == {("unet", "none"), ("unet", "resnet18"), ("unet", "resnet34"),
+                     ("unet", "resnet50"), ("unet", "convnext_tiny"),
+                     ("unet_plus_plus", "resnet34"), ("deeplabv3plus", "resnet50"),
+                     ("fpn", "resnet34")}
+    size = sweep.base.data.crop_size
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    for label, fields in rows.items():
+        model = get_model(fields, num_classes=2)
+        out = jax.eval_shape(lambda x, m=model: m.init_with_output(
+            jax.random.key(0, impl="rbg"), x)[0], x)
+        assert out.shape == (1, size, size, 2), label

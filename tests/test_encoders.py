@@ -111,7 +111,8 @@ def test_unet_resnet34_is_smps_unet():
 # Parameter counts of smp.Unet(encoder, classes=2) in smp 0.6.0, pinned so the decoder
 # layout cannot drift without a test noticing (computed by test_unet_resnet34_is_smps_unet
 # for resnet34 with smp installed; the others with the same smp release).
-SMP_UNET_PARAMS = {"resnet18": 14_328_354, "resnet34": 24_436_514, "resnet50": 32_521_250}
+SMP_UNET_PARAMS = {"resnet18": 14_328_354, "resnet34": 24_436_514, "resnet50": 32_521_250,
+                   "convnext_tiny": 31_928_898}  # tu-convnext_tiny (tests/test_convnext.py)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)

@@ -3,6 +3,7 @@ without PyTorch, and writes the JSON the results table is built from."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -46,7 +47,7 @@ def _run(tmp_path: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-def _check_common(report: dict) -> dict:
+def _check_common(report: dict, base: int = 4) -> dict:
     for key in ("benchmark", "machine", "config", "variants", "matmul_ceiling_gflops",
                 "flops_per_image_g", "flops_per_image_analytic_g", "flops_source", "sections"):
         assert key in report, key
@@ -55,7 +56,7 @@ def _check_common(report: dict) -> dict:
                 "machine"):
         assert key in m, key
     assert m["machine"].startswith("cpu-")
-    assert report["config"]["base"] == 4 and report["config"]["batch"] == 2
+    assert report["config"]["base"] == base and report["config"]["batch"] == 2
     tuned = report["variants"]["tuned"]
     assert "error" not in tuned, tuned.get("error")
     jax_res = tuned["jax"]
@@ -81,16 +82,70 @@ def test_quick_run_without_torch(tmp_path):
     assert "torch" not in tuned and "ratio_train_jax_over_torch" not in tuned
 
 
+def _smp_or_skip() -> None:
+    from satseg_jax.weights.torch_libs import import_torch_library
+
+    try:
+        import_torch_library("segmentation_models_pytorch")
+    except ImportError:
+        pytest.skip("needs segmentation_models_pytorch: pip install -e '.[weights]'")
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (pip install '.[bench]')")
-def test_quick_run_with_torch(tmp_path):
-    report = _run(tmp_path)
-    tuned = _check_common(report)
-    assert tuned["torch"]["params"] == tuned["jax"]["params"]
+def test_quick_run_with_torch_times_unet_resnet18_against_smp(tmp_path):
+    """With torch, one run (the encoder mode, the comparison issue 31 asks for): unet-
+    resnet18 against smp's Unet('resnet18'), the same parameter count (checked by the
+    worker: smp's 14,328,354 for 3 bands and 2 classes), FLOPs counted on the smp twin,
+    JAX/PyTorch ratios paired within the worker."""
+    _smp_or_skip()
+    report = _run(tmp_path, "--encoder", "resnet18", "--bands", "3", "--classes", "2",
+                  "--torch-compile", "off")
+    tuned = _check_common(report, base=16)
+    assert report["config"]["encoder"] == "resnet18" and report["config"]["depth"] == 5
+    assert tuned["same_param_count"] is True
+    assert tuned["jax"]["params"] == tuned["torch"]["params"] == 14_328_354
     for key in ("train_img_s", "predict_img_s", "train_gflops"):
         assert key in tuned["torch"], key
+    assert report["flops_source"].startswith("torch FlopCounterMode")
+    assert tuned["ratio_train_paired"]["median"] > 0
     assert tuned["ratio_train_jax_over_torch"] > 0
     assert report["machine"]["torch"]
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (pip install '.[bench]')")
+def test_plain_torch_twin_trains_with_the_jax_models_parameter_count():
+    """The plain-U-Net PyTorch side (the default mode): built with the JAX model's
+    parameter count (torch_unet.build asserts it) and its train/predict steps run."""
+    speed = _load_speed()
+    args = speed.parse_args(["--quick"])
+    t = speed.torch_side(args, "cpu")
+    torch_unet = importlib.import_module("torch_unet")
+    assert t["params"] == torch_unet.expected_param_count(args.bands, args.classes,
+                                                          args.base, args.depth)
+    t["train"]()
+    t["predict"]()
+
+
+def test_smp_twin_has_the_jax_encoder_unets_parameter_count():
+    """The encoder mode's smp model (decoder widths base * 2**level) and the JAX model
+    are the same architecture, parameter for parameter, at a non-default depth too."""
+    pytest.importorskip("torch")
+    _smp_or_skip()
+    import jax
+    import jax.numpy as jnp
+
+    from satseg_jax.models import get_model
+
+    speed = _load_speed()
+    args = speed.parse_args(["--encoder", "resnet34", "--base", "8", "--bands", "5"])
+    assert (args.depth, args.base) == (5, 8)
+    model = get_model({"name": "unet", "encoder": "resnet34", "depth": 5, "base_width": 8,
+                       "upsample": "nearest"}, args.classes)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               jnp.zeros((1, 64, 64, 5)), train=False))
+    jax_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes["params"]))
+    assert jax_params == importlib.import_module("torch_unet").param_count(speed.smp_unet(args))
 
 
 def test_machine_slug():

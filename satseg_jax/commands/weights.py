@@ -8,20 +8,21 @@ from satseg_jax.commands.common import floats, names, print_table, print_wrote
 from satseg_jax.io_utils import refuse_overwriting_inputs
 
 SOURCES = ("torchvision", "timm", "torchgeo", "state-dict")  # weights.importer.SOURCES
-ARCHS = ("resnet18", "resnet34", "resnet50")  # models.encoders.ENCODERS (checked by a test)
+# models.encoders.ENCODERS (checked by a test)
+ARCHS = ("resnet18", "resnet34", "resnet50", "convnext_tiny")
 
 IMPORT_DOC = (
-    "Convert a PyTorch encoder checkpoint (a torchvision-layout ResNet state dict, .pth or "
-    ".safetensors) into an encoder directory that config.model.encoder_weights takes: "
-    "Orbax-saved variables plus card.json (source, arch, input bands in order, "
-    "normalisation, licence, the file's SHA-256, every key left out and why). Strict: a "
-    "missing, unexpected or wrongly shaped key is refused, each named. --from torchvision|"
-    "timm default to ImageNet RGB (bands red,green,blue; inputs /255 then ImageNet "
-    "mean/std); --from torchgeo|state-dict need --bands, --mean, --std and --input-scale "
-    "as the weights' documentation states them (e.g. SSL4EO-S12: 13 Sentinel-2 bands). "
-    "--download NAME fetches the file through the library that owns it (a torchvision or "
-    "torchgeo weight enum, e.g. ResNet34_Weights.IMAGENET1K_V1) into its cache; offline it "
-    "says so."
+    "Convert a PyTorch encoder checkpoint (a torchvision-layout ResNet or a timm-layout "
+    "ConvNeXt-Tiny state dict, .pth or .safetensors) into an encoder directory that "
+    "config.model.encoder_weights takes: Orbax-saved variables plus card.json (source, "
+    "arch, input bands in order, normalisation, licence, the file's SHA-256, every key "
+    "left out and why). Strict: a missing, unexpected or wrongly shaped key is refused, "
+    "each named. --from torchvision|timm default to ImageNet RGB (bands red,green,blue; "
+    "inputs /255 then ImageNet mean/std); --from torchgeo|state-dict need --bands, "
+    "--mean, --std and --input-scale as the weights' documentation states them (e.g. SSL4EO-S12: "
+    "13 Sentinel-2 bands). --download NAME fetches the file through the library that owns "
+    "it (a torchvision or torchgeo weight enum, e.g. ResNet34_Weights.IMAGENET1K_V1) into "
+    "its cache; offline it says so."
 )
 
 

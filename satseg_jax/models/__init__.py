@@ -4,7 +4,13 @@ Importing this package registers every model. No TensorFlow/tfds/rasterio here: 
 must import where only JAX is installed.
 """
 
-from satseg_jax.models import cerranet, unet, variants  # noqa: F401  (registers the models)
+from satseg_jax.models import (  # noqa: F401  (registers the models)
+    cerranet,
+    deeplab,
+    fpn,
+    unet,
+    variants,
+)
 from satseg_jax.models.registry import get_model, model_knobs, register_model, registered_models
 from satseg_jax.models.unet import (
     largest_valid_input,

@@ -25,6 +25,8 @@ _INTERNAL = {"num_classes", "dtype", "axis_name", "parent", "name", "padding", "
 # (read when training starts: satseg_jax/weights/adapt.py); every model with an
 # ``encoder`` knob takes them.
 START_FIELDS = ("encoder_weights", "adapt_bands")
+# Their defaults: no imported weights, no band adaptation (declared once, here).
+START_DEFAULTS = {"encoder_weights": "", "adapt_bands": "none"}
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -55,6 +57,37 @@ def model_knobs(name: str) -> list[str]:
                           f"{registered_models()}")
     cls = _REGISTRY[name]
     return sorted(f.name for f in dataclasses.fields(cls) if f.name not in _INTERNAL)
+
+
+def model_field_defaults(name: str) -> dict[str, Any]:
+    """Every config.model field model ``name`` accepts (knobs, and the start fields for a
+    model with an encoder), with its default: what ``--config.model.KNOB=V`` sets when
+    the config file leaves KNOB out (so V is read with the knob's type)."""
+    valid = set(model_knobs(name))
+    out = {f.name: f.default for f in dataclasses.fields(_REGISTRY[name])
+           if f.name in valid and f.default is not dataclasses.MISSING}
+    if "encoder" in valid:
+        out.update(START_DEFAULTS)
+    return out
+
+
+def model_encoder(model_config: Any) -> str:
+    """The named encoder of ``model_config``: its ``encoder`` field, else the model's
+    default (``fpn`` and ``deeplabv3plus`` have one without the field being set), else
+    ``"none"`` (models without an encoder)."""
+    cfg = _as_dict(model_config)
+    if cfg.get("encoder"):
+        return str(cfg["encoder"])
+    name = cfg.get("name")
+    defaults = model_field_defaults(name) if name in _REGISTRY else {}
+    return str(defaults.get("encoder") or "none")
+
+
+def input_multiple(model_config: Any) -> int:
+    """What the input sides of ``model_config``'s model must be divisible by (1 when
+    any size goes): used to round crops, resampled patches and prediction tiles."""
+    model = get_model(model_config, num_classes=1)
+    return int(getattr(model, "input_multiple", 1))
 
 
 def _as_dict(model_config: Any) -> dict[str, Any]:

@@ -143,6 +143,11 @@ class UNetKnobs(nn.Module):
                               f"{self.encoder!r}: at most {MAX_ENCODER_DEPTH} (its stages)")
         super().__post_init__()
 
+    @property
+    def input_multiple(self) -> int:
+        """What an input side must be divisible by: one 2×2 down-sampling per level."""
+        return 2**self.depth
+
 
 class _UNetBase(UNetKnobs):
     """Encoder–decoder with skips; subclasses fix padding, block kind and attention.
@@ -176,8 +181,10 @@ class _UNetBase(UNetKnobs):
         """A named encoder (``models/encoders``) under a U-Net decoder, as smp builds it:
         from the deepest feature map up, ×2 up-sampling, concatenation with the encoder
         feature of that stride (decoder features first), one level block; the last level
-        (stride 1) has no skip; a 3×3 head. The encoder's submodule is named ``encoder``,
-        which is what pretrained weights (``config.model.encoder_weights``) replace."""
+        (stride 1) has no skip, nor has a level whose encoder feature is ``None`` (ConvNeXt
+        at stride 2, where smp has a 0-channel placeholder); a 3×3 head. The encoder's
+        submodule is named ``encoder``, which is what pretrained weights
+        (``config.model.encoder_weights``) replace."""
         require_divisible(x, self.depth, self.__class__.__name__)
         features = make_encoder(self.encoder, dtype=self.dtype, axis_name=self.axis_name,
                                 conv_fn=self.conv_fn, stages=self.depth,
@@ -188,8 +195,8 @@ class _UNetBase(UNetKnobs):
         for level in reversed(range(self.depth)):
             width = self.base_width * 2**level
             h = self._upsample(h)
-            if level:
-                skip = features[level - 1]
+            skip = features[level - 1] if level else None
+            if skip is not None:  # None: the encoder has no map at this stride (ConvNeXt)
                 if self.attention:
                     skip = AttentionGate(max(1, width // 2), dtype=self.dtype,
                                          conv_fn=self.conv_fn)(skip, h)

@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from satseg_jax.errors import SatsegError
+from satseg_jax.models.encoders import stem_kernel
+from satseg_jax.models.registry import model_encoder
 from satseg_jax.weights.store import read_encoder_dir
 
 ADAPTATIONS = ("none", "names", "repeat")  # config.model.adapt_bands
-STEM = ("params", "conv1", "kernel")  # the first convolution: (7, 7, bands, 64)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ def _get(tree: Mapping[str, Any], path: Sequence[str]) -> Any:
     for k in path:
         tree = tree[k]
     return tree
+
+
+def _set(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    for k in path[:-1]:
+        tree = tree[k]
+    tree[path[-1]] = value
 
 
 def _stem(kernel: np.ndarray, card_bands: list[str], bands: list[str], how: str,
@@ -133,7 +140,7 @@ def encoder_start(model_config: Any, template: Mapping[str, Any], bands: Sequenc
                           f"{list(ADAPTATIONS)}")
     if not enc_dir:
         return None
-    arch = str(get("encoder", "none"))
+    arch = model_encoder(model_config)
     if not Path(enc_dir).is_dir():
         raise SatsegError(f"config.model.encoder_weights={enc_dir}: no such directory; make "
                           "one with 'satseg weights import'")
@@ -153,8 +160,9 @@ def encoder_start(model_config: Any, template: Mapping[str, Any], bands: Sequenc
             raise SatsegError(f"{enc_dir}: adapt_bands=names but no band of {data_dir} "
                               f"({', '.join(bands)}) is one the weights name "
                               f"({', '.join(card['bands'])}); use adapt_bands=repeat")
-        kernel, how_said = _stem(np.asarray(_get(loaded, STEM)), card_bands, ds_bands, how)
-        loaded["params"]["conv1"]["kernel"] = kernel
+        stem = stem_kernel(arch)  # the first convolution, the one that sees the bands
+        kernel, how_said = _stem(np.asarray(_get(loaded, stem)), card_bands, ds_bands, how)
+        _set(loaded, stem, kernel)
         notes.append(f"first convolution adapted from {len(card_bands)} to {len(ds_bands)} "
                      f"bands by {how_said}")
     variables, unused = _subset(loaded, template, enc_dir)

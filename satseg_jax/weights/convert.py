@@ -10,8 +10,16 @@ else — a missing, an unexpected or a wrongly shaped key — is refused, naming
 
 The conversion is numpy only (no torch needed): the caller reads the file
 (``satseg_jax.weights.files``). Layouts: torch convolution kernels are OIHW, Flax's
-HWIO; BatchNorm ``weight``/``bias``/``running_mean``/``running_var`` are Flax's
-``scale``/``bias`` (params) and ``mean``/``var`` (``batch_stats``).
+HWIO (a depthwise ``(C, 1, 7, 7)`` becomes ``(7, 7, 1, C)``, Flax's kernel with
+``feature_group_count=C``); ``Linear`` weights are ``(out, in)``, a Flax ``Dense``
+kernel ``(in, out)``; BatchNorm ``weight``/``bias``/``running_mean``/``running_var`` are
+Flax's ``scale``/``bias`` (params) and ``mean``/``var`` (``batch_stats``), LayerNorm's
+``weight``/``bias`` Flax's ``scale``/``bias``; ConvNeXt's layer scale ``gamma`` is kept
+as it is.
+
+timm's ``features_only`` models (and smp's ``tu-`` encoders built on them) flatten the
+top-level sequences, ``stem.0`` -> ``stem_0``, ``stages.1`` -> ``stages_1``; those keys
+are read as the checkpoint's spelling (``canonical_key``), the one errors then name.
 """
 
 from __future__ import annotations
@@ -27,13 +35,17 @@ from satseg_jax.errors import SatsegError
 
 # Flax leaf name -> torch tensor name, per collection.
 _LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
-               ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
-               ("batch_stats", "var"): "running_var"}
+               ("params", "bias"): "bias", ("params", "gamma"): "gamma",
+               ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
 # Flax module names that are not "torch name with '.' -> '_'".
 _MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 # torch tensors a source carries beside the encoder: (pattern, why it is left out).
 DROPPED = ((re.compile(r"(.+\.)?num_batches_tracked"), "BatchNorm step counter"),
-           (re.compile(r"fc\.(weight|bias)"), "ImageNet classifier (not part of the encoder)"))
+           (re.compile(r"fc\.(weight|bias)"), "ImageNet classifier (not part of the encoder)"),
+           (re.compile(r"head\.(norm|fc)\.(weight|bias)"),
+            "timm classifier head: final LayerNorm and classifier (not part of the encoder)"))
+# timm features_only's flattened top-level names (``stem_0.``, ``stages_1.``).
+_FLATTENED = re.compile(r"^(stem|stages)_(\d+)\.")
 LISTED_LIMIT = 12  # keys named per kind in an error; the count says how many more
 
 
@@ -46,6 +58,23 @@ def torch_key(path: tuple[str, ...]) -> str:
         raise ValueError(f"no torch name for {'/'.join(path)}")
     parts = [_MODULE_NAMES.get(m) or re.sub(r"_(\d+)$", r".\1", m) for m in modules]
     return ".".join([*parts, _LEAF_NAMES[(collection, leaf)]])
+
+
+def canonical_key(key: str) -> str:
+    """A state-dict key in the checkpoint's spelling: timm ``features_only``'s
+    ``stages_1.blocks.0.gamma`` is ``stages.1.blocks.0.gamma``; other keys are unchanged."""
+    return _FLATTENED.sub(r"\1.\2.", key)
+
+
+def _canonical(state_dict: Mapping[str, Any], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        name = canonical_key(key)
+        if name in out:
+            raise SatsegError(f"{what}: the state dict has {name} twice (also spelt "
+                              f"{key}); keep one")
+        out[name] = value
+    return out
 
 
 def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple, Any]:
@@ -101,6 +130,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Mapping[s
     Raises SatsegError listing, by name, every expected key the state dict lacks, every
     key it has that the encoder does not take, and every shape that differs.
     """
+    state_dict = _canonical(state_dict, what)
     expected = {torch_key(path): path for path in _flatten(template)}
     dropped = {k: why for k in state_dict for pattern, why in DROPPED
                if k not in expected and pattern.fullmatch(k)}

@@ -11,7 +11,8 @@ downloads them:
 - ``state-dict``: any other torchvision-layout checkpoint, with the same four options.
 
 The layout is the same for all (torchvision's ResNet; timm's and torchgeo's ResNets
-share it), so one strict converter serves them (``weights.convert``).
+share it; ``convnext_tiny`` is timm's ConvNeXt layout, whose default normalisation is
+ImageNet's too), so one strict converter serves them (``weights.convert``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from satseg_jax.errors import SatsegError
-from satseg_jax.weights.convert import convert_state_dict
+from satseg_jax.weights.convert import canonical_key, convert_state_dict, torch_key
 from satseg_jax.weights.files import read_state_dict
 from satseg_jax.weights.store import write_encoder_dir
 
@@ -84,7 +85,7 @@ def import_weights(source: str, arch: str, file: str | Path, out: str | Path, *,
                    input_scale: float | None = None, licence: str = "",
                    overwrite: bool = False) -> dict[str, Any]:
     """Convert ``file`` into the encoder directory ``out``; returns its card."""
-    from satseg_jax.models.encoders import check_encoder
+    from satseg_jax.models.encoders import check_encoder, stem_kernel
 
     if source not in SOURCES:
         raise SatsegError(f"--from {source!r}: expected one of {list(SOURCES)}")
@@ -99,10 +100,11 @@ def import_weights(source: str, arch: str, file: str | Path, out: str | Path, *,
             raise SatsegError(f"{file}: no key starts with --prefix {prefix!r} (keys look "
                               f"like: {', '.join(outside[:5])})")
         dropped.update({k: f"outside --prefix {prefix}" for k in outside})
-    first = state.get("conv1.weight")
+    stem = torch_key(stem_kernel(arch))  # conv1.weight (ResNet), stem.0.weight (ConvNeXt)
+    first = next((v for k, v in state.items() if canonical_key(k) == stem), None)
     if first is None or first.ndim != 4:
-        raise SatsegError(f"{file}: no 4-D 'conv1.weight' (the stem of a torchvision-layout "
-                          f"ResNet); keys look like: {', '.join(sorted(state)[:5])}; check "
+        raise SatsegError(f"{file}: no 4-D {stem!r} (the stem of a {arch} in torchvision/timm "
+                          f"layout); keys look like: {', '.join(sorted(state)[:5])}; check "
                           "--arch, or strip a prefix with --prefix")
     norm = _normalisation(source, bands, mean, std, input_scale, int(first.shape[1]), str(file))
     conversion = convert_state_dict(state, encoder_template(arch, int(first.shape[1])),

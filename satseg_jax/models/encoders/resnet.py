@@ -12,6 +12,11 @@ even input by (0, 1), torch by (1, 1); the features would be shifted by half a p
 and pretrained weights would not give their published features. ResNet-50 is the "v1.5"
 torchvision variant (stride in the 3×3 convolution of each bottleneck).
 
+``output_stride`` 16 (or 8) dilates the deepest stage(s) as smp's ``make_dilated`` does
+for DeepLab: every convolution of ``layer4`` (and ``layer3`` for 8) gets stride 1,
+dilation ``stage stride // output_stride`` and padding ``(k // 2) * dilation``; the
+parameters are the same, only the last feature maps stay at the output stride.
+
 Names: torch ``layer2.0.conv1.weight`` is ``layer2_0/conv1/kernel`` here,
 ``layer2.0.downsample.0`` / ``.1`` are ``layer2_0/downsample_conv`` / ``downsample_bn``.
 """
@@ -24,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from satseg_jax.errors import SatsegError
+
 # arch -> (block kind, blocks per stage)
 RESNET_LAYOUTS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -34,6 +41,7 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = {"basic": 1, "bottleneck": 4}
 # torch BatchNorm2d's default epsilon; momentum 0.1 there is 0.9 in flax's convention.
 BN_EPSILON = 1e-5
+OUTPUT_STRIDES = (8, 16, 32)  # stride of the deepest feature map (smp: 8 and 16 dilate)
 
 
 def feature_channels(arch: str) -> tuple[int, ...]:
@@ -42,9 +50,11 @@ def feature_channels(arch: str) -> tuple[int, ...]:
     return (64, *(w * EXPANSION[kind] for w in STAGE_WIDTHS))
 
 
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """torch's symmetric padding ``k // 2`` for a k×k kernel."""
-    return ((k // 2, k // 2), (k // 2, k // 2))
+def _pad(k: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    """torch's symmetric padding ``k // 2`` for a k×k kernel (times the dilation, as
+    smp's ``replace_strides_with_dilation`` sets it)."""
+    p = (k // 2) * dilation
+    return ((p, p), (p, p))
 
 
 class _Unit(nn.Module):
@@ -55,10 +65,12 @@ class _Unit(nn.Module):
     bn_momentum: float = 0.9
     conv_fn: Any = None
 
-    def conv(self, features: int, k: int, stride: int, name: str) -> nn.Conv:
-        return nn.Conv(features, (k, k), strides=(stride, stride), padding=_pad(k),
-                       use_bias=False, dtype=self.dtype, conv_general_dilated=self.conv_fn,
-                       name=name)
+    def conv(self, features: int, k: int, stride: int, name: str, dilation: int = 1
+             ) -> nn.Conv:
+        d = dilation
+        return nn.Conv(features, (k, k), strides=(stride, stride), padding=_pad(k, d),
+                       kernel_dilation=(d, d), use_bias=False, dtype=self.dtype,
+                       conv_general_dilated=self.conv_fn, name=name)
 
     def bn(self, train: bool, name: str) -> nn.BatchNorm:
         return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -66,7 +78,18 @@ class _Unit(nn.Module):
                             name=name)
 
 
-class BasicBlock(_Unit):
+class _Block(_Unit):
+    """A residual block: every convolution of it dilated by ``dilation`` (1, or the rate
+    of a dilated stage)."""
+
+    dilation: int = 1
+
+    def conv(self, features: int, k: int, stride: int, name: str, dilation: int = 1
+             ) -> nn.Conv:
+        return super().conv(features, k, stride, name, dilation=self.dilation * dilation)
+
+
+class BasicBlock(_Block):
     """Two 3×3 convolutions with a skip (ResNet-18/34)."""
 
     features: int = 64
@@ -83,7 +106,7 @@ class BasicBlock(_Unit):
         return nn.relu(x + y)
 
 
-class Bottleneck(_Unit):
+class Bottleneck(_Block):
     """1×1 reduce, 3×3 (strided), 1×1 expand ×4, with a skip (ResNet-50, v1.5)."""
 
     features: int = 64
@@ -107,6 +130,13 @@ class ResNetEncoder(_Unit):
 
     arch: str = "resnet34"
     stages: int = 5  # feature maps to compute (strides 2 .. 2**stages)
+    output_stride: int = 32  # 16 / 8: the deepest stage(s) dilated instead of strided
+
+    def __post_init__(self) -> None:
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise SatsegError(f"encoder output_stride={self.output_stride!r}: expected one "
+                              f"of {list(OUTPUT_STRIDES)}")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
@@ -122,14 +152,17 @@ class ResNetEncoder(_Unit):
         in_channels = 64
         for stage, (width, count) in enumerate(zip(STAGE_WIDTHS[:self.stages - 1],
                                                     blocks)):
+            # smp's make_dilated: a stage whose stride would pass the output stride
+            # keeps the resolution, every conv of it dilated by the stride it skips.
+            dilation = max(1, (4 << stage) // self.output_stride)
             for i in range(count):
                 stride = 2 if stage > 0 and i == 0 else 1
                 out_channels = width * EXPANSION[kind]
-                x = block_cls(features=width, stride=stride,
+                x = block_cls(features=width, stride=1 if dilation > 1 else stride,
                               downsample=i == 0 and (stride != 1 or in_channels != out_channels),
                               dtype=self.dtype, axis_name=self.axis_name,
                               bn_momentum=self.bn_momentum, conv_fn=self.conv_fn,
-                              name=f"layer{stage + 1}_{i}")(x, train)
+                              dilation=dilation, name=f"layer{stage + 1}_{i}")(x, train)
                 in_channels = out_channels
             features.append(x)
         return features
