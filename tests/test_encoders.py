@@ -68,26 +68,7 @@ def _smp_to_flax(smp_state: dict, template: dict) -> dict:
     encoder = {k[len("encoder."):]: v for k, v in smp_state.items() if k.startswith("encoder.")}
     enc = convert_state_dict(encoder, {c: template[c]["encoder"] for c in template}, "smp")
     out = {c: {"encoder": enc.variables[c]} for c in template}
-    depth = 5
-    level_names = sorted((n for n in template["params"] if n not in ("encoder", "head")),
-                         key=lambda n: int(n.rsplit("_", 1)[1]))
-    assert len(level_names) == depth, level_names
-    for i, name in enumerate(level_names):  # ConvBlock_0 is the deepest level (first built)
-        p = f"decoder.blocks.{i}"
-        out["params"][name] = {}
-        out["batch_stats"][name] = {}
-        for j in range(2):
-            w = smp_state[f"{p}.conv{j + 1}.0.weight"]
-            bn = f"{p}.conv{j + 1}.1"
-            out["params"][name][f"Conv_{j}"] = {"kernel": np.transpose(w, (2, 3, 1, 0))}
-            out["params"][name][f"Norm_{j}"] = {"BatchNorm_0": {
-                "scale": smp_state[f"{bn}.weight"], "bias": smp_state[f"{bn}.bias"]}}
-            out["batch_stats"][name][f"Norm_{j}"] = {"BatchNorm_0": {
-                "mean": smp_state[f"{bn}.running_mean"], "var": smp_state[f"{bn}.running_var"]}}
-    out["params"]["head"] = {
-        "kernel": np.transpose(smp_state["segmentation_head.0.weight"], (2, 3, 1, 0)),
-        "bias": smp_state["segmentation_head.0.bias"]}
-    return out
+    return tt.smp_unet_decoder(smp_state, template, out)
 
 
 def test_unet_resnet34_is_smps_unet():

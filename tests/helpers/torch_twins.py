@@ -55,3 +55,29 @@ def torch_features(model, x_nhwc: np.ndarray) -> list[np.ndarray]:
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| relative to the feature scale (max |b|)."""
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12))
+
+
+def smp_unet_decoder(smp_state: dict, template: dict, out: dict) -> dict:
+    """Add smp ``Unet``'s decoder to ``out`` (our U-Net variables, the encoder already
+    converted): decoder block i is our level 4-i (``ConvBlock_0`` is the deepest level,
+    built first; two convs and BNs each), ``segmentation_head.0`` the head."""
+    level_names = sorted((n for n in template["params"] if n not in ("encoder", "head")),
+                         key=lambda n: int(n.rsplit("_", 1)[1]))
+    assert len(level_names) == 5, level_names
+    out.setdefault("batch_stats", {})
+    for i, name in enumerate(level_names):
+        p = f"decoder.blocks.{i}"
+        out["params"][name] = {}
+        out["batch_stats"][name] = {}
+        for j in range(2):
+            bn = f"{p}.conv{j + 1}.1"
+            out["params"][name][f"Conv_{j}"] = {
+                "kernel": np.transpose(smp_state[f"{p}.conv{j + 1}.0.weight"], (2, 3, 1, 0))}
+            out["params"][name][f"Norm_{j}"] = {"BatchNorm_0": {
+                "scale": smp_state[f"{bn}.weight"], "bias": smp_state[f"{bn}.bias"]}}
+            out["batch_stats"][name][f"Norm_{j}"] = {"BatchNorm_0": {
+                "mean": smp_state[f"{bn}.running_mean"], "var": smp_state[f"{bn}.running_var"]}}
+    out["params"]["head"] = {
+        "kernel": np.transpose(smp_state["segmentation_head.0.weight"], (2, 3, 1, 0)),
+        "bias": smp_state["segmentation_head.0.bias"]}
+    return out
