@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -435,3 +436,20 @@ def test_importing_the_package_does_not_import_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
             "assert callable(satseg_jax.datasets.build_dataset)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tensorflow_import_leaves_keras_out_and_the_environment_as_it_was():
+    """datasets.tfenv.import_tf: TensorFlow's eager Keras import (~4 s per process that
+    reads a dataset) is skipped, TF_USE_LEGACY_KERAS is set only during the import, and
+    tf.keras still resolves to Keras 3 when someone asks for it."""
+    code = ("import os, sys\n"
+            "from satseg_jax.datasets.tfenv import import_tfds\n"
+            "import_tfds()\n"
+            "print('keras' in sys.modules, 'TF_USE_LEGACY_KERAS' in os.environ)\n"
+            "import tensorflow as tf\n"
+            "print(tf.keras.layers.Dense.__module__.split('.')[0])\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "False", "keras"], proc.stdout

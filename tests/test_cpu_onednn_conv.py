@@ -221,8 +221,9 @@ def test_unet_with_fused_batch_norm_equals_flax_batch_norm():
     x = jax.random.normal(jax.random.key(5), (2, 32, 32, 4), jnp.float32)
     xla = UNet(3, depth=2, base_width=8)
     dnn = UNet(3, depth=2, base_width=8, conv_fn=onednn_conv.conv_general_dilated)
-    v = xla.init(jax.random.key(6), x, train=False)
-    v_dnn = dnn.init(jax.random.key(6), x, train=False)
+    # Everything under jit: op by op, the hundreds of small compiles cost ~30 s.
+    v = jax.jit(lambda k: xla.init(k, x, train=False))(jax.random.key(6))
+    v_dnn = jax.jit(lambda k: dnn.init(k, x, train=False))(jax.random.key(6))
     assert jax.tree.structure(v_dnn) == jax.tree.structure(v)
     for a, b in zip(jax.tree.leaves(v_dnn), jax.tree.leaves(v)):
         np.testing.assert_array_equal(a, b)
@@ -237,7 +238,7 @@ def test_unet_with_fused_batch_norm_equals_flax_batch_norm():
     step = jax.jit(loss(dnn))
     assert onednn_conv.FFI_PREFIX + "bn_relu_backward" in step.lower(
         v["params"], v["batch_stats"]).as_text()
-    (l_ref, upd_ref), g_ref = loss(xla)(v["params"], v["batch_stats"])
+    (l_ref, upd_ref), g_ref = jax.jit(loss(xla))(v["params"], v["batch_stats"])
     (l_dnn, upd_dnn), g_dnn = step(v["params"], v["batch_stats"])
     np.testing.assert_allclose(l_dnn, l_ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g_dnn), jax.tree.leaves(g_ref)):
@@ -246,7 +247,8 @@ def test_unet_with_fused_batch_norm_equals_flax_batch_norm():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     v2 = {"params": v["params"], **upd_ref}
     np.testing.assert_allclose(jax.jit(lambda v: dnn.apply(v, x, train=False))(v2),
-                               xla.apply(v2, x, train=False), rtol=1e-5, atol=1e-5)
+                               jax.jit(lambda v: xla.apply(v, x, train=False))(v2),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["axis_name", "bf16", "no_relu"])

@@ -283,8 +283,8 @@ def test_matmul_transposed_conv_equals_flax_conv_transpose():
     def loss(module):
         return lambda p, x: (module.apply(p, x) ** 2).sum()
 
-    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
-    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+    g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(params, x)
+    g_fast = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 

@@ -196,18 +196,17 @@ def test_local_two_process_script_reports_each_process_error(tiny_dataset, tmp_p
 # ----------------------------------------------------------------------------- restore
 
 
-def test_checkpoint_from_4_devices_restores_on_1_and_8(tiny_dataset, tmp_path):
-    """A checkpoint written by a 4-device jit run restores, through the path ``satseg
-    evaluate`` takes, on 1 device (jit) and on 8 devices (jit and pmap): every saved value
-    comes back bit for bit, laid out for the new devices (replicated on all of them, or
-    one identical pmap replica per device), and all three evaluate identically."""
+def test_checkpoint_from_4_devices_restores_on_1_and_8(one_process_run, tmp_path):
+    """A checkpoint written by a 4-device jit run (the one-process reference above, read
+    only) restores, through the path ``satseg evaluate`` takes, on 1 device (jit) and on
+    8 devices (jit and pmap): every saved value comes back bit for bit, laid out for the
+    new devices (replicated on all of them, or one identical pmap replica per device),
+    and all three evaluate identically."""
     from tests.workers.restore_worker import flatten_state_dict
 
-    workdir = tmp_path / "run"
-    run_worker("tests.workers.train_worker", str(workdir), str(tiny_dataset),
-               "--config.train.num_steps=4", "--config.train.eval_every=4",
-               "--config.train.checkpoint_every=4", devices=4)
-    saved, meta = _checkpoint(workdir, 4)
+    workdir, record = one_process_run
+    assert (record["process_count"], record["devices"]) == (1, 4)
+    saved, meta = _checkpoint(workdir, 20)
     expected = flatten_state_dict(saved)
     out = tmp_path / "restored"
     out.mkdir()
@@ -218,7 +217,7 @@ def test_checkpoint_from_4_devices_restores_on_1_and_8(tiny_dataset, tmp_path):
     assert [(r["mode"], r["devices"]) for r in results] == [("jit", 1), ("jit", 8), ("pmap", 8)]
     for r in results:
         what = f"{r['mode']} on {r['devices']}"
-        assert r["step"] == 4, what
+        assert r["step"] == 20, what
         if r["mode"] == "jit":
             assert r["placement"] == {"all_fully_replicated": True,
                                       "devices_per_leaf": [r["devices"]]}, what

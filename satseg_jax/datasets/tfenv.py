@@ -9,13 +9,35 @@ hides the accelerators from TensorFlow before anything touches them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 
 
 def import_tf():
-    """TensorFlow with GPUs/TPUs hidden from it (JAX owns them)."""
+    """TensorFlow with GPUs/TPUs hidden from it (JAX owns them).
+
+    Why Keras is kept out of the import: TensorFlow's ``__init__`` eagerly imports
+    ``keras.src.optimizers`` (Keras 3, ~4 s of every process that reads a dataset) only
+    to register optimizers for SavedModel loading, which nothing here does. It skips that
+    import when ``TF_USE_LEGACY_KERAS`` is set and ``tf_keras`` is absent, so the variable
+    is set for the duration of the import only (when the user has not set it) and then
+    restored: ``tf.keras`` still resolves to Keras 3 on first use, since TensorFlow's lazy
+    loader reads the variable again then.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    if "tensorflow" in sys.modules:
+        tf = sys.modules["tensorflow"]
+    else:
+        skip_keras = ("TF_USE_LEGACY_KERAS" not in os.environ
+                      and importlib.util.find_spec("tf_keras") is None)
+        if skip_keras:
+            os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        try:
+            import tensorflow as tf
+        finally:
+            if skip_keras:
+                os.environ.pop("TF_USE_LEGACY_KERAS", None)
 
     for kind in ("GPU", "TPU"):
         try:
