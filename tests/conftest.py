@@ -130,3 +130,20 @@ def fill_disk(folder: Path, leave: int = 0) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# The longest test files (seconds of one 2-core run, most first). pytest-xdist's
+# --dist loadfile hands whole files to workers in collection order, so these start
+# first and the short files fill the gaps at the end instead of one long file running
+# alone on a worker while the other sits idle (longest-first scheduling).
+LONGEST_FIRST = ("test_parallel.py", "test_preemption.py", "test_finetune.py",
+                 "test_checkpoints.py", "test_speed_benchmark.py", "test_cpu_onednn_conv.py",
+                 "test_models.py", "test_predict_area.py", "test_decoders.py",
+                 "test_convnext.py", "test_encoders.py", "test_variant_sweep.py",
+                 "test_train.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first; the order within a file is kept (module fixtures rely on it)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
