@@ -94,11 +94,46 @@ def _raise_terminated(signum, frame) -> NoReturn:
     raise Terminated()
 
 
+# Delay before a swallowed SIGTERM is delivered again: long enough for the unraisable hook
+# (and the callback that swallowed it) to return, short against any command's run.
+REDELIVER_AFTER_S = 0.05
+
+
+def _redeliver_swallowed_termination(previous_hook):
+    """A ``sys.unraisablehook`` that sends SIGTERM again when :class:`Terminated` was
+    raised where Python cannot propagate it.
+
+    Why: a signal handler runs at whatever bytecode the main thread is at, and that can be
+    a garbage-collection callback (jax registers one) or a ``__del__``; Python then prints
+    "Exception ignored" and carries on, so the command would finish as if never asked to
+    stop (a real ``satseg build`` exited 0 that way). A timer thread signals the main
+    thread again shortly after, so the handler runs once more after the hook has
+    returned (signalled from the hook itself, it would run inside the hook, where it is
+    swallowed too); if
+    that lands in such a context again, the same happens until it propagates. Other
+    unraisable exceptions go to the previous hook.
+    """
+    import _thread
+    import signal
+    import threading
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Terminated):
+            again = threading.Timer(REDELIVER_AFTER_S, _thread.interrupt_main,
+                                    args=(signal.SIGTERM,))
+            again.daemon = True
+            again.start()
+        else:
+            previous_hook(unraisable)
+
+    return hook
+
+
 # train (and benchmark, which trains) handle SIGTERM themselves: they save a checkpoint.
 _OWN_SIGTERM = ("train", "benchmark")
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     """``args.func(args)``, with SIGTERM turned into :class:`Terminated` for the commands
     that do not handle it themselves (the previous handler is restored afterwards)."""
     import signal
@@ -107,10 +142,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in _OWN_SIGTERM or threading.current_thread() is not threading.main_thread():
         return args.func(args)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _redeliver_swallowed_termination(previous_hook)
     try:
         return args.func(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra and not getattr(args, "takes_extra", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
-        return _run(args)
+        return run_command(args)
     except SatsegError as e:
         print(f"satseg: error: {e}", file=sys.stderr)
         return 2

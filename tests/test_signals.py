@@ -44,3 +44,46 @@ def test_signal_while_writing_leaves_nothing(tmp_path, sig, status, line):
     assert proc.returncode == status, err
     assert err.strip().splitlines()[-1] == line, err
     assert list(tmp_path.iterdir()) == []
+
+
+# A command whose SIGTERM lands inside a garbage-collection callback (jax registers one;
+# a real `satseg build` once finished and exited 0 that way): Python cannot propagate an
+# exception from there, so the CLI must deliver the termination again right after.
+GC_CALLBACK_SIGTERM = """
+import argparse, gc, os, signal, sys, time
+from satseg_jax import cli
+
+def work(args):
+    fired = []
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100000):  # the handler runs here, inside the callback
+                pass
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("finished as if never signalled")
+    return 0
+
+try:
+    sys.exit(cli.run_command(argparse.Namespace(command="build", func=work)))
+except cli.Terminated:
+    print("terminated")
+    sys.exit(143)
+"""
+
+
+def test_sigterm_inside_a_gc_callback_still_terminates_the_command():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", GC_CALLBACK_SIGTERM], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["terminated"], proc.stdout
+    assert "Exception ignored" not in proc.stderr, proc.stderr
