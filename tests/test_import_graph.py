@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("runs", "tta", "sliding_window")),
     ("apps", ("train", "evaluate", "predict", "baseline")),  # siblings: none imports another
     ("whole_images", ("predict_images", "evaluate_images")),  # folders of whole images
+    ("mapping", ("mapping",)),  # many scenes: map, mosaic, area by region and period
     ("sweeps", ("variant_sweep", "model_cost", "sweep_tables")),
     ("cli", ("cli", "commands", "__main__")),
 ]

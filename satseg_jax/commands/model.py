@@ -141,10 +141,10 @@ def add_evaluate_arguments(e: argparse.ArgumentParser) -> None:
                    help="accept lossy (JPEG) masks: nearest declared colour within N")
     w.add_argument("--name", default=library_default(*EVALUATE_IMAGES, "name"),
                    help="NAME of the metrics files (default: %(default)s)")
-    _tiling_arguments(w, EVALUATE_IMAGES)
+    add_tiling_arguments(w, EVALUATE_IMAGES)
 
 
-def _tiling_arguments(g, library: tuple[str, str]) -> None:
+def add_tiling_arguments(g, library: tuple[str, str]) -> None:
     """--tile, --overlap, --blend, --batch: the sliding window of predict (and of
     evaluate --images), defaults read from ``library``'s signature."""
     g.add_argument("--tile", type=int, default=library_default(*library, "tile"),
@@ -214,7 +214,7 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
                     "until the new one is complete)")
     pr.add_argument("--checkpoint", default=library_default(*PREDICT, "checkpoint"),
                     help="best | latest | a step (default: %(default)s)")
-    _tiling_arguments(pr, PREDICT)
+    add_tiling_arguments(pr, PREDICT)
     pr.add_argument("--tta", action="store_true", help=TTA_HELP)
     add_ema_argument(pr, PREDICT)
     pr.add_argument("--probabilities", default=None, metavar="P.tif",

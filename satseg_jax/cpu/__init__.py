@@ -36,7 +36,7 @@ __all__ = ["XLA_COMMANDS", "apply_xla_defaults", "backends_initialized", "conv_f
 # `satseg` commands that run XLA steps on the model: they get the malloc settings. Data
 # prep (patches, build, ...) does not: its work is GDAL/tf.data threads, which a single
 # malloc arena slows slightly (`satseg patches` 4096²: median 2.86 s with, 2.76 s without).
-XLA_COMMANDS = ("train", "evaluate", "predict", "benchmark")
+XLA_COMMANDS = ("train", "evaluate", "predict", "map", "benchmark")
 
 
 def setup() -> dict[str, list[str]]:
