@@ -94,11 +94,12 @@ def evaluate_images(workdir, images: str | Path, masks: str | Path, classes: str
     from satseg_jax import metrics
     from satseg_jax.classes import load_classes
     from satseg_jax.evaluate import write_metrics
-    from satseg_jax.predict import ScenePredictor, check_tiling
+    from satseg_jax.predict import ScenePredictor
     from satseg_jax.raster.io import gdal_env, open_raster
     from satseg_jax.raster.masks import MaskReader, quiet_georeference
     from satseg_jax.raster.pairing import find_pairs
     from satseg_jax.runs import load_run
+    from satseg_jax.tiled_scene import check_tiling
 
     t0 = time.perf_counter()
     check_tiling(tile, overlap, batch)

@@ -41,8 +41,8 @@ def _map_name(key: str, georeferenced: bool) -> str:
 
 
 def _is_georeferenced(image: Path) -> bool:
-    from satseg_jax.predict import open_scene
     from satseg_jax.raster.masks import quiet_georeference
+    from satseg_jax.tiled_scene import open_scene
 
     with quiet_georeference(), open_scene(image) as src:
         return src.crs is not None
@@ -63,9 +63,10 @@ def predict_images(workdir, images: str | Path, out_dir: str | Path,
     """
     from tqdm import tqdm
 
-    from satseg_jax.predict import ScenePredictor, check_tiling
+    from satseg_jax.predict import ScenePredictor
     from satseg_jax.raster.pairing import find_images
     from satseg_jax.runs import Run, load_run
+    from satseg_jax.tiled_scene import check_tiling
 
     t0 = time.perf_counter()
     check_tiling(tile, overlap, batch)

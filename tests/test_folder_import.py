@@ -128,9 +128,9 @@ def test_predict_accepts_the_images_of_a_set_named_by_colour(tmp_path):
     from dataclasses import replace
 
     from satseg_jax.errors import SatsegError
-    from satseg_jax.predict import check_scene
     from satseg_jax.raster.io import open_raster
     from satseg_jax.runs import RunCard
+    from satseg_jax.tiled_scene import check_scene
 
     d = SHARED_DATA / "amazon_forest_s2_rgb" / "dataset"
     if not d.is_dir():

@@ -33,8 +33,8 @@ from hypothesis.extra import numpy as hnp
 
 from satseg_jax.classes import IGNORE_LABEL
 from satseg_jax.metrics import confusion_matrix, metrics_from_confusion
-from satseg_jax.predict import blend_window
 from satseg_jax.raster.windows import covering_windows, patch_windows, window_transform
+from satseg_jax.tiled_scene import blend_window
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

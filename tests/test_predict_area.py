@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from satseg_jax.area import area_table, format_area_table
 from satseg_jax.cli import main
-from satseg_jax.predict import blend_window
+from satseg_jax.tiled_scene import blend_window
 from tests.workers.tiny_config import tiny_config
 
 

@@ -157,7 +157,7 @@ def map_scenes(run_or_workdir, scenes: list[Scene], mapdir: str | Path, *,
     from tqdm import tqdm
 
     from satseg_jax.mapping.scenes import share_of
-    from satseg_jax.predict import check_tiling
+    from satseg_jax.tiled_scene import check_tiling
 
     check_tiling(tile, overlap, batch)
     mapdir = Path(mapdir)
