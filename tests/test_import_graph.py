@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("apps", ("train", "evaluate", "predict", "baseline")),  # siblings: none imports another
     ("whole_images", ("predict_images", "evaluate_images")),  # folders of whole images
     ("mapping", ("mapping",)),  # many scenes: map, mosaic, area by region and period
+    ("export", ("export",)),  # SavedModel / StableHLO export and the JAX-free predictor
     ("sweeps", ("variant_sweep", "model_cost", "sweep_tables")),
     ("cli", ("cli", "commands", "__main__")),
 ]

@@ -4,6 +4,6 @@
 Order here is the order of ``satseg --help``: the pipeline's.
 """
 
-from satseg_jax.commands import baseline, catalog, data, mapping, maps, model, weights
+from satseg_jax.commands import baseline, catalog, data, export, mapping, maps, model, weights
 
-MODULES = (data, catalog, model, mapping, baseline, maps, weights)
+MODULES = (data, catalog, model, mapping, export, baseline, maps, weights)

@@ -196,7 +196,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
-    pr.add_argument("--workdir", required=True, help="training run")
+    pr.add_argument("--workdir", help="training run")
+    pr.add_argument("--model", metavar="DIR", help="instead of --workdir: a model from "
+                    "'satseg export --format savedmodel' (runs without JAX; --image only)")
     pr.add_argument("--image", help="scene GeoTIFF, or a plain image without CRS "
                     "(JPEG/PNG/TIFF); same bands as training")
     pr.add_argument("--out", help="output class map: GeoTIFF, or .png for an image without CRS")
@@ -222,7 +224,14 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
 
 
 def _check_predict_mode(args: argparse.Namespace) -> None:
-    """One image (--image/--out) or a folder (--images/--out-dir), never a mix."""
+    """One image (--image/--out) or a folder (--images/--out-dir), never a mix; a run
+    (--workdir) or an exported model (--model)."""
+    if bool(args.workdir) == bool(args.model):
+        raise SatsegError("satseg predict: name the model with --workdir RUN (a training run) "
+                          "or --model DIR (from satseg export), one of them")
+    if args.model and (args.images or args.tta or not args.ema):
+        raise SatsegError("satseg predict --model: maps one --image (TTA and the weights "
+                          "choice were fixed at export); use --workdir RUN for the others")
     if bool(args.image) == bool(args.images):
         raise SatsegError("satseg predict: the following arguments are required: --image "
                           "FILE and --out MAP, or --images DIR_OR_GLOB and --out-dir OUT "
@@ -248,6 +257,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_predict_mode(args)
     if args.images:
         return _predict_images(args)
+    if args.model:
+        return _predict_exported(args)
     refuse_overwriting_inputs({"--out": args.out, "--probabilities": args.probabilities},
                               {"--image": args.image, "--workdir": args.workdir})
     from satseg_jax.predict import predict_scene
@@ -256,6 +267,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                       tile=args.tile, overlap=args.overlap, blend=args.blend,
                       probabilities=args.probabilities, batch=args.batch,
                       progress=show_progress(), tta=args.tta, ema=args.ema)
+    _print_predicted(args, r)
+    return 0
+
+
+def _print_predicted(args: argparse.Namespace, r: dict) -> None:
+    """The summary lines of one predicted map: notes, what was written, areas."""
     for note in r["notes"]:
         print(f"satseg: note: {note}", file=sys.stderr)
     print(f"wrote {r['map']} ({r['format']}, {r['width']}x{r['height']} px, {r['tiles']} "
@@ -267,7 +284,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if r["pixel_area_m2"]:
         a = r["pixel_area_m2"] / 1e6
         print("class areas (km²): " + ", ".join(f"{n} {c * a:.3f}" for n, c in pixels.items()))
-        return 0
+        return
     if r["crs"] is None:
         from satseg_jax.area import NO_CRS_NOTE
 
@@ -275,6 +292,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:  # geographic: the pixel area varies by row
         print("geographic CRS: 'satseg area --map MAP' gives ellipsoidal km²")
     print("class pixels: " + ", ".join(f"{n} {c}" for n, c in pixels.items()))
+
+
+def _predict_exported(args: argparse.Namespace) -> int:
+    """predict --model: the exported SavedModel through the same tiled predictor."""
+    refuse_overwriting_inputs({"--out": args.out, "--probabilities": args.probabilities},
+                              {"--image": args.image, "--model": args.model})
+    from satseg_jax.export.serving import predict_exported
+
+    r = predict_exported(args.model, args.image, args.out, tile=args.tile,
+                         overlap=args.overlap, blend=args.blend,
+                         probabilities=args.probabilities, batch=args.batch,
+                         progress=show_progress())
+    _print_predicted(args, r)
     return 0
 
 

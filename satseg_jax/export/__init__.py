@@ -1,0 +1,2 @@
+"""Exported models: ``satseg export`` (exporters: SavedModel, StableHLO) and the
+JAX-free SavedModel predictor behind ``satseg predict --model`` (serving)."""
