@@ -29,6 +29,26 @@ from satseg_jax.errors import SatsegError
 IGNORE_LABEL = 255
 
 
+class BandsAndClasses:
+    """Counts and names read off a card's ``bands`` and ``classes`` ({"id", "name",
+    "colour"} per class id): shared by a run's card and an exported model's."""
+
+    bands: tuple[str, ...]
+    classes: tuple[dict, ...]
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.bands)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(str(c["name"]) for c in self.classes)
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     id: int

@@ -166,7 +166,7 @@ class ScenePredictor:
             state=self.run.state, probabilities_of=batch_probabilities(runner, tile, mean, std),
             batch=max(n_dev, batch - batch % n_dev), tile=tile, in_tile=in_tile,
             margin=margin, weights=blend_window(tile, blend), blend=blend,
-            num_bands=card.num_bands)
+            num_bands=card.num_bands, min_batch=n_dev)
         self._compiled: set[str] = set()
 
     def compile(self, raw_dtype: np.dtype) -> None:

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from satseg_jax import checkpoints, parallel, steps
+from satseg_jax.classes import BandsAndClasses
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import atomic_path
 
@@ -253,7 +254,7 @@ def _alive(pid: int) -> bool:
 
 
 @dataclass(frozen=True)
-class RunCard:
+class RunCard(BandsAndClasses):
     """What inference needs to know about a trained run (``RUN/run.json``)."""
 
     task: str
@@ -268,18 +269,6 @@ class RunCard:
     classes: tuple[dict, ...]  # {"id", "name", "colour"} per class id
     pixel_size: float | None  # ground units of the patches' CRS; None without a CRS
     provenance: dict = field(default_factory=dict)  # training dataset path + sha256
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return tuple(str(c["name"]) for c in self.classes)
-
-    @property
-    def num_bands(self) -> int:
-        return len(self.bands)
 
     def to_json(self) -> dict:
         """The card as written to ``run.json``."""

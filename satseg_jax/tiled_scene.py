@@ -147,7 +147,13 @@ def map_scene(setup, card, image: str | Path, out: str | Path | None, overlap: i
     from satseg_jax.raster.io import gdal_env
     from satseg_jax.raster.map_files import to_cog, to_png, verify_written
     from satseg_jax.raster.masks import quiet_georeference
-    from satseg_jax.sliding_window import MapWriter, Tiler, covering_rows, map_profile
+    from satseg_jax.sliding_window import (
+        MapWriter,
+        Tiler,
+        covering_rows,
+        map_profile,
+        strip_tile_rows,
+    )
 
     image = Path(image)
     refuse_overwriting_inputs({"out": out, "probabilities": probabilities},
@@ -160,13 +166,14 @@ def map_scene(setup, card, image: str | Path, out: str | Path | None, overlap: i
         if before is not None:
             before(raw_dtype)
         profile = map_profile(src)
-        strip = covering_rows(src.height, src.width, setup.tile, overlap)
+        tile_rows = strip_tile_rows(src.width, setup.tile, overlap, setup.batch)
+        strip = covering_rows(src.height, src.width, setup.tile, overlap, tile_rows)
         with (atomic_path(Path(out)) if out is not None else _null()) as tmp_map, (
                 atomic_path(Path(probabilities)) if probabilities else _null()) as tmp_prob:
             writer = MapWriter(tmp_map, tmp_prob, profile, card, strip, on_rows)
             tiler = Tiler(setup, writer, raw_dtype)
             t_start = time.perf_counter()
-            tiler.run(src, image, overlap, nodata, progress)
+            tiler.run(src, image, overlap, nodata, progress, tile_rows)
             writer.close()
             t_loop = time.perf_counter()
             if tmp_map is not None:

@@ -16,7 +16,7 @@ import pytest
 import rasterio
 
 from satseg_jax.cli import main
-from tests.workers.tiny_config import tiny_config
+from tests.workers.tiny_config import two_step_run
 
 REPO = Path(__file__).resolve().parents[1]
 TILING = ["--tile", "32", "--overlap", "8", "--batch", "4"]
@@ -24,13 +24,7 @@ TILING = ["--tile", "32", "--overlap", "8", "--batch", "4"]
 
 @pytest.fixture(scope="module")
 def run(tiny_dataset, tmp_path_factory):
-    from satseg_jax.train import train_and_evaluate
-
-    workdir = tmp_path_factory.mktemp("export") / "run"
-    train_and_evaluate(tiny_config(tiny_dataset, **{"train.num_steps": 2,
-                                                    "train.eval_every": 2,
-                                                    "train.checkpoint_every": 2}), workdir)
-    return workdir
+    return two_step_run(tiny_dataset, tmp_path_factory.mktemp("export") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,12 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from satseg_jax.area import NO_CRS_NOTE, area_table
 from satseg_jax.cli import main
-from tests.workers.tiny_config import tiny_config
+from tests.workers.tiny_config import two_step_run
 
 
 @pytest.fixture(scope="module")
 def run(tiny_dataset, tmp_path_factory):
-    from satseg_jax.train import train_and_evaluate
-
-    workdir = tmp_path_factory.mktemp("plain") / "run"
-    train_and_evaluate(tiny_config(tiny_dataset, **{"train.num_steps": 2,
-                                                    "train.eval_every": 2,
-                                                    "train.checkpoint_every": 2}), workdir)
-    return workdir
+    return two_step_run(tiny_dataset, tmp_path_factory.mktemp("plain") / "run")
 
 
 def _read(path, window=None):

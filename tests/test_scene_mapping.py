@@ -28,7 +28,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from satseg_jax.cli import main
-from tests.workers.tiny_config import tiny_config
+from tests.workers.tiny_config import two_step_run
 
 REPO = Path(__file__).resolve().parents[1]
 ZONES = ("EPSG:32722", "EPSG:32723")
@@ -43,13 +43,7 @@ REGIONS = [("west", 0, 5, 45, 10, 50), ("east", 1, 0, 38, 4, 60)]
 
 @pytest.fixture(scope="module")
 def run(tiny_dataset, tmp_path_factory):
-    from satseg_jax.train import train_and_evaluate
-
-    workdir = tmp_path_factory.mktemp("map") / "run"
-    train_and_evaluate(tiny_config(tiny_dataset, **{"train.num_steps": 2,
-                                                    "train.eval_every": 2,
-                                                    "train.checkpoint_every": 2}), workdir)
-    return workdir
+    return two_step_run(tiny_dataset, tmp_path_factory.mktemp("map") / "run")
 
 
 def _write_scene(src, out: Path, r0: int, c0: int, crs: str, row: int, col: int) -> None:

@@ -25,7 +25,7 @@ from rasterio.windows import Window
 
 from satseg_jax.cli import main
 from satseg_jax.tta import average_probabilities, dihedral_transforms
-from tests.workers.tiny_config import tiny_config
+from tests.workers.tiny_config import two_step_run
 
 REPO = Path(__file__).resolve().parents[1]
 TILING = ["--checkpoint", "latest", "--tile", "32", "--overlap", "8"]
@@ -33,13 +33,7 @@ TILING = ["--checkpoint", "latest", "--tile", "32", "--overlap", "8"]
 
 @pytest.fixture(scope="module")
 def run(tiny_dataset, tmp_path_factory):
-    from satseg_jax.train import train_and_evaluate
-
-    workdir = tmp_path_factory.mktemp("whole") / "run"
-    train_and_evaluate(tiny_config(tiny_dataset, **{"train.num_steps": 2,
-                                                    "train.eval_every": 2,
-                                                    "train.checkpoint_every": 2}), workdir)
-    return workdir
+    return two_step_run(tiny_dataset, tmp_path_factory.mktemp("whole") / "run")
 
 
 def _cut(src_path: Path, out: Path, rows: tuple[int, int], cols: tuple[int, int],

@@ -25,6 +25,7 @@ from satseg_jax.commands.common import (
 from satseg_jax.errors import SatsegError
 from satseg_jax.io_utils import refuse_overwriting_inputs
 
+SAMPLE_SERIES = ("satseg_jax.raster.sample_series", "write_scene_series")
 SAMPLE = ("satseg_jax.raster.sample", "write_sample_scene")
 COMPOSE = ("satseg_jax.raster.compose", "compose_bands")
 PANSHARPEN = ("satseg_jax.raster.pansharpen", "pansharpen")
@@ -46,6 +47,12 @@ def add_sample_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--pixel-size", type=float, default=library_default(*SAMPLE, "pixel_size"),
                    help="ground pixel size in metres (default: %(default)s)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    s.add_argument("--series", type=int, default=None, metavar="N",
+                   help="instead of one scene: N composed 4-band scenes of --size px over "
+                   "--months months in two UTM zones, overlapping, named S2_YYYYMMDD_*.tif, "
+                   "with regions.geojson (for satseg map / area --maps)")
+    s.add_argument("--months", type=int, default=library_default(*SAMPLE_SERIES, "months"),
+                   help="with --series: months the scenes spread over (default: %(default)s)")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -53,6 +60,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     nir; uint16, UTM), labels.tif, labels.geojson and classes.json. Deterministic for a
     given --seed."""
     refuse_overwriting_inputs({"--out": args.out}, {}, folders=("--out",))
+    if args.series is not None:
+        from satseg_jax.raster.sample_series import write_scene_series
+
+        paths = write_scene_series(args.out, count=args.series, size=args.size,
+                                   seed=args.seed, pixel_size=args.pixel_size,
+                                   months=args.months, overwrite=args.overwrite)
+        print_table([(key, path) for key, path in paths.items()])
+        print_wrote([args.out])
+        return 0
     from satseg_jax.raster.sample import write_sample_scene
 
     paths = write_sample_scene(

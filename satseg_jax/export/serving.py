@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from satseg_jax.classes import BandsAndClasses
 from satseg_jax.errors import SatsegError
 
 SERVING_CARD = "serving_card.json"
@@ -26,7 +27,7 @@ CARD_FORMAT = "satseg-serving/1"
 
 
 @dataclass(frozen=True)
-class ServingCard:
+class ServingCard(BandsAndClasses):
     """What the scene checks and the map writer need of an exported model (a run card's
     fields of the same names)."""
 
@@ -36,18 +37,6 @@ class ServingCard:
     classes: tuple[dict, ...]
     multiple: int
     raw: dict
-
-    @property
-    def num_bands(self) -> int:
-        return len(self.bands)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return tuple(str(c["name"]) for c in self.classes)
 
 
 def read_serving_card(model_dir: str | Path) -> ServingCard:

@@ -64,3 +64,14 @@ def _parse(value: str):
         except ValueError:
             pass
     return value
+
+
+def two_step_run(tiny_dataset, workdir: Path) -> Path:
+    """A run of 2 steps on the tiny dataset (checkpoint at step 2): for tests that need a
+    restorable run, not a trained one."""
+    from satseg_jax.train import train_and_evaluate
+
+    train_and_evaluate(tiny_config(tiny_dataset, **{"train.num_steps": 2,
+                                                    "train.eval_every": 2,
+                                                    "train.checkpoint_every": 2}), workdir)
+    return workdir
