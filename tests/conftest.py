@@ -140,7 +140,7 @@ LONGEST_FIRST = ("test_parallel.py", "test_preemption.py", "test_finetune.py",
                  "test_checkpoints.py", "test_speed_benchmark.py", "test_cpu_onednn_conv.py",
                  "test_models.py", "test_predict_area.py", "test_decoders.py",
                  "test_convnext.py", "test_encoders.py", "test_variant_sweep.py",
-                 "test_train.py")
+                 "test_export.py", "test_scene_mapping.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -128,13 +128,13 @@ def test_the_cli_applies_the_xla_defaults_and_keeps_user_flags():
 
 
 def test_setup_for_command_sets_malloc_only_for_xla_commands():
-    """Data-prep commands get the flags only; train/evaluate/predict/benchmark and
+    """Data-prep commands get the flags only; train/evaluate/predict/map/benchmark and
     ``cpu.setup()`` get the malloc settings too (glibc only), each behind its switch."""
     if not xla_flags.recommended_flags():
         pytest.skip("jaxlib too old for the flag")
     default = f"--{FLAG}=-individual_convolution"
     names = ["M_ARENA_MAX", "M_MMAP_MAX", "M_TRIM_THRESHOLD"] if host_memory._glibc() else []
-    assert cpu.XLA_COMMANDS == ("train", "evaluate", "predict", "benchmark")
+    assert cpu.XLA_COMMANDS == ("train", "evaluate", "predict", "map", "benchmark")
     assert _probe("command:patches")["set"] == {"xla_flags": [default], "malloc": []}
     assert _probe("command:")["set"] == {"xla_flags": [default], "malloc": []}
     assert _probe("command:evaluate")["set"] == {"xla_flags": [default], "malloc": names}

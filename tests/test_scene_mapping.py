@@ -212,6 +212,17 @@ def test_a_rerun_after_sigkill_maps_only_what_is_missing(run, scenes, mapped, tm
     assert _maps(out) == _maps(mapped)  # byte for byte an uninterrupted run's maps
     assert not [p for p in (out / "scenes").iterdir() if p.name.startswith(".")]
     assert (out / "mosaic.vrt").read_text() == (mapped / "mosaic.vrt").read_text()
+    # A source that changed since it was mapped is mapped again; the others are not.
+    changed = sorted(scenes.glob("*.tif"))[3]
+    marker = out / "scenes" / f"{changed.stem}.json"
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "scenes").glob("*.json")}
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    try:
+        assert main(_map_args(run, scenes, out)) == 0
+    finally:
+        os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns - 10**9))
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "scenes").glob("*.json")}
+    assert [n for n in after if after[n] != before[n]] == [marker.name]
 
 
 def test_two_processes_split_the_scenes_and_give_the_same_mosaic(run, scenes, mapped,
