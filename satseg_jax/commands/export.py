@@ -1,4 +1,4 @@
-"""``satseg export``: a trained run as a SavedModel or StableHLO for serving."""
+"""``satseg export``: a trained run as a SavedModel, ONNX or StableHLO for serving."""
 
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ EXPORT = ("satseg_jax.export.exporters", "export_run")
 
 def add_export_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--workdir", required=True, help="training run")
-    e.add_argument("--format", required=True, choices=["savedmodel", "stablehlo"],
-                   help="savedmodel (jax2tf; TensorFlow serving, satseg predict --model) or "
-                   "stablehlo (jax.export)")
+    e.add_argument("--format", required=True, choices=["savedmodel", "onnx", "stablehlo"],
+                   help="savedmodel (jax2tf; TensorFlow serving), onnx (onnxruntime; both run "
+                   "by satseg predict --model) or stablehlo (jax.export)")
     e.add_argument("--out", required=True, metavar="DIR",
                    help="DIR/<format>/ and DIR/serving_card.json")
     e.add_argument("--checkpoint", default=library_default(*EXPORT, "checkpoint"),
                    help="best | latest | a step (default: %(default)s)")
     add_ema_argument(e, EXPORT)
+    e.add_argument("--tile", type=int, default=library_default(*EXPORT, "tile"),
+                   metavar="N", help="fix height and width to N px (the batch stays "
+                   "dynamic): for fpn and deeplabv3plus, whose resizes need a fixed size "
+                   "(default: any size, a multiple of the model's input multiple)")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an existing DIR (kept until the new one is complete)")
 
@@ -37,7 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from satseg_jax.export.exporters import export_run
 
     r = export_run(args.workdir, args.format, args.out, checkpoint=args.checkpoint,
-                   ema=args.ema, overwrite=args.overwrite)
+                   ema=args.ema, overwrite=args.overwrite, tile=args.tile)
     c = r["check"]
     print(f"exported {r['run']['model']} (checkpoint {r['run']['checkpoint_step']}, "
           f"{r['run']['weights']} weights) as {args.format}: exported vs run on a "
@@ -52,5 +56,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """export."""
     add_commands(sub, [
         ("export", add_export_arguments, cmd_export,
-         "export a run as a SavedModel or StableHLO (normalisation baked in)"),
+         "export a run as a SavedModel, ONNX or StableHLO (normalisation baked in)"),
     ])

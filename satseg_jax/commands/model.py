@@ -198,7 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--workdir", help="training run")
     pr.add_argument("--model", metavar="DIR", help="instead of --workdir: a model from "
-                    "'satseg export --format savedmodel' (runs without JAX; --image only)")
+                    "'satseg export --format savedmodel|onnx' (runs without JAX; --image only)")
     pr.add_argument("--image", help="scene GeoTIFF, or a plain image without CRS "
                     "(JPEG/PNG/TIFF); same bands as training")
     pr.add_argument("--out", help="output class map: GeoTIFF, or .png for an image without CRS")

@@ -1,6 +1,6 @@
-"""``satseg predict --model DIR``: an exported SavedModel through the same tiled predictor
-as a Flax run, in a process that never imports JAX (TensorFlow runs the model's
-``XlaCallModule`` with its own XLA).
+"""``satseg predict --model DIR``: an exported SavedModel or ONNX model through the same
+tiled predictor as a Flax run, in a process that never imports JAX (TensorFlow runs the
+SavedModel's ``XlaCallModule`` with its own XLA; onnxruntime runs the ONNX graph).
 
 Only the probabilities differ from :class:`satseg_jax.predict.ScenePredictor`: the scene
 checks, the tile loop, the blending and the COG/PNG writing are the same code
@@ -36,6 +36,7 @@ class ServingCard(BandsAndClasses):
     nodata: float | None
     classes: tuple[dict, ...]
     multiple: int
+    tile: int | None  # height and width fixed at export (--tile), else None
     raw: dict
 
 
@@ -51,40 +52,60 @@ def read_serving_card(model_dir: str | Path) -> ServingCard:
     if d.get("format") != CARD_FORMAT:
         raise SatsegError(f"{path}: format {d.get('format')!r}, expected {CARD_FORMAT!r}; "
                           "export the run again with this version")
-    if d.get("model_format") != "savedmodel":
+    if d.get("model_format") not in ("savedmodel", "onnx"):
         raise SatsegError(f"{model_dir}: holds a {d.get('model_format')} export; predict "
-                          "--model runs SavedModels (satseg export --format savedmodel); a "
-                          "StableHLO export runs with jax.export.deserialize")
+                          "--model runs SavedModel and ONNX exports (satseg export --format "
+                          "savedmodel|onnx); a StableHLO export runs with "
+                          "jax.export.deserialize")
     inp = d["input"]
     return ServingCard(bands=tuple(inp["bands"]), image_dtype=None, nodata=inp["nodata"],
                        classes=tuple(d["classes"]),
-                       multiple=int(inp["height_width_multiple_of"]), raw=d)
+                       multiple=int(inp["height_width_multiple_of"]), tile=inp.get("tile"),
+                       raw=d)
 
 
 class ExportedModel:
-    """A SavedModel export, loaded once: ``probabilities_of(state, raw, valid)`` as the
-    tile loop calls it, (batch, classes, tile, tile) float32."""
+    """A SavedModel or ONNX export, loaded once: ``probabilities_of(state, raw, valid)``
+    as the tile loop calls it, (batch, classes, tile, tile) float32."""
 
     def __init__(self, model_dir: str | Path) -> None:
-        from satseg_jax.datasets.tfenv import import_tf
-
         self.dir = Path(model_dir)
         self.card = read_serving_card(self.dir)
-        tf = import_tf()
-        self._tf = tf
+        files = self.card.raw["files"]
         try:
-            loaded = tf.saved_model.load(str(self.dir / self.card.raw["files"]["savedmodel"]))
-        except (OSError, ValueError) as e:
-            raise SatsegError(f"{self.dir}: the SavedModel cannot be loaded ({e}); export "
-                              "the run again") from None
-        self._loaded = loaded  # keeps the variables alive
-        self._serve = loaded.signatures[self.card.raw["files"]["signature"]]
+            if self.card.raw["model_format"] == "onnx":
+                self._run = self._onnx(self.dir / files["onnx"])
+            else:
+                self._run = self._savedmodel(self.dir / files["savedmodel"], files["signature"])
+        except (OSError, ValueError, RuntimeError) as e:
+            raise SatsegError(f"{self.dir}: the exported model cannot be loaded "
+                              f"({str(e).splitlines()[0][:200]}); export the run again") from None
+
+    @staticmethod
+    def _savedmodel(path: Path, signature: str):
+        from satseg_jax.datasets.tfenv import import_tf
+
+        tf = import_tf()
+        serve = tf.saved_model.load(str(path)).signatures[signature]
+        return lambda x: serve(bands=tf.constant(x))["probabilities"].numpy()
+
+    @staticmethod
+    def _onnx(path: Path):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise SatsegError(f"{path}: running an ONNX export needs onnxruntime: pip "
+                              "install 'satseg-jax[export]'") from None
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(["probabilities"], {"bands": x})[0]
 
     def probabilities_of(self, state, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
         x = raw.astype(np.float32)
         x[~valid] = np.nan
-        out = self._serve(bands=self._tf.constant(x))["probabilities"].numpy()
-        return out.transpose(0, 3, 1, 2)
+        return self._run(x).transpose(0, 3, 1, 2)
 
 
 def predict_exported(model_dir: str | Path, image: str | Path, out: str | Path,
@@ -98,9 +119,12 @@ def predict_exported(model_dir: str | Path, image: str | Path, out: str | Path,
     check_tiling(tile, overlap, batch)
     check_outputs(Path(image), Path(out), probabilities)
     t0 = time.perf_counter()
-    multiple = read_serving_card(model_dir).multiple  # before TensorFlow starts
-    if tile % multiple:
-        raise SatsegError(f"--tile {tile} must be divisible by {multiple} for this model "
+    card = read_serving_card(model_dir)  # before TensorFlow or onnxruntime starts
+    if card.tile and tile != card.tile:
+        raise SatsegError(f"--tile {tile}: this model was exported for --tile {card.tile} "
+                          f"only ({Path(model_dir) / SERVING_CARD})")
+    if tile % card.multiple:
+        raise SatsegError(f"--tile {tile} must be divisible by {card.multiple} for this model "
                           f"({Path(model_dir) / SERVING_CARD})")
     model = ExportedModel(model_dir)
     setup = TileSetup(state=None, probabilities_of=model.probabilities_of, batch=batch,
