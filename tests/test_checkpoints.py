@@ -186,7 +186,12 @@ def test_train_resumes_from_the_newest_good_checkpoint(trained, tiny_dataset, tm
                                                          "train.num_steps": 12}), run)
     out = capsys.readouterr().out.splitlines()
     skipped = [x for x in out if x.startswith("skipped checkpoint")]
-    assert len(skipped) == 1 and "skipped checkpoint 12: array" in skipped[0]
+    # Flipped bytes that still decode fail the digests ("array ..."); where they land in
+    # a compressed chunk's framing, the read itself fails ("unreadable: ..."). Which one
+    # depends on how Orbax laid the arrays out in the data file: both are this damage.
+    assert len(skipped) == 1
+    assert skipped[0].startswith(("skipped checkpoint 12: array",
+                                  "skipped checkpoint 12: unreadable")), skipped[0]
     assert f"({run}/checkpoints/12); moved to {run}/checkpoints_corrupt/12" in skipped[0]
     assert any(x.startswith(f"Resumed from {run}/checkpoints/8 (step 8") for x in out)
     assert (run / "checkpoints_corrupt" / "12" / "state").is_dir()
