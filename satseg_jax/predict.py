@@ -170,8 +170,11 @@ class ScenePredictor:
         self._compiled: set[str] = set()
 
     def compile(self, raw_dtype: np.dtype) -> None:
-        """Compile for ``raw_dtype`` tiles (one batch of zeros), once per dtype, so the
-        first scene's timing is not mostly compilation."""
+        """Compile for ``raw_dtype`` tiles (one full batch of zeros), once per dtype, so
+        scene timings are not mostly compilation. The smaller batch a scene's last tiles
+        may go in (``sliding_window.padded_batch``) compiles when first needed: compiling
+        every such shape up front took 3.9 s instead of 1.3 s (2 cores), mostly for
+        shapes a set of same-sized scenes never uses."""
         if raw_dtype.str in self._compiled:
             return
         st = self.setup

@@ -132,22 +132,32 @@ class MapWriter:
                 self.wsum[rows, cols] += ww
             self.valid[rows, cols] = valid[:h, :wd]
 
-    def flush(self, upto: int) -> None:
-        """Write finished scene rows [top, upto) and shift the strip."""
+    def flush(self, upto: int, final: bool = False) -> None:
+        """Write finished scene rows [top, upto) and shift the strip (not after the
+        ``final`` flush of a scene)."""
         from rasterio.windows import Window
 
         n = upto - self.top
         if n <= 0:
             return
-        probs = self.acc[:, :n] / np.maximum(self.wsum[:n], 1e-12)
+        if self.pdst is not None:
+            probs = self.acc[:, :n] / np.maximum(self.wsum[:n], 1e-12)
+        else:
+            # The weight sum is one positive number per pixel (0 only where no tile
+            # reached, and there every class is 0): dividing by it cannot change the
+            # argmax, so without a probability file the class map skips the division
+            # (a full pass over the strip per flush).
+            probs = self.acc[:, :n]
         cls = argmax_classes(probs)
         valid = self.valid[:n]
         cls[~valid] = IGNORE_LABEL
-        self.counts += np.bincount(cls[cls != IGNORE_LABEL], minlength=self.k)[:self.k]
+        # One count of all 256 values gives the class counts and the map's checksum.
+        values = np.bincount(cls.ravel(), minlength=256).astype(np.int64)
+        self.counts += values[:self.k]
         win = Window(0, self.top, self.acc.shape[2], n)
         if self.dst is not None:
             self.dst.write(cls, 1, window=win)
-            self.map_sum += int(cls.sum(dtype=np.int64))
+            self.map_sum += int(values @ np.arange(256, dtype=np.int64))
         if self.pdst is not None:
             p8 = np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
             p8[:, ~valid] = 0
@@ -156,11 +166,13 @@ class MapWriter:
             self.pdst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=win)
         if self.on_rows is not None:
             self.on_rows(cls, self.top)
+        self.top = upto
+        if final:
+            return  # the scene is done: nothing is blended into the strip again
         for buf, empty in ((self.acc, 0), (self.wsum, 0), (self.valid, False)):
             rest = buf[..., n:, :].copy() if n < self.strip_h else buf[..., :0, :]
             buf[..., :self.strip_h - n, :] = rest
             buf[..., self.strip_h - n:, :] = empty
-        self.top = upto
 
     def close(self) -> None:
         for dst in (self.dst, self.pdst):
@@ -332,6 +344,6 @@ class Tiler:
             bar.update(1)
         self.dispatch()
         self.blend_in(keep=0)
-        self.writer.flush(H)
+        self.writer.flush(H, final=True)
         bar.close()
 

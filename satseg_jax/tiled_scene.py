@@ -142,7 +142,8 @@ def map_scene(setup, card, image: str | Path, out: str | Path | None, overlap: i
     (a :class:`satseg_jax.sliding_window.TileSetup`) and return the summary of
     :func:`satseg_jax.predict.predict_scene` (less what only a run knows). ``out`` None
     writes no map: ``on_rows(classes, top)`` receives each finished block of rows
-    instead. ``before(raw_dtype)`` runs once the scene is checked (the compile);
+    instead. ``before(raw_dtype)`` runs once the scene is checked (the compile, once per
+    process: ``seconds`` leaves it out, ``seconds_compile`` holds it);
     ``inputs`` names more files that must not be overwritten (the run or model)."""
     from satseg_jax.raster.io import gdal_env
     from satseg_jax.raster.map_files import to_cog, to_png, verify_written
@@ -163,8 +164,10 @@ def map_scene(setup, card, image: str | Path, out: str | Path | None, overlap: i
     # A bounded GDAL block cache: by default it grows to 5 % of RAM with the scene.
     with gdal_env(), quiet_georeference(), open_scene(image) as src:
         raw_dtype, nodata, notes = check_scene(src, card, image)
+        t_compile = time.perf_counter()
         if before is not None:
             before(raw_dtype)
+        t_compile = time.perf_counter() - t_compile
         profile = map_profile(src)
         tile_rows = strip_tile_rows(src.width, setup.tile, overlap, setup.batch)
         strip = covering_rows(src.height, src.width, setup.tile, overlap, tile_rows)
@@ -190,7 +193,8 @@ def map_scene(setup, card, image: str | Path, out: str | Path | None, overlap: i
             "format": "PNG" if as_png else "COG",
             "crs": crs.to_wkt() if crs is not None else None,
             "height": profile["height"], "width": profile["width"],
-            "tiles": tiler.tiles_done, "seconds": time.perf_counter() - t0,
-            "seconds_loop": t_loop - t_start, "seconds_cog": t_cog, "batch": setup.batch,
+            "tiles": tiler.tiles_done, "seconds": time.perf_counter() - t0 - t_compile,
+            "seconds_compile": t_compile, "seconds_loop": t_loop - t_start,
+            "seconds_cog": t_cog, "batch": setup.batch,
             "class_pixels": dict(zip(card.class_names, writer.counts.tolist())),
             "pixel_area_m2": pixel_area_m2(crs, profile["transform"]), "notes": notes}

@@ -31,6 +31,7 @@ from satseg_jax import (
     parallel,
     runs,
     steps,
+    summaries,
     training_control,
 )
 from satseg_jax.errors import SatsegError
@@ -326,11 +327,12 @@ class _Training:
         host_m = [self.runner.unreplicate_metric(x) for x in train_metrics]
         summary = {k: float(np.mean([x[k] for x in host_m])) for k in host_m[0]}
         summary["learning_rate"] = float(self.schedule(step - 1))
-        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        now = time.time()
+        rate = (step - clock[0]) / max(now - clock[1], 1e-9)
+        clock[:] = [step, now]
+        writer.write_scalars(step, {**{f"train/{k}": v for k, v in summary.items()},
+                                    "train/steps_per_sec": rate})
         if self.is_main:
-            now = time.time()
-            rate = (step - clock[0]) / max(now - clock[1], 1e-9)
-            clock[:] = [step, now]
             eta = (self.num_steps - step) / max(rate, 1e-9)
             print(f"step {step}/{self.num_steps}  loss {summary['loss']:.4f}  "
                   f"acc {summary['accuracy']:.4f}  lr {summary['learning_rate']:.2e}  "
@@ -361,8 +363,6 @@ class _Training:
 
     def run(self) -> dict:
         """Open the workdir, then train from the step restored to ``num_steps``."""
-        from clu import metric_writers
-
         start = self.open_workdir()
         if start >= self.num_steps or self.early.stopped_at is not None:
             self.close()
@@ -375,8 +375,7 @@ class _Training:
                       "to train (raise config.train.num_steps to train longer)", flush=True)
             return self.last_eval or {}
         self.state = self.runner.place_state(self.state)
-        writer = metric_writers.create_default_writer(self.workdir,
-                                                      just_logging=not self.is_main)
+        writer = summaries.Summaries(self.workdir, enabled=self.is_main)
         if start == 0:
             writer.write_hparams(dict(_flat(json.loads(self.config.to_json_best_effort()))))
         if self.is_main:
@@ -389,7 +388,7 @@ class _Training:
                   f"{self.meta.num_examples} examples; {jax.device_count()} device(s), "
                   f"parallelism={self.runner.mode}", flush=True)
         t0 = time.time()
-        with metric_writers.ensure_flushes(writer):
+        with writer:
             last = self.loop(start, writer)
         self.close()
         if self.is_main:
@@ -402,13 +401,9 @@ class _Training:
     def loop(self, start: int, writer) -> int:
         """Steps ``start + 1 .. num_steps``: train, log, evaluate, save, stop on a signal or
         early; return the last step trained."""
-        from clu import periodic_actions
-
         from satseg_jax import input_pipeline
 
         config, num_steps = self.config, self.num_steps
-        report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                                 every_steps=int(config.train.log_every))
         data = input_pipeline.train_iterator(
             self.meta, config.data, global_batch=self.global_batch, seed=int(config.seed),
             start_step=start, task=config.task, process_index=jax.process_index(),
@@ -424,7 +419,6 @@ class _Training:
                     batch = self.runner.shard(next(data))
                     self.state, m = self.runner.train_step(self.state, batch)
                 train_metrics.append(m)
-                report(step)
                 if step % int(config.train.log_every) == 0 or step == num_steps:
                     self.log(step, train_metrics, writer, clock)
                     train_metrics = []

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("datasets", ("datasets", "inspect", "inspection")),
     ("input_pipeline", ("input_pipeline",)),
     ("steps", ("steps",)),
-    ("runs", ("runs", "tta", "sliding_window", "tiled_scene")),
+    ("runs", ("runs", "summaries", "tta", "sliding_window", "tiled_scene")),
     ("apps", ("train", "evaluate", "predict", "baseline")),  # siblings: none imports another
     ("whole_images", ("predict_images", "evaluate_images")),  # folders of whole images
     ("mapping", ("mapping",)),  # many scenes: map, mosaic, area by region and period
