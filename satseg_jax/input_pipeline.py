@@ -32,7 +32,7 @@ import numpy as np
 
 from satseg_jax import augment
 from satseg_jax.classes import IGNORE_LABEL
-from satseg_jax.datasets.tfenv import import_tf
+from satseg_jax.datasets.tfenv import import_tf, import_tfds
 from satseg_jax.errors import SatsegError
 
 
@@ -92,8 +92,13 @@ def split_dataset(meta: DatasetMeta, split: str):
     if meta.num_examples[split] == 0:
         raise SatsegError(f"{meta.data_dir}: split {split!r} is empty; rebuild with other "
                           "--split fractions or more patches")
+    # No tfds auto-cache: it silently caches every small split in memory, so a partial
+    # read (the first example of ``ground_pixel_size``) discarded that cache with a
+    # TensorFlow warning in every training run's output, and a training run held the
+    # split twice; ``config.data.cache`` is the one switch for caching.
+    read_config = import_tfds().ReadConfig(try_autocache=False)
     builder = builder_for(meta.data_dir)
-    return builder.as_dataset(split=split, shuffle_files=False)
+    return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
 
 
 def _normalise(tf, image, meta: DatasetMeta):

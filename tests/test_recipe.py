@@ -115,6 +115,26 @@ def test_pipeline_photometric_never_touches_masks(tiny_dataset):
             "data.scale_range": (2.0, 1.0)}).data)
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_split_reads_are_cached_only_when_the_config_says_so(tiny_dataset, cache):
+    """tfds auto-caches small splits unless told not to; its cache, read partly (the first
+    example, for the ground pixel size), printed a TensorFlow warning at the start of
+    every training run and held the split twice. Only ``config.data.cache`` caches: the
+    dataset graph has a CacheDataset node exactly when it is set. (The graph is read
+    with tf.data's serialiser, the only way to see which ops a dataset holds.)"""
+    from satseg_jax import input_pipeline
+
+    meta = input_pipeline.load_meta(str(tiny_dataset))
+    assert b"CacheDataset" not in input_pipeline.split_dataset(
+        meta, "train")._as_serialized_graph().numpy()
+    cfg = tiny_config(tiny_dataset)
+    cfg.data.cache = cache
+    it = input_pipeline.train_iterator(meta, cfg.data, global_batch=4, seed=0)
+    next(it)
+    frame = it.gi_frame.f_locals["ds"]
+    assert (b"CacheDataset" in frame._as_serialized_graph().numpy()) == cache
+
+
 # ----------------------------------------------------------------------------- CE + Dice
 
 
