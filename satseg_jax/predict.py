@@ -78,22 +78,39 @@ def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
     compute this one, and only blocks when it needs the numbers.
     """
 
-    @jax.jit
     def normalise(raw: jax.Array, valid: jax.Array) -> jax.Array:
         x = (raw.astype(jax.numpy.float32) - mean) / std
         x = jax.numpy.where(valid[..., None], x, 0.0)
         return jax.numpy.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
-    @jax.jit
     def post(logits: jax.Array) -> jax.Array:
         logits = logits.reshape(-1, *logits.shape[-3:])[:, :tile, :tile]
         return jax.nn.softmax(logits.astype(jax.numpy.float32), axis=-1).transpose(0, 3, 1, 2)
 
+    if runner.mode == "jit":
+        # One XLA program per batch: normalisation, model, softmax and transpose fuse,
+        # with one dispatch and no float32 copy of the batch between programs.
+        def raw_tiles(state, raw, valid):
+            return post(runner.predict(state, normalise(raw, valid)))
+
+        fused_raw = jax.jit(raw_tiles)
+        fused = jax.jit(lambda state, x: post(runner.predict(state, x)))
+
+        def fn(state, x: np.ndarray, valid: np.ndarray | None = None) -> jax.Array:
+            if mean is None:
+                return fused(state, runner.shard({"image": x})["image"])
+            placed = runner.shard({"image": x, "valid": valid})
+            return fused_raw(state, placed["image"], placed["valid"])
+
+        return fn
+    # pmap: its model call cannot sit inside a jit; normalise and post run beside it.
+    normalise_jit, post_jit = jax.jit(normalise), jax.jit(post)
+
     def fn(state, x: np.ndarray, valid: np.ndarray | None = None) -> jax.Array:
         if mean is None:
-            return post(runner.predict(state, runner.shard({"image": x})["image"]))
+            return post_jit(runner.predict(state, runner.shard({"image": x})["image"]))
         placed = runner.shard({"image": x, "valid": valid})
-        return post(runner.predict(state, normalise(placed["image"], placed["valid"])))
+        return post_jit(runner.predict(state, normalise_jit(placed["image"], placed["valid"])))
 
     return fn
 

@@ -105,7 +105,13 @@ class MapWriter:
                  strip_h: int, on_rows: Callable[[np.ndarray, int], None] | None = None
                  ) -> None:
         k, width = card.num_classes, profile["width"]
-        self.k, self.strip_h, self.top = k, strip_h, 0  # top: scene row of acc[:, 0]
+        # A strip taller than the scene is never needed (tiles end at its last row).
+        strip_h = min(strip_h, profile["height"])
+        # top: first scene row not yet written; base: the scene row of acc[:, 0]. Rows
+        # [base, top) are written and free; the strip moves up (``_compact``) only when
+        # a tile would run past its end, so a strip that holds the rest of the scene is
+        # never copied.
+        self.k, self.strip_h, self.top, self.base = k, strip_h, 0, 0
         self.acc = np.zeros((k, strip_h, width), np.float32)
         self.wsum = np.zeros((strip_h, width), np.float32)
         self.valid = np.zeros((strip_h, width), bool)
@@ -121,7 +127,10 @@ class MapWriter:
     def add(self, tiles, probs, weights: np.ndarray, blend: str) -> None:
         """Blend one batch of tile probabilities into the strip."""
         for (w, _, valid, _), p in zip(tiles, probs):
-            r0, h, wd = w.row - self.top, w.height, w.width
+            h, wd = w.height, w.width
+            if w.row - self.base + h > self.strip_h:
+                self._compact()
+            r0 = w.row - self.base
             rows, cols = slice(r0, r0 + h), slice(w.col, w.col + wd)
             if blend == "none":
                 self.acc[:, rows, cols] = p[:, :h, :wd]
@@ -132,24 +141,25 @@ class MapWriter:
                 self.wsum[rows, cols] += ww
             self.valid[rows, cols] = valid[:h, :wd]
 
-    def flush(self, upto: int, final: bool = False) -> None:
-        """Write finished scene rows [top, upto) and shift the strip (not after the
-        ``final`` flush of a scene)."""
+    def flush(self, upto: int) -> None:
+        """Write finished scene rows [top, upto) (the strip does not move: see
+        ``_compact``)."""
         from rasterio.windows import Window
 
         n = upto - self.top
         if n <= 0:
             return
+        rows = slice(self.top - self.base, upto - self.base)
         if self.pdst is not None:
-            probs = self.acc[:, :n] / np.maximum(self.wsum[:n], 1e-12)
+            probs = self.acc[:, rows] / np.maximum(self.wsum[rows], 1e-12)
         else:
             # The weight sum is one positive number per pixel (0 only where no tile
             # reached, and there every class is 0): dividing by it cannot change the
             # argmax, so without a probability file the class map skips the division
             # (a full pass over the strip per flush).
-            probs = self.acc[:, :n]
+            probs = self.acc[:, rows]
         cls = argmax_classes(probs)
-        valid = self.valid[:n]
+        valid = self.valid[rows]
         cls[~valid] = IGNORE_LABEL
         # One count of all 256 values gives the class counts and the map's checksum.
         values = np.bincount(cls.ravel(), minlength=256).astype(np.int64)
@@ -167,12 +177,16 @@ class MapWriter:
         if self.on_rows is not None:
             self.on_rows(cls, self.top)
         self.top = upto
-        if final:
-            return  # the scene is done: nothing is blended into the strip again
+
+    def _compact(self) -> None:
+        """Move the unwritten rows [top, ...) to the start of the strip and clear the rest:
+        room for the next tile row (one copy per move, not one per flush)."""
+        n = self.top - self.base
         for buf, empty in ((self.acc, 0), (self.wsum, 0), (self.valid, False)):
             rest = buf[..., n:, :].copy() if n < self.strip_h else buf[..., :0, :]
             buf[..., :self.strip_h - n, :] = rest
             buf[..., self.strip_h - n:, :] = empty
+        self.base = self.top
 
     def close(self) -> None:
         for dst in (self.dst, self.pdst):
@@ -344,6 +358,6 @@ class Tiler:
             bar.update(1)
         self.dispatch()
         self.blend_in(keep=0)
-        self.writer.flush(H, final=True)
+        self.writer.flush(H)
         bar.close()
 
