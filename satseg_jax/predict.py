@@ -63,7 +63,7 @@ def model_context(config, tile: int) -> tuple[int, int]:
 
 
 def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
-                        std: np.ndarray | None = None):
+                        std: np.ndarray | None = None, weights: np.ndarray | None = None):
     """``fn(state, x[, valid]) -> (batch, classes, tile, tile)`` softmax probabilities.
 
     With ``mean``/``std`` (per band), ``x`` is the raw tiles as read, (b, H, W, C) in the
@@ -76,6 +76,10 @@ def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
     transpose also run inside XLA, and the result is returned without waiting for it
     (JAX dispatches asynchronously): the caller reads the next batch while the devices
     compute this one, and only blocks when it needs the numbers.
+
+    ``weights`` (tile, tile) multiplies every tile's probabilities by the blending window
+    on the devices, fused into the softmax: the host then only adds tiles into its
+    strip (``TileSetup.weighted``).
     """
 
     def normalise(raw: jax.Array, valid: jax.Array) -> jax.Array:
@@ -85,7 +89,8 @@ def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
 
     def post(logits: jax.Array) -> jax.Array:
         logits = logits.reshape(-1, *logits.shape[-3:])[:, :tile, :tile]
-        return jax.nn.softmax(logits.astype(jax.numpy.float32), axis=-1).transpose(0, 3, 1, 2)
+        probs = jax.nn.softmax(logits.astype(jax.numpy.float32), axis=-1).transpose(0, 3, 1, 2)
+        return probs if weights is None else probs * weights
 
     if runner.mode == "jit":
         # One XLA program per batch: normalisation, model, softmax and transpose fuse,
@@ -179,11 +184,13 @@ class ScenePredictor:
             runner = tta_runner(self.run)
         mean = np.asarray(card.mean, np.float32)
         std = np.asarray([s if s > 0 else 1.0 for s in card.std], np.float32)
+        window = blend_window(tile, blend)
         self.setup = TileSetup(
-            state=self.run.state, probabilities_of=batch_probabilities(runner, tile, mean, std),
+            state=self.run.state, probabilities_of=batch_probabilities(
+                runner, tile, mean, std, weights=None if blend == "none" else window),
             batch=max(n_dev, batch - batch % n_dev), tile=tile, in_tile=in_tile,
-            margin=margin, weights=blend_window(tile, blend), blend=blend,
-            num_bands=card.num_bands, min_batch=n_dev)
+            margin=margin, weights=window, blend=blend, num_bands=card.num_bands,
+            min_batch=n_dev, weighted=blend != "none")
         self._compiled: set[str] = set()
 
     def compile(self, raw_dtype: np.dtype) -> None:

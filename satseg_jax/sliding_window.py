@@ -124,8 +124,10 @@ class MapWriter:
         if tmp_prob is not None:
             self.pdst = open_probabilities(tmp_prob, profile, card)
 
-    def add(self, tiles, probs, weights: np.ndarray, blend: str) -> None:
-        """Blend one batch of tile probabilities into the strip."""
+    def add(self, tiles, probs, weights: np.ndarray, blend: str,
+            weighted: bool = False) -> None:
+        """Blend one batch of tile probabilities into the strip (``weighted``: already
+        multiplied by ``weights``, on the devices)."""
         for (w, _, valid, _), p in zip(tiles, probs):
             h, wd = w.height, w.width
             if w.row - self.base + h > self.strip_h:
@@ -137,7 +139,7 @@ class MapWriter:
                 self.wsum[rows, cols] = 1.0
             else:
                 ww = weights[:h, :wd]
-                self.acc[:, rows, cols] += p[:, :h, :wd] * ww
+                self.acc[:, rows, cols] += p[:, :h, :wd] if weighted else p[:, :h, :wd] * ww
                 self.wsum[rows, cols] += ww
             self.valid[rows, cols] = valid[:h, :wd]
 
@@ -239,6 +241,7 @@ class TileSetup:
     blend: str
     num_bands: int
     min_batch: int = 1  # a batch must divide by it (the device count)
+    weighted: bool = False  # probabilities_of already multiplied by ``weights``
 
 
 def padded_batch(tiles: int, min_batch: int, batch: int) -> int:
@@ -286,7 +289,8 @@ class Tiler:
         """Blend dispatched batches into the strip, leaving the newest ``keep``."""
         while len(self.in_flight) > keep:
             tiles, dev = self.in_flight.pop(0)
-            self.writer.add(tiles, np.asarray(dev), self.weights, self.blend)
+            self.writer.add(tiles, np.asarray(dev), self.weights, self.blend,
+                            self.setup.weighted)
             self.tiles_done += len(tiles)
 
     def maybe_flush(self, height: int) -> None:

@@ -41,8 +41,9 @@ def _reference(scene: np.ndarray, tile: int, overlap: int, weights: np.ndarray) 
     return np.argmax(acc, axis=0).astype(np.uint8)
 
 
+@pytest.mark.parametrize("weighted", [False, True])  # window applied by the host / model
 @pytest.mark.parametrize("height", [40, 700])  # the strip holds the scene / moves often
-def test_strip_writer_gives_the_whole_scene_map(tmp_path, height):
+def test_strip_writer_gives_the_whole_scene_map(tmp_path, height, weighted):
     rng = np.random.default_rng(height)
     scene = rng.integers(1, 255, (BANDS, height, 90), dtype=np.uint8)
     path = tmp_path / "scene.tif"
@@ -51,9 +52,11 @@ def test_strip_writer_gives_the_whole_scene_map(tmp_path, height):
                        transform=from_origin(500000, 8e6, 10, 10)) as dst:
         dst.write(scene)
     tile, overlap, weights = 32, 8, blend_window(32, "gaussian")
-    setup = TileSetup(state=None, probabilities_of=lambda state, x, v: _probs(x), batch=3,
-                      tile=tile, in_tile=tile, margin=0, weights=weights, blend="gaussian",
-                      num_bands=BANDS)
+    model = (lambda state, x, v: _probs(x) * weights) if weighted else (
+        lambda state, x, v: _probs(x))
+    setup = TileSetup(state=None, probabilities_of=model, batch=3, tile=tile, in_tile=tile,
+                      margin=0, weights=weights, blend="gaussian", num_bands=BANDS,
+                      weighted=weighted)
     card = SimpleNamespace(num_bands=BANDS, bands=["b1", "b2"], nodata=None, image_dtype="uint8",
                            num_classes=K, class_names=["a", "b", "c"],
                            classes=[{"colour": c} for c in ("#ff0000", "#00ff00", "#0000ff")])
