@@ -92,23 +92,9 @@ def batch_probabilities(runner, tile: int, mean: np.ndarray | None = None,
         probs = jax.nn.softmax(logits.astype(jax.numpy.float32), axis=-1).transpose(0, 3, 1, 2)
         return probs if weights is None else probs * weights
 
-    if runner.mode == "jit":
-        # One XLA program per batch: normalisation, model, softmax and transpose fuse,
-        # with one dispatch and no float32 copy of the batch between programs.
-        def raw_tiles(state, raw, valid):
-            return post(runner.predict(state, normalise(raw, valid)))
-
-        fused_raw = jax.jit(raw_tiles)
-        fused = jax.jit(lambda state, x: post(runner.predict(state, x)))
-
-        def fn(state, x: np.ndarray, valid: np.ndarray | None = None) -> jax.Array:
-            if mean is None:
-                return fused(state, runner.shard({"image": x})["image"])
-            placed = runner.shard({"image": x, "valid": valid})
-            return fused_raw(state, placed["image"], placed["valid"])
-
-        return fn
-    # pmap: its model call cannot sit inside a jit; normalise and post run beside it.
+    # Three programs, not one: jitting normalise + model + post together gave no
+    # measurable gain on 2 cores (map of 30 scenes: +26.6 % vs +27.3 % over the raw
+    # model) and raised the peak RSS from 722 to 1,205 MiB.
     normalise_jit, post_jit = jax.jit(normalise), jax.jit(post)
 
     def fn(state, x: np.ndarray, valid: np.ndarray | None = None) -> jax.Array:
